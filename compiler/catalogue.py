@@ -1,0 +1,67 @@
+"""The documented catalogue of gate metrics: unit, valid range, operators, producer.
+
+Gates may only name metrics listed here; the compiler checks the operator and the threshold
+against the metric's kind (a rate lies in [0, 1], a count is a whole number >= 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str  # rate | db | count | megabytes | relative | milliseconds | per_second
+    producer: str  # job kind that measures it
+    description: str
+    has_n: bool  # measured over samples, so min_n applies
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return KIND_BOUNDS[self.kind]
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return KIND_OPS[self.kind]
+
+
+KIND_BOUNDS = {
+    "rate": (0.0, 1.0),
+    "db": (-math.inf, math.inf),
+    "count": (0.0, math.inf),
+    "megabytes": (0.0, math.inf),
+    "relative": (-1.0, math.inf),
+    "milliseconds": (0.0, math.inf),
+    "per_second": (0.0, math.inf),
+}
+ORDER_OPS = (">=", ">", "<=", "<")
+KIND_OPS = {
+    "rate": ORDER_OPS + ("==",),
+    "db": (">=", ">"),
+    "count": ("==", "<=", "<"),
+    "megabytes": ("<=", "<"),
+    "relative": ("<=", "<"),
+    "milliseconds": ("<=", "<"),
+    "per_second": (">=", ">"),
+}
+
+_METRICS = [
+    Metric("parity.snr_db", "db", "parity", "SNR of package (reference interpreter) vs torch with the package's own weights: conversion fidelity.", False),
+    Metric("parity.top1_agreement", "rate", "parity", "Top-1 agreement of package vs torch with the package's own weights, non-padded positions.", False),
+    Metric("parity.quant_snr_db", "db", "parity", "SNR of package vs the trained fp32 checkpoint: quantization loss.", False),
+    Metric("parity.quant_top1_agreement", "rate", "parity", "Top-1 agreement of package vs the trained fp32 checkpoint.", False),
+    Metric("parity.coreml_snr_db", "db", "parity", "SNR of CoreML predictions vs golden outputs (needs macOS).", False),
+    Metric("eval.json_validity", "rate", "eval", "Fraction of emitted tool calls whose arguments parse as JSON and match the tool schema.", True),
+    Metric("eval.tool_selection", "rate", "eval", "Fraction of tool-needing samples where the right tool is called first.", True),
+    Metric("eval.integration_f1_lax", "rate", "eval", "Token F1 of integration spans against the reference, lax matching.", True),
+    Metric("eval.integration_f1_strict", "rate", "eval", "Exact-span F1 of integration spans against the reference.", True),
+    Metric("eval.privacy_ok_rate", "rate", "eval", "Fraction of personal-data samples whose output echoes no personal data.", True),
+    Metric("eval.control_tool_calls", "count", "eval", "Tool calls emitted on control samples that must not call a tool.", True),
+    Metric("package.size_mb", "megabytes", "convert", "Size of the .mlpackage on disk (MiB).", False),
+    Metric("speed.ttft_p50_ms", "milliseconds", "verify", "Median time to first token on device (needs a Mac).", True),
+    Metric("speed.tps_p50", "per_second", "verify", "Median decode tokens per second on device (needs a Mac).", True),
+    Metric("speed.ttft_p50_regression", "relative", "verify", "Relative median TTFT change against the last published release (needs a Mac).", True),
+]
+CATALOGUE: dict[str, Metric] = {m.name: m for m in _METRICS}

@@ -1,0 +1,178 @@
+"""The `modelspec` command line (typer).
+
+One exit path: spec problems print `file:line:col: path: message` plus a hint and exit 2; a
+check that says no exits 1; anything else is a bug: traceback, exit 3 (`--debug` re-raises).
+Heavy libraries are never imported here, so `--help` and `validate` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import CheckFailed, SpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Declarative spec compiler for on-device language models.")
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a spec value: path=value (recorded in the plan).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+OutOpt = Annotated[str, typer.Option("--out", help="Output root; each spec goes to OUT/<name>/.")]
+_debug = False
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Re-raise internal errors.")] = False) -> None:
+    global _debug
+    _debug = debug
+
+
+def _emit_json(value) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def _validate_all(specs: list[str], overrides: list[str]) -> tuple[list, list]:
+    from .validate import validate_file
+
+    ok, problems = [], []
+    for path in specs:
+        try:
+            ok.append(validate_file(path, overrides))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    return ok, problems
+
+
+@app.command()
+def validate(specs: Annotated[list[str], typer.Argument(help="Spec files.")], set_: SetOpt = None, json_: JsonOpt = False) -> None:
+    """Validate specs: every problem at once, with file:line:col, key path and a hint."""
+    ok, problems = _validate_all(specs, set_ or [])
+    if json_:
+        _emit_json({"ok": not problems, "valid": [v.path for v in ok], "problems": [p.as_json() for p in problems]})
+        if problems:
+            raise typer.Exit(2)
+        return
+    if problems:
+        raise SpecError(problems)
+    for v in ok:
+        typer.echo(f"ok: {v.path} ({v.spec.name} {v.spec.version})")
+
+
+@app.command("compile")
+def compile_(
+    specs: Annotated[list[str], typer.Argument(help="Spec files.")],
+    out: OutOpt = "generated",
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 and name stale files instead of writing.")] = False,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Compile specs into OUT/<name>/: plan.json, contracts/, README.md, graph.mmd."""
+    from .build import build_outputs
+    from .emit import SCHEMA_FILE, schema_text, stale_files, stale_schema, write_file, write_folder
+
+    outputs = build_outputs(specs, set_ or [], out)
+    if check:
+        stale = stale_schema(out)
+        for name, files in outputs.items():
+            stale += stale_files(out, name, files)
+        if json_:
+            _emit_json({"ok": not stale, "stale": stale})
+        if stale:
+            if not json_:
+                typer.echo("stale generated files (run: modelspec compile " + " ".join(specs) + "):", err=True)
+                for path in stale:
+                    typer.echo(f"  {path}", err=True)
+            raise typer.Exit(1)
+        if not json_:
+            typer.echo(f"up to date: {', '.join(sorted(outputs))}")
+        return
+    write_file(out, SCHEMA_FILE, schema_text())
+    for name, files in sorted(outputs.items()):
+        write_folder(out, name, files)
+    if json_:
+        _emit_json({"ok": True, "written": sorted(f"{out}/{n}" for n in outputs)})
+    else:
+        for name in sorted(outputs):
+            typer.echo(f"compiled: {out}/{name}/ ({len(outputs[name])} files)")
+
+
+@app.command()
+def graph(
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    format_: Annotated[str, typer.Option("--format", help="mermaid | dot | text")] = "text",
+    set_: SetOpt = None,
+) -> None:
+    """Print the job graph."""
+    from .build import compile_one
+    from .graphviz import render_graph
+
+    if format_ not in ("mermaid", "dot", "text"):
+        raise SpecError([_arg_problem("--format", f"unknown format '{format_}'", "use mermaid, dot or text")])
+    typer.echo(render_graph(compile_one(spec, set_ or []), format_), nl=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec format."""
+    from .emit import schema_text
+
+    typer.echo(schema_text(), nl=False)
+
+
+@app.command()
+def explain(
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    job: Annotated[Optional[str], typer.Argument(help="Job id; all jobs when omitted.")] = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """What a job reads, why it exists and what invalidates it."""
+    from .build import compile_one
+    from .explain import explain_job, explain_plan
+
+    compiled = compile_one(spec, set_ or [])
+    if job is not None and job not in {j.id for j in compiled.jobs}:
+        from .errors import did_you_mean
+
+        raise SpecError([_arg_problem("JOB", f"no job '{job}' in {spec}", did_you_mean(job, [j.id for j in compiled.jobs])
+                                      or "list the jobs with: modelspec explain " + spec)])
+    result = explain_job(compiled, job) if job else explain_plan(compiled)
+    if json_:
+        _emit_json(result)
+    else:
+        typer.echo(result["text"], nl=False)
+
+
+def _arg_problem(where: str, message: str, hint: str | None):
+    from .errors import Problem
+
+    return Problem("<command line>", 1, 1, where, message, hint)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except SpecError as exc:
+        for p in exc.problems:
+            typer.echo(p.format(), err=True)
+        n = len(exc.problems)
+        typer.echo(f"{n} problem{'s' if n != 1 else ''}; nothing written.", err=True)
+        sys.exit(2)
+    except CheckFailed as exc:
+        typer.echo(str(exc), err=True)
+        sys.exit(1)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BaseException:
+        if _debug:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        typer.echo("modelspec: internal error (this is a bug; please report it with the traceback above)", err=True)
+        sys.exit(3)

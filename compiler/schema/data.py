@@ -1,0 +1,11 @@
+"""`data`: the training and evaluation samples and the tool registry they call."""
+
+from __future__ import annotations
+
+from .base import F, SpecModel
+
+
+class Data(SpecModel):
+    train: str = F("Training samples (JSONL); relative to the spec file, or an absolute path or URI.", unit="path")
+    eval: str = F("Evaluation samples (JSONL), never trained on.", unit="path")
+    tool_registry: str = F("Tool registry (JSON): tool names and their argument schemas.", unit="path")

@@ -1,0 +1,78 @@
+"""`shapes`, `precision`, `export` and `deployment`: what the package looks like and where it runs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Discriminator, Field, Tag
+
+from .base import F, PosFloat, PosInt, SpecModel
+
+ISLAND_OPS = (
+    "add", "concat", "cos", "exp", "gather", "linear", "matmul", "mul", "pow", "real_div",
+    "reduce_mean", "reduce_sum", "rsqrt", "sigmoid", "silu", "sin", "softmax", "sqrt", "sub",
+)
+
+
+class DecodeOn(SpecModel):
+    enabled: Literal[True] = F("Export a one-token decode function with a KV cache.")
+    cache_len: PosInt = F("KV-cache length (<= architecture.max_context).", unit="tokens")
+
+
+class DecodeOff(SpecModel):
+    enabled: Literal[False] = F("No decode function.")
+
+
+class Shapes(SpecModel):
+    batch: Literal[1] = F("Batch size of every exported function (on-device inference is batch 1).")
+    prefill: Annotated[list[PosInt], Field(min_length=1)] = F("Enumerated prefill lengths: unique, ascending, <= max_context.", unit="tokens")
+    decode: Annotated[Union[DecodeOn, DecodeOff], Field(discriminator="enabled")] = F("Decode function.")
+
+
+class ModuleIsland(SpecModel):
+    module: str = F("Glob over canonical module names whose ops compute in fp32.")
+    reason: str = F("Why this island exists (documentation; changes no job).")
+
+
+class OpIsland(SpecModel):
+    op: Literal[ISLAND_OPS] = F("MIL op kind that computes in fp32 everywhere.")  # type: ignore[valid-type]
+    reason: str = F("Why this island exists (documentation; changes no job).")
+
+
+def _island_tag(value):
+    if isinstance(value, dict):
+        return "op" if "op" in value else "module"
+    return "op" if isinstance(value, OpIsland) else "module"
+
+
+Island = Annotated[Union[Annotated[ModuleIsland, Tag("module")], Annotated[OpIsland, Tag("op")]], Discriminator(_island_tag)]
+
+
+class Precision(SpecModel):
+    compute: Literal["fp16", "fp32"] = F("Compute dtype of the package outside islands (also activations and logits).")
+    islands: list[Island] = F("What must stay fp32, by module glob or op kind.")
+
+
+class CoreML(SpecModel):
+    target: Literal["macOS15", "iOS18"] = F("minimum_deployment_target; macOS15/iOS18 are needed for states, multifunction and several enumerated inputs.")
+    compute_units: Literal["all", "cpu_only", "cpu_and_gpu", "cpu_and_ne"] = F("Compute units recorded for loading.")
+    packaging: Literal["multifunction", "enumerated"] = F(
+        "multifunction: one function per prefill shape plus decode, sharing weights; "
+        "enumerated: one prefill function with enumerated shapes plus decode."
+    )
+    decode_cache: Literal["state", "explicit"] = F("KV cache as CoreML states (StateType) or as explicit inputs and outputs.")
+
+
+class Export(SpecModel):
+    coreml: CoreML = F("CoreML conversion.")
+
+
+class Profile(SpecModel):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)] = F("Profile name.")
+    memory_gb: PosFloat = F("Memory the model may use on this device (weights plus KV caches).", unit="GiB")
+    sessions: PosInt = F("Concurrent sessions, each with its own KV cache.")
+    context: PosInt = F("Context per session (<= architecture.max_context).", unit="tokens")
+
+
+class Deployment(SpecModel):
+    profiles: Annotated[list[Profile], Field(min_length=1)] = F("Devices the model must fit.")

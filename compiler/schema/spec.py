@@ -1,0 +1,39 @@
+"""The whole spec as written: one pydantic model mirroring the YAML."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .architecture import Architecture
+from .base import F, SpecModel
+from .data import Data
+from .deploy import Deployment, Export, Precision, Shapes
+from .gates import Gate
+from .quantization import Quantization
+from .teacher import Teacher
+from .tokenizer import Tokenizer
+from .training import Training
+
+SUPPORTED_FORMATS = (1,)
+SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$"
+
+
+class Spec(SpecModel):
+    modelspec: int = F("Format version of this file; this compiler supports 1.")
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)] = F("Model name; used in output paths.")
+    version: Annotated[str, Field(pattern=SEMVER, max_length=64)] = F("The spec's own semver; a breaking change needs a major bump.")
+    role: Literal["worker", "judge", "drafter"] = F("What the model does in the system.")
+    description: Annotated[str, Field(max_length=2000)] = F("Free text for people (changes no job).")
+    architecture: Architecture = F("Student architecture.")
+    tokenizer: Tokenizer = F("Tokenizer.")
+    teacher: Teacher = F("Teacher (discriminated by kind).")
+    data: Data = F("Data files.")
+    training: Training = F("KD training and QAT.")
+    quantization: Quantization = F("Quantization recipe.")
+    shapes: Shapes = F("Exported shapes.")
+    precision: Precision = F("Compute precision and fp32 islands.")
+    export: Export = F("Export and conversion settings.")
+    deployment: Deployment = F("Deployment profiles.")
+    gates: list[Gate] = F("Release gates.")

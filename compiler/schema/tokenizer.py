@@ -1,0 +1,36 @@
+"""`tokenizer`: where the tokenizer comes from and the exact ids of its special tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from .base import F, NonNegInt, PosInt, SpecModel
+
+
+class BpeSource(SpecModel):
+    kind: Literal["bpe"] = F("Train a byte-level BPE tokenizer from a corpus.")
+    corpus: str = F("Training corpus; relative paths are relative to the spec file.", unit="path")
+    vocab_size: PosInt = F("Size of the trained vocabulary, special tokens included (<= architecture.vocab_size).", unit="tokens")
+
+
+class PretrainedSource(SpecModel):
+    kind: Literal["pretrained"] = F("Load a transformers fast tokenizer from a local folder (remote code off).")
+    path: str = F("Folder holding tokenizer.json; relative paths are relative to the spec file.", unit="path")
+
+
+TokenizerSource = Annotated[Union[BpeSource, PretrainedSource], Field(discriminator="kind")]
+
+
+class SpecialToken(SpecModel):
+    text: str = F("Literal text of the token; must encode to exactly one token.", min_length=1, max_length=64)
+    id: NonNegInt = F("Exact token id; unique and below architecture.vocab_size.", unit="token id")
+
+
+class Tokenizer(SpecModel):
+    source: TokenizerSource = F("Where the tokenizer comes from (discriminated by kind).")
+    special_tokens: dict[str, SpecialToken] = F(
+        "Special tokens by role name; pad, bos and eos are required. Tool-calling roles also need "
+        "tool_call_start/tool_call_end."
+    )

@@ -1,0 +1,1 @@
+"""modelspec's runtime: executes compiled plans (see the runtime issue)."""
