@@ -144,7 +144,7 @@ CONTACT_PHRASES = (
     "Who is saved as {q}?",
 )
 
-EVENT_TITLES = ("standup", "lunch", "gym", "review", "call", "dinner")
+EVENT_TITLES = ("lunch", "gym", "sync", "demo", "call", "dinner")
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 HOURS = tuple(range(8, 18))
 EVENT_PHRASES = (
@@ -231,10 +231,10 @@ def weather_pool() -> list[Sample]:
                 pool.append(
                     tool_sample(
                         phrase.format(city=city, unit=unit),
-                        f"Look up {city} weather.",
+                        f"{city} weather.",
                         {"name": "get_weather", "arguments": {"city": city, "unit": unit}},
                         result,
-                        f"It is {result} in {city}.",
+                        f"{city} is {result}.",
                         [result],
                     )
                 )
@@ -260,9 +260,9 @@ def currency_pool() -> list[Sample]:
                     pool.append(
                         tool_sample(
                             phrase.format(amount=amount, src=src, dst=dst),
-                            f"Convert {src} to {dst}.",
+                            f"Convert to {dst}.",
                             {"name": "convert_currency", "arguments": {"amount": amount, "from": src, "to": dst}},
-                            f"{amount} {src} = {converted}",
+                            converted,
                             f"That is {converted}.",
                             [converted],
                         )
@@ -280,10 +280,10 @@ def timer_pool() -> list[Sample]:
                 pool.append(
                     tool_sample(
                         phrase.format(m=minutes, mins=mins, label=label),
-                        f"Set a {minutes} minute timer.",
+                        f"Time the {label}.",
                         {"name": "set_timer", "arguments": {"label": label, "minutes": minutes}},
-                        f"timer {label}: {minutes} min",
-                        f"Your {label} timer is set for {mins}.",
+                        f"started {minutes} min",
+                        f"Set {label} timer for {mins}.",
                         [mins],
                     )
                 )
@@ -312,19 +312,19 @@ def contacts_pool() -> list[Sample]:
 def calendar_pool() -> list[Sample]:
     """Every add_event prompt."""
     pool = []
-    for title in EVENT_TITLES:
-        for day in DAYS:
-            for hour in HOURS:
-                when = f"{day} at {hour}:00"
+    for t, title in enumerate(EVENT_TITLES):
+        for d, day in enumerate(DAYS):
+            for h, hour in enumerate(HOURS):
+                event_id = 101 + (t * len(DAYS) + d) * len(HOURS) + h  # fake, stable per event
                 for phrase in EVENT_PHRASES:
                     pool.append(
                         tool_sample(
                             phrase.format(title=title, day=day, hh=hour),
                             f"Book {title}.",
                             {"name": "add_event", "arguments": {"day": day, "hour": hour, "title": title}},
-                            f"booked {day} {hour}:00",
-                            f"Booked {title} on {when}.",
-                            [when],
+                            f"event {event_id} saved",
+                            f"Saved as event {event_id}.",
+                            [f"event {event_id}"],
                         )
                     )
     return pool
@@ -425,7 +425,7 @@ def privacy_tool_sample(rng: random.Random, tool_pools: dict[str, list[Sample]])
     preamble, fields = rng.choice(PRIVACY_PREAMBLES)
     text, pii = fill_pii(preamble, fields, person(rng))
     base = rng.choice(tool_pools[rng.choice(TOOL_NAMES)])
-    think = "Skip personal data. " + base["_think"]
+    think = "No PII. " + base["_think"]
     return {
         **base,
         "kind": "privacy",
@@ -447,12 +447,12 @@ WRONG_NAMES = {
     "search_contacts": "find_person",
     "add_event": "create_meeting",
 }
-WRONG_TYPES = {  # tool -> (argument, value of the wrong JSON type)
-    "get_weather": ("unit", 1),
-    "convert_currency": ("amount", "twenty"),
-    "set_timer": ("minutes", "10"),
-    "search_contacts": ("query", 42),
-    "add_event": ("hour", "14:00"),
+WRONG_TYPE_ARGS = {  # tool -> argument given the wrong JSON type
+    "get_weather": "unit",
+    "convert_currency": "amount",
+    "set_timer": "minutes",
+    "search_contacts": "query",
+    "add_event": "hour",
 }
 DEFECTS = ("unknown_tool", "missing_required", "wrong_type", "bad_json")
 
@@ -490,7 +490,8 @@ def invalid_sample(base: Sample, defect: str, rng: random.Random) -> Sample:
         dropped = rng.choice(sorted(args))
         return with_call(base, {"name": name, "arguments": {k: v for k, v in args.items() if k != dropped}})
     if defect == "wrong_type":
-        arg, value = WRONG_TYPES[name]
+        arg = WRONG_TYPE_ARGS[name]
+        value = [args[arg]] if isinstance(args[arg], str) else str(args[arg])  # array / quoted number
         return with_call(base, {"name": name, "arguments": {**args, arg: value}})
     # bad_json: the tool_call field stays the intended call; only the target is corrupted.
     return with_call(base, base["tool_call"], corrupt_json(call_json(base["tool_call"]), rng))
