@@ -115,8 +115,15 @@ def graph(
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of the spec format."""
+def schema(format_: Annotated[str, typer.Option("--format", help="json | markdown (the field reference of docs/spec.md)")] = "json") -> None:
+    """Print the JSON Schema of the spec format, or its Markdown field reference."""
+    if format_ == "markdown":
+        from .docgen import reference_markdown
+
+        typer.echo(reference_markdown(), nl=False)
+        return
+    if format_ != "json":
+        raise SpecError([_arg_problem("--format", f"unknown format '{format_}'", "use json or markdown")])
     from .emit import schema_text
 
     typer.echo(schema_text(), nl=False)

@@ -604,9 +604,13 @@ which rewrites every file below byte-for-byte identically.
 
 - `tools.json`: the tool registry, `{{"tools": [{{"name", "description",
   "parameters": {{"type": "object", "properties": {{arg: {{"type": ...}}}},
-  "required": [...]}}}}]}}`. Tools: {", ".join(f"`{n}`" for n in TOOL_NAMES)}.
-- `train.jsonl`: training samples, one JSON object per line.
-- `eval.jsonl`: evaluation samples; all valid, and no prompt also occurs in train.
+  "required": [...]}}}}]}}`.
+  Tools: {", ".join(f"`{n}`" for n in TOOL_NAMES)}.
+- `train.jsonl`: training samples, one JSON object per line
+  (`sort_keys=True, separators=(",", ":")`). Prompts come from small
+  templated pools, so some repeat: {len({s["prompt"] for s in train})} distinct prompts.
+- `eval.jsonl`: evaluation samples, same format; all valid, and no prompt
+  also occurs in train (each pool is split before train is drawn).
 - `corpus.txt`: tokenizer training text, each train prompt and then its
   target on its own line, in train order.
 
@@ -633,9 +637,9 @@ which rewrites every file below byte-for-byte identically.
 
 ## Invalid train samples
 
-`train.jsonl` deliberately holds {invalid} invalid tool samples
-({invalid / len(train):.1%}) that the dataset job must detect and drop; they
-carry no marker. Defects: {defect_list}.
+`train.jsonl` deliberately holds {invalid} invalid tool samples ({invalid / len(train):.1%}) that the
+dataset job must detect and drop; they carry no marker.
+Defects: {defect_list}.
 
 - `unknown_tool`: the call names a tool not in the registry.
 - `missing_required`: a required argument is missing.
@@ -650,7 +654,10 @@ carry no marker. Defects: {defect_list}.
 | train.jsonl | {len(train)} | {kind_counts(train)} | {invalid} |
 | eval.jsonl | {len(eval_set)} | {kind_counts(eval_set)} | 0 |
 
-Targets are at most {max(len(s["target"]) for s in train + eval_set)} characters.
+The mix is 70% tool, 15% control, 15% privacy in both files (invalid samples
+are kind `tool`). Targets are at most {max(len(s["target"]) for s in train + eval_set)} characters, so prompt plus
+target fits a 128-token sequence with a 512-token byte-level BPE trained on
+`corpus.txt` ({len(corpus(train).encode())} bytes).
 """
 
 
