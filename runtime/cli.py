@@ -1,0 +1,122 @@
+"""`modelspec run` and `modelspec status`, added to the compiler's CLI (layers run one way)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from compiler.cli import JsonOpt, SetOpt, _emit_json, _arg_problem, app
+from compiler.cli import main as _compiler_main
+from compiler.errors import CheckFailed, SpecError
+
+WorkdirOpt = Annotated[str, typer.Option("--workdir", help="Store folder (content-addressed outputs).")]
+JobList = Optional[list[str]]
+
+
+def _compile(spec: str, overrides: list[str], allow_stale: bool):
+    from compiler.build import build_outputs, compile_one
+    from compiler.emit import stale_files
+
+    compiled = compile_one(spec, overrides)
+    if not allow_stale and not overrides:
+        stale = stale_files("generated", compiled.spec.name, build_outputs([spec], [], "generated")[compiled.spec.name])
+        if stale:
+            raise CheckFailed("generated/ is stale for this spec (run: modelspec compile " + spec + ", or pass --allow-stale):\n  "
+                              + "\n  ".join(stale))
+    return compiled
+
+
+def _check_jobs(compiled, names: list[str], option: str) -> None:
+    from compiler.errors import did_you_mean
+
+    ids = [j.id for j in compiled.jobs]
+    bad = [n for n in names if n not in ids]
+    if bad:
+        raise SpecError([_arg_problem(option, f"no job '{b}'", did_you_mean(b, ids) or f"jobs: {', '.join(ids)}") for b in bad])
+
+
+@app.command()
+def run(
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    until: Annotated[JobList, typer.Option("--until", help="Run this job and everything it needs.")] = None,
+    only: Annotated[JobList, typer.Option("--only", help="Run only this job (its inputs must be built).")] = None,
+    force: Annotated[JobList, typer.Option("--force", help="Rerun this job even if cached.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would run; run nothing.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Print why each job is stale before running.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", help="Independent jobs run in parallel, each in a long-lived worker.")] = 1,
+    workdir: WorkdirOpt = ".modelspec",
+    allow_stale: Annotated[bool, typer.Option("--allow-stale", help="Run even if generated/ is out of date.")] = False,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run the compiled plan: cached jobs are skipped, the rest run; a killed run resumes."""
+    from .executor import Executor, Interrupted, select
+    from .keys import job_states
+    from .progress import Reporter
+    from .store import Store
+
+    compiled = _compile(spec, set_ or [], allow_stale)
+    for option, names in (("--until", until or []), ("--only", only or []), ("--force", force or [])):
+        _check_jobs(compiled, names, option)
+    store = Store(workdir)
+    selected = select(compiled, until or [], only or [])
+    with store.lock():
+        if explain:
+            for state in job_states(compiled, store):
+                if state.id in selected and state.state != "up_to_date":
+                    typer.echo(f"{state.id}: {state.state}: " + "; ".join(state.reasons), err=True)
+        executor = Executor(compiled, store, jobs=jobs, force=tuple(force or ()))
+        try:
+            with Reporter(quiet=json_) as reporter:
+                executor.reporter = reporter
+                results = executor.run(selected, dry_run=dry_run)
+        except Interrupted as exc:
+            typer.echo(f"interrupted ({exc}); staging removed, the next run resumes", err=True)
+            raise typer.Exit(130 if exc.signum == 2 else 143)
+    ok = all(r.action in ("ran", "cached") or (dry_run and r.action == "skipped") for r in results)
+    if json_:
+        _emit_json({"ok": ok, "jobs": [r.as_json() for r in results]})
+    else:
+        ran = sum(r.action == "ran" for r in results)
+        cached = sum(r.action == "cached" for r in results)
+        typer.echo(f"{'ok' if ok else 'FAILED'}: {ran} ran, {cached} cached, {len(results) - ran - cached} other", err=True)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    workdir: WorkdirOpt = ".modelspec",
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Every job's state (up_to_date, stale, missing) and the reasons."""
+    from compiler.build import compile_one
+
+    from .keys import job_states
+    from .store import Store
+
+    compiled = compile_one(spec, set_ or [])
+    states = job_states(compiled, Store(workdir)) if os.path.isdir(workdir) else []
+    if not states:
+        from .keys import JobState
+
+        states = [JobState(j.id, j.job.kind, "", "missing", ["no store yet"]) for j in compiled.jobs]
+    if json_:
+        _emit_json({"spec": compiled.spec.name, "jobs": [s.as_json() for s in states]})
+        return
+    width = max(len(s.id) for s in states)
+    for s in states:
+        typer.echo(f"{s.id:<{width}}  {s.state:<10}  {'; '.join(s.reasons)}")
+
+
+def main() -> None:
+    _compiler_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

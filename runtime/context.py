@@ -1,0 +1,37 @@
+"""What a job receives besides its typed params: where it runs and how it reports progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    spec_dir: Path  # relative paths in params resolve against it
+    work_dir: Path  # persistent scratch that survives a killed run (checkpoints)
+    provenance: dict[str, Any]  # spec hash, job fingerprint and key, upstream fingerprints and keys
+    force: bool = False
+    emit: Callable[[tuple], None] = field(default=lambda event: None)
+
+    def progress(self, description: str, total: int | None = None) -> Callable[..., None]:
+        """Start a progress bar; call the result with `advance=` and any fields (e.g. losses)."""
+        self.emit(("start", self.job_id, description, total))
+
+        def update(advance: int = 1, **fields: Any) -> None:
+            self.emit(("advance", self.job_id, advance, {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in fields.items()}))
+
+        return update
+
+    def log(self, message: str) -> None:
+        self.emit(("log", self.job_id, message))
+
+    def resolve(self, path: str) -> Path:
+        """A data path from params: URIs are refused here, relative paths resolve against the spec."""
+        if "://" in path:
+            scheme = path.split("://", 1)[0]
+            raise RuntimeError(f"'{path}': the {scheme}:// scheme is not readable on this machine; copy the data to a local path")
+        p = Path(path)
+        return p if p.is_absolute() else (self.spec_dir / p)

@@ -1,0 +1,228 @@
+"""Run a compiled plan: cached jobs are verified and skipped, the rest run in worker processes.
+
+Jobs run in topological order, independent ones in parallel up to `jobs`. A job's outputs are
+staged and committed by the store only when the job succeeded; Ctrl-C / SIGTERM remove the
+staging folders, release the lock and exit 130 / 143; the next run resumes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import queue as queue_mod
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from compiler.compile import Compiled
+
+from .keys import JobKey, job_keys
+from .store import Store
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@dataclass
+class JobResult:
+    id: str
+    kind: str
+    action: str  # ran | cached | failed | skipped
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_json(self) -> dict:
+        out = {"id": self.id, "kind": self.kind, "action": self.action, "seconds": round(self.seconds, 3), "outputs": self.outputs}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def select(compiled: Compiled, until: list[str], only: list[str]) -> list[str]:
+    order = [j.id for j in compiled.jobs]
+    if only:
+        return [j for j in order if j in set(only)]
+    if until:
+        wanted = set(until)
+        for u in until:
+            wanted |= nx.ancestors(compiled.graph, u)
+        return [j for j in order if j in wanted]
+    return order
+
+
+class Executor:
+    def __init__(self, compiled: Compiled, store: Store, jobs: int = 1, force: tuple[str, ...] = (), reporter=None):
+        self.compiled = compiled
+        self.store = store
+        self.max_jobs = max(1, jobs)
+        self.force = set(force)
+        self.reporter = reporter
+        self.keys: dict[str, JobKey] = job_keys(compiled)
+        self.results: dict[str, JobResult] = {}
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._queue = None
+        self._staging: dict[str, Path] = {}
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _say(self, *event) -> None:
+        if self.reporter:
+            self.reporter(event)
+
+    def _outputs(self, job_id: str) -> dict[str, str]:
+        k = self.keys[job_id]
+        record = self.store.record(k.kind, k.key)
+        base = self.store.job_dir(k.kind, k.key)
+        return {name: str(base / meta["path"]) for name, meta in (record or {"outputs": {}})["outputs"].items()}
+
+    def _cached(self, job_id: str) -> bool:
+        k = self.keys[job_id]
+        if job_id in self.force:
+            return False
+        record = self.store.record(k.kind, k.key)
+        if record is None:
+            return False
+        bad = self.store.verify(k.kind, k.key, record)
+        if bad:
+            where = self.store.quarantine(k.kind, k.key)
+            self._say("log", job_id, f"cached outputs {', '.join(bad)} failed their hash check: quarantined to {where}; rerunning")
+            return False
+        return True
+
+    def _pool_get(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = mp.get_context("spawn")
+            self._queue = ctx.Queue()
+            from .worker import init_worker
+
+            self._pool = cf.ProcessPoolExecutor(max_workers=self.max_jobs, mp_context=ctx, initializer=init_worker, initargs=(self._queue,))
+        return self._pool
+
+    def _drain(self) -> None:
+        if self._queue is None:
+            return
+        while True:
+            try:
+                event = self._queue.get_nowait()
+            except queue_mod.Empty:
+                return
+            self._say(*event)
+
+    def _submit(self, job_id: str) -> cf.Future:
+        from .worker import run_job
+
+        k = self.keys[job_id]
+        pj = self.compiled.job(job_id)
+        staging = self.store.new_staging(k.key)
+        self._staging[job_id] = staging
+        inputs = {need: self._outputs(need) for need in pj.job.needs}
+        provenance = {
+            "spec": {"name": self.compiled.spec.name, "version": self.compiled.spec.version, "hash": self.compiled.spec_hash},
+            "job": {"id": job_id, "kind": k.kind, "fingerprint": k.fingerprint, "key": k.key},
+            "upstream": {n: {"fingerprint": self.keys[n].fingerprint, "key": self.keys[n].key} for n in pj.job.needs},
+        }
+        ctx = {"spec_dir": str(self.compiled.validated.spec_dir), "work_dir": str(self.store.work_dir(k.key)),
+               "provenance": provenance, "force": job_id in self.force}
+        self._say("job_start", job_id, k.kind)
+        return self._pool_get().submit(run_job, k.kind, job_id, k.params, inputs, str(staging), ctx)
+
+    def _commit(self, job_id: str, result: dict) -> None:
+        k = self.keys[job_id]
+        pj = self.compiled.job(job_id)
+        record = {
+            "job": job_id, "kind": k.kind, "fingerprint": k.fingerprint, "key": k.key, "params": k.params,
+            "external": k.external, "upstream": k.upstream, "spec_hash": self.compiled.spec_hash,
+            "metrics": result["metrics"], "seconds": round(result["seconds"], 3),
+        }
+        self.store.commit(self._staging.pop(job_id), k.kind, k.key, pj.job.outputs, record)
+        self.store.drop_work(k.key)
+        self.store.update_index(self.compiled.spec.name, {job_id: {
+            "key": k.key, "fingerprint": k.fingerprint, "params": k.params, "external": k.external, "upstream": k.upstream}})
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self, selected: list[str], dry_run: bool = False) -> list[JobResult]:
+        pending = list(selected)
+        done: set[str] = set()
+        failed = False
+        running: dict[cf.Future, tuple[str, float]] = {}
+        sel = set(selected)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.store.clear_staging()
+            while pending or running:
+                for job_id in list(pending):
+                    needs = [n for n in self.compiled.job(job_id).job.needs]
+                    if failed:
+                        break
+                    missing = [n for n in needs if n not in sel and not self._cached(n)]
+                    if missing:
+                        self.results[job_id] = JobResult(job_id, self.keys[job_id].kind, "failed",
+                                                         error=f"upstream not built: {', '.join(missing)} (run without --only)")
+                        pending.remove(job_id)
+                        failed = True
+                        continue
+                    if any(n in sel and n not in done for n in needs):
+                        continue
+                    pending.remove(job_id)
+                    if self._cached(job_id):
+                        self.results[job_id] = JobResult(job_id, self.keys[job_id].kind, "cached", outputs=self._outputs(job_id))
+                        self._say("job_done", self.results[job_id])
+                        done.add(job_id)
+                        continue
+                    if dry_run:
+                        self.results[job_id] = JobResult(job_id, self.keys[job_id].kind, "skipped", error="dry run: would run")
+                        done.add(job_id)
+                        continue
+                    if len(running) >= self.max_jobs:
+                        pending.insert(0, job_id)
+                        break
+                    running[self._submit(job_id)] = (job_id, time.perf_counter())
+                if not running:
+                    if failed or not pending:
+                        break
+                    continue
+                finished, _ = cf.wait(list(running), timeout=0.1, return_when=cf.FIRST_COMPLETED)
+                self._drain()
+                for fut in finished:
+                    job_id, start = running.pop(fut)
+                    kind = self.keys[job_id].kind
+                    try:
+                        result = fut.result()
+                        self._commit(job_id, result)
+                        self.results[job_id] = JobResult(job_id, kind, "ran", time.perf_counter() - start, self._outputs(job_id))
+                        done.add(job_id)
+                    except Exception as exc:  # a job failed: report it, run nothing that depends on it
+                        shutil.rmtree(self._staging.pop(job_id, Path("/nonexistent")), ignore_errors=True)
+                        self.results[job_id] = JobResult(job_id, kind, "failed", time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+                        failed = True
+                    self._say("job_done", self.results[job_id])
+            for job_id in pending:
+                self.results.setdefault(job_id, JobResult(job_id, self.keys[job_id].kind, "skipped"))
+        except Interrupted:
+            self._abort()
+            raise
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self._drain()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+        return [self.results[j] for j in selected if j in self.results]
+
+    def _on_signal(self, signum, frame) -> None:
+        raise Interrupted(signum)
+
+    def _abort(self) -> None:
+        if self._pool is not None:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.kill()
+        for staging in self._staging.values():
+            shutil.rmtree(staging, ignore_errors=True)
+        self._staging.clear()

@@ -1,0 +1,34 @@
+"""Job implementations, one module per kind, each with `run(params, inputs, out, ctx) -> metrics`.
+
+Modules are imported lazily inside worker processes, so torch is imported once per worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+IMPLEMENTED = {
+    "tokenizer": "runtime.jobs.tokenizer",
+    "dataset": "runtime.jobs.dataset",
+    "teacher": "runtime.jobs.teacher",
+    "train": "runtime.jobs.train",
+    "qat": "runtime.jobs.qat",
+    "eval": "runtime.jobs.eval",
+}
+
+# Params attributes that name files read by the job: their content is part of the cache key.
+EXTERNAL_INPUTS = {
+    "tokenizer": ("source_path",),
+    "dataset": ("train", "eval", "tool_registry"),
+    "teacher": ("path",),
+}
+
+
+class NotImplementedJob(RuntimeError):
+    pass
+
+
+def runner(kind: str):
+    if kind not in IMPLEMENTED:
+        raise NotImplementedJob(f"job kind '{kind}' is not implemented by this version of the runtime")
+    return importlib.import_module(IMPLEMENTED[kind]).run

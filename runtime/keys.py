@@ -1,0 +1,114 @@
+"""Cache keys and job states: plan fingerprint + external input content + upstream keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compiler.canonical import canonical_json, sha256_text
+from compiler.compile import Compiled
+
+from .hashing import tree_sha256
+from .jobs import EXTERNAL_INPUTS
+from .store import Store
+
+
+def external_inputs(kind: str, params: dict, spec_dir: Path) -> dict[str, str]:
+    out = {}
+    for attr in EXTERNAL_INPUTS.get(kind, ()):
+        value = params.get(attr)
+        if not value:
+            continue
+        if "://" in value:
+            out[value] = "unchecked-uri"
+            continue
+        path = Path(value) if Path(value).is_absolute() else spec_dir / value
+        try:
+            out[value] = tree_sha256(path)
+        except (OSError, ValueError):
+            out[value] = "missing"
+    return out
+
+
+@dataclass
+class JobKey:
+    id: str
+    kind: str
+    fingerprint: str
+    key: str
+    params: dict
+    external: dict[str, str]
+    upstream: dict[str, str]  # upstream id -> key
+
+
+def job_keys(compiled: Compiled) -> dict[str, JobKey]:
+    spec_dir = Path(compiled.validated.spec_dir)
+    keys: dict[str, JobKey] = {}
+    for pj in compiled.jobs:
+        job = pj.job
+        params = job.params.model_dump(mode="json")
+        ext = external_inputs(job.kind, params, spec_dir)
+        upstream = {n: keys[n].key for n in sorted(job.needs)}
+        key = sha256_text(canonical_json({"fingerprint": pj.fingerprint, "external": ext, "upstream": upstream}))
+        keys[job.id] = JobKey(job.id, job.kind, pj.fingerprint, key, params, ext, upstream)
+    return keys
+
+
+@dataclass
+class JobState:
+    id: str
+    kind: str
+    key: str
+    state: str  # up_to_date | stale | missing
+    reasons: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "key": self.key, "state": self.state, "reasons": self.reasons}
+
+
+def _diff(old, new, path="") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in old:
+                out.append(f"{sub} added")
+            elif k not in new:
+                out.append(f"{sub} removed")
+            else:
+                out += _diff(old[k], new[k], sub)
+        return out
+    if old != new:
+        show = lambda v: canonical_json(v) if len(canonical_json(v)) <= 60 else "..."  # noqa: E731
+        return [f"{path}: {show(old)} -> {show(new)}"]
+    return []
+
+
+def job_states(compiled: Compiled, store: Store, keys: dict[str, JobKey] | None = None) -> list[JobState]:
+    keys = keys or job_keys(compiled)
+    index = store.index(compiled.spec.name)
+    out = []
+    for pj in compiled.jobs:
+        k = keys[pj.id]
+        record = store.record(k.kind, k.key)
+        if record is not None:
+            bad = store.verify(k.kind, k.key, record)
+            if not bad:
+                out.append(JobState(k.id, k.kind, k.key, "up_to_date"))
+            else:
+                out.append(JobState(k.id, k.kind, k.key, "stale", [f"output '{n}' missing or corrupt" for n in bad]))
+            continue
+        prev = index.get(k.id)
+        if not prev:
+            out.append(JobState(k.id, k.kind, k.key, "missing", ["never ran with this store"]))
+            continue
+        reasons = [f"param {r}" for r in _diff(prev.get("params", {}), k.params)]
+        reasons += [f"input file {p} changed" for p in sorted(set(prev.get("external", {})) | set(k.external))
+                    if prev.get("external", {}).get(p) != k.external.get(p)]
+        reasons += [f"upstream '{u}' changed" for u in k.upstream if prev.get("upstream", {}).get(u) != k.upstream[u]]
+        if prev.get("fingerprint") == k.fingerprint and not reasons:
+            reasons.append("outputs for this key are missing from the store")
+        elif not reasons:
+            reasons.append("code version changed")
+        out.append(JobState(k.id, k.kind, k.key, "stale", reasons))
+    return out

@@ -1,0 +1,1 @@
+"""The student model (a Llama-compatible GQA transformer) and weight fake quantization for QAT."""

@@ -1,0 +1,271 @@
+"""The student: a Llama-compatible GQA transformer built from `compiler.params.ArchitectureP`.
+
+Parameter names are the canonical module names of `compiler.modules` (no `model.` prefix), so
+the quantization and precision plans address modules directly. Everything is export friendly:
+no data-dependent Python control flow and no `.item()`; masks and RoPE angles are computed
+in-graph from position tensors, and angles depend only on absolute positions (no scaling).
+
+Three entry points share one decoder stack:
+  - `forward(input_ids, attention_mask)`: training/eval logits, causal + key padding mask.
+  - `prefill(input_ids, key_cache, value_cache)`: writes cache positions 0..T-1, returns logits.
+  - `decode(input_ids, position, key_cache, value_cache)`: writes one position, attends to <= it.
+Caches are `[n_layers, B, n_kv_heads, cache_len, d_head]` and are updated functionally.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compiler.modules import Module, canonical_modules
+from compiler.params import ArchitectureP
+from compiler.schema.architecture import Architecture, Mlp, Norm, Rope
+
+# Masked scores are replaced (not offset) by this: finite in fp16, and exp() of it underflows to 0.
+MASK_VALUE = -1.0e4
+INIT_STD = 0.02
+
+# (k, v) of the current tokens -> the (k, v) to attend over (identity, or a cache write).
+KVFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def schema_architecture(arch: ArchitectureP) -> Architecture:
+    """The spec-level `Architecture` equivalent to the flattened job parameters."""
+    return Architecture(
+        d_model=arch.d_model, n_layers=arch.n_layers, n_heads=arch.n_heads, n_kv_heads=arch.n_kv_heads,
+        d_head=arch.d_head, mlp=Mlp(kind="swiglu", hidden=arch.mlp_hidden), vocab_size=arch.vocab_size,
+        norm=Norm(kind="rmsnorm", eps=arch.norm_eps), rope=Rope(theta=arch.rope_theta, scaling="none"),
+        max_context=arch.max_context, tie_embeddings=arch.tie_embeddings,
+    )
+
+
+def canonical(arch: ArchitectureP) -> list[Module]:
+    """`compiler.modules.canonical_modules` for job parameters."""
+    return canonical_modules(schema_architecture(arch))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a weight only; the statistics are computed in fp32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(positions: Tensor, d_head: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin `[B|1, T, d_head]` from absolute positions `[B|1, T]`, computed in fp32 in-graph."""
+    exponent = torch.arange(0, d_head, 2, dtype=torch.float32, device=positions.device) / d_head
+    inv_freq = 1.0 / (theta ** exponent)
+    freqs = positions.float()[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x `[B, H, T, D]`; cos/sin `[B|1, T, D]`."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + _rotate_half(x) * sin
+
+
+def allowed_mask(q_pos: Tensor, k_pos: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    """Boolean `[B|1, 1, Tq, Tk]`: key position <= query position (and the key is real)."""
+    allowed = k_pos[:, None, None, :] <= q_pos[:, None, :, None]
+    if key_mask is not None:
+        allowed = allowed & (key_mask[:, None, None, :] != 0)
+    return allowed
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: ArchitectureP) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.d_head = arch.n_heads, arch.n_kv_heads, arch.d_head
+        self.q_proj = nn.Linear(arch.d_model, arch.n_heads * arch.d_head, bias=False)
+        self.k_proj = nn.Linear(arch.d_model, arch.n_kv_heads * arch.d_head, bias=False)
+        self.v_proj = nn.Linear(arch.d_model, arch.n_kv_heads * arch.d_head, bias=False)
+        self.o_proj = nn.Linear(arch.n_heads * arch.d_head, arch.d_model, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor, kv_fn: KVFn) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.d_head).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        k, v = kv_fn(k, v)
+        k, v = k.to(q.dtype), v.to(q.dtype)
+        rep = self.n_heads // self.n_kv_heads
+        s = k.shape[2]
+        k = k[:, :, None].expand(b, self.n_kv_heads, rep, s, self.d_head).reshape(b, self.n_heads, s, self.d_head)
+        v = v[:, :, None].expand(b, self.n_kv_heads, rep, s, self.d_head).reshape(b, self.n_heads, s, self.d_head)
+        scores = torch.matmul(q, k.transpose(2, 3)) * (self.d_head ** -0.5)
+        scores = torch.where(allowed, scores, torch.full_like(scores, MASK_VALUE))
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, self.n_heads * self.d_head)
+        return self.o_proj(out)
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, arch: ArchitectureP) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(arch.d_model, arch.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(arch.d_model, arch.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(arch.mlp_hidden, arch.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, arch: ArchitectureP) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(arch.d_model, arch.norm_eps)
+        self.self_attn = Attention(arch)
+        self.post_attention_layernorm = RMSNorm(arch.d_model, arch.norm_eps)
+        self.mlp = SwiGLU(arch)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor, kv_fn: KVFn) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, kv_fn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _identity_kv(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    return k, v
+
+
+class Student(nn.Module):
+    """The student LM; `Student(arch, seed)` is deterministic for a given seed and device."""
+
+    def __init__(self, arch: ArchitectureP, seed: int = 0, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if arch.d_model != arch.n_heads * arch.d_head or arch.n_heads % arch.n_kv_heads or arch.d_head % 2:
+            raise ValueError(f"inconsistent architecture: {arch}")
+        self.arch = arch
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(arch.n_layers))
+        self.norm = RMSNorm(arch.d_model, arch.norm_eps)
+        self.lm_head: nn.Linear | None = None if arch.tie_embeddings else nn.Linear(arch.d_model, arch.vocab_size, bias=False)
+        self.to(device=device)
+        self.init_weights(seed)
+        self.to(dtype=dtype)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Normal(0, 0.02) matrices (residual outputs scaled by 1/sqrt(2 n_layers)), unit norms."""
+        g = torch.Generator(device=self.embed_tokens.weight.device).manual_seed(seed)
+        out_std = INIT_STD / math.sqrt(2 * self.arch.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                p.fill_(1.0)
+            else:
+                std = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else INIT_STD
+                p.normal_(0.0, std, generator=g)
+
+    def _logits(self, h: Tensor) -> Tensor:
+        h = self.norm(h)
+        if self.lm_head is None:
+            return F.linear(h, self.embed_tokens.weight)
+        return self.lm_head(h)
+
+    def _run(self, input_ids: Tensor, positions: Tensor, allowed: Tensor,
+             kv_fns: list[KVFn] | None = None) -> Tensor:
+        h = self.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(positions, self.arch.d_head, self.arch.rope_theta, h.dtype)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, allowed, kv_fns[i] if kv_fns is not None else _identity_kv)
+        return self._logits(h)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None) -> Tensor:
+        """Logits `[B, T, V]`; attention_mask (1 real, 0 pad) hides padded keys."""
+        t = input_ids.shape[1]
+        pos = position_ids if position_ids is not None else torch.arange(t, device=input_ids.device)[None]
+        return self._run(input_ids, pos, allowed_mask(pos, pos, attention_mask))
+
+    def prefill(self, input_ids: Tensor, key_cache: Tensor, value_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Run T tokens at positions 0..T-1, writing them to cache positions 0..T-1."""
+        t = input_ids.shape[1]
+        if t > key_cache.shape[3]:
+            raise ValueError(f"prefill length {t} exceeds the cache length {key_cache.shape[3]}")
+        pos = torch.arange(t, device=input_ids.device)[None]
+        new_k: list[Tensor] = []
+        new_v: list[Tensor] = []
+
+        def writer(i: int) -> KVFn:
+            def write(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+                new_k.append(torch.cat([k.to(key_cache.dtype), key_cache[i, :, :, t:]], dim=2))
+                new_v.append(torch.cat([v.to(value_cache.dtype), value_cache[i, :, :, t:]], dim=2))
+                return k, v
+            return write
+
+        logits = self._run(input_ids, pos, allowed_mask(pos, pos), [writer(i) for i in range(len(self.layers))])
+        return logits, torch.stack(new_k), torch.stack(new_v)
+
+    def decode(self, input_ids: Tensor, position: Tensor, key_cache: Tensor,
+               value_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One token `[B, 1]` at `position` (`[1]` int tensor): write it, attend to cache <= position."""
+        cache_len = key_cache.shape[3]
+        k_pos = torch.arange(cache_len, device=input_ids.device)
+        q_pos = position.reshape(1, 1).to(k_pos.dtype)
+        hit = (k_pos == q_pos.reshape(1)).view(1, 1, cache_len, 1)
+        new_k: list[Tensor] = []
+        new_v: list[Tensor] = []
+
+        def writer(i: int) -> KVFn:
+            def write(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+                k_all = torch.where(hit, k.to(key_cache.dtype), key_cache[i])
+                v_all = torch.where(hit, v.to(value_cache.dtype), value_cache[i])
+                new_k.append(k_all)
+                new_v.append(v_all)
+                return k_all, v_all
+            return write
+
+        allowed = allowed_mask(q_pos, k_pos[None])
+        logits = self._run(input_ids, q_pos, allowed, [writer(i) for i in range(len(self.layers))])
+        return logits, torch.stack(new_k), torch.stack(new_v)
+
+    def empty_cache(self, batch: int, cache_len: int | None = None) -> tuple[Tensor, Tensor]:
+        """Zero key and value caches `[n_layers, B, n_kv_heads, cache_len, d_head]` (default max_context)."""
+        a = self.arch
+        w = self.embed_tokens.weight
+        shape = (a.n_layers, batch, a.n_kv_heads, cache_len or a.max_context, a.d_head)
+        return torch.zeros(shape, dtype=w.dtype, device=w.device), torch.zeros(shape, dtype=w.dtype, device=w.device)
+
+
+def to_hf_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Student keys -> `LlamaForCausalLM` keys (`model.` prefix; tied: lm_head shares embed_tokens)."""
+    out = {k if k == "lm_head.weight" else f"model.{k}": v for k, v in state_dict.items()}
+    out.setdefault("lm_head.weight", state_dict["embed_tokens.weight"])
+    return out
+
+
+def from_hf_state_dict(state_dict: Mapping[str, Tensor], tie_embeddings: bool) -> dict[str, Tensor]:
+    """`LlamaForCausalLM` keys -> Student keys; drops rotary buffers, and lm_head when tied."""
+    out: dict[str, Tensor] = {}
+    for k, v in state_dict.items():
+        if "rotary_emb" in k:
+            continue
+        if k == "lm_head.weight":
+            if not tie_embeddings:
+                out[k] = v
+        elif k.startswith("model."):
+            out[k[len("model."):]] = v
+        else:
+            raise KeyError(f"unexpected key in a Llama state dict: {k!r}")
+    return out

@@ -1,0 +1,165 @@
+"""The content-addressed store: completed outputs under their cache key, staging, quarantine, lock.
+
+Layout of a store (default `.modelspec/`):
+
+    lock                      flock held by the one run that uses the store
+    jobs/<kind>/<key>/        outputs of a finished job + `_complete.json`, written last
+    staging/<random>/         a job's outputs while it runs (same filesystem; renamed into place)
+    work/<key>/               resumable scratch of a running job (training checkpoints)
+    quarantine/<key>-<n>/     cached outputs that failed their hash check
+    index/<spec>.json         job id -> last completed key and params (for `status` reasons)
+
+A job is done only when its folder exists under `jobs/`: the folder is renamed into place in
+one step after every output and the completion record were written, so a killed run leaves
+either no folder or a complete one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hashing import tree_bytes, tree_sha256
+
+RECORD = "_complete.json"
+
+
+class CorruptOutput(Exception):
+    pass
+
+
+@dataclass
+class Store:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).absolute()
+        for sub in ("jobs", "staging", "work", "quarantine", "index"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- lock -------------------------------------------------------------------------------
+    def lock(self, wait_message=None) -> "StoreLock":
+        return StoreLock(self.root / "lock", wait_message)
+
+    # -- completed jobs ---------------------------------------------------------------------
+    def job_dir(self, kind: str, key: str) -> Path:
+        return self.root / "jobs" / kind / key
+
+    def record(self, kind: str, key: str) -> dict | None:
+        path = self.job_dir(kind, key) / RECORD
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return None
+
+    def verify(self, kind: str, key: str, record: dict) -> list[str]:
+        """Names of outputs that are missing or whose sha256 differs from the record."""
+        bad = []
+        base = self.job_dir(kind, key)
+        for name, meta in record["outputs"].items():
+            path = base / meta["path"]
+            try:
+                if not path.exists() or tree_sha256(path) != meta["sha256"]:
+                    bad.append(name)
+            except (OSError, ValueError):
+                bad.append(name)
+        return bad
+
+    def quarantine(self, kind: str, key: str) -> Path:
+        src = self.job_dir(kind, key)
+        dst = self.root / "quarantine" / f"{key}-{time.time_ns()}"
+        os.rename(src, dst)
+        return dst
+
+    # -- staging ----------------------------------------------------------------------------
+    def new_staging(self, key: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{key[:16]}-", dir=self.root / "staging"))
+
+    def clear_staging(self) -> None:
+        """Remove leftovers of killed runs; only called while holding the lock."""
+        for child in (self.root / "staging").iterdir():
+            shutil.rmtree(child, ignore_errors=True)
+
+    def commit(self, staging: Path, kind: str, key: str, outputs: dict[str, str], record: dict) -> dict:
+        """Hash the staged outputs, write the completion record last, rename into place."""
+        entries = {}
+        for name, rel in outputs.items():
+            path = staging / rel
+            if not path.exists():
+                raise FileNotFoundError(f"job did not write its declared output '{name}' ({rel})")
+            if path.is_symlink():
+                raise ValueError(f"output '{name}' is a symlink")
+            entries[name] = {"path": rel, "sha256": tree_sha256(path), "bytes": tree_bytes(path)}
+        record = dict(record, outputs=entries)
+        tmp = staging / (RECORD + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, staging / RECORD)
+        target = self.job_dir(kind, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # a corrupt earlier copy: keep it for inspection
+            self.quarantine(kind, key)
+        os.rename(staging, target)
+        return record
+
+    def work_dir(self, key: str) -> Path:
+        path = self.root / "work" / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def drop_work(self, key: str) -> None:
+        shutil.rmtree(self.root / "work" / key, ignore_errors=True)
+
+    # -- index (last completed key per job id, for status reasons) --------------------------
+    def index(self, spec_name: str) -> dict:
+        try:
+            with open(self.root / "index" / f"{spec_name}.json", encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return {}
+
+    def update_index(self, spec_name: str, entries: dict) -> None:
+        data = self.index(spec_name) | entries
+        path = self.root / "index" / f"{spec_name}.json"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
+class StoreLock:
+    """An exclusive flock on the store; released by the kernel if the holder dies."""
+
+    def __init__(self, path: Path, wait_message=None):
+        self.path = path
+        self.wait_message = wait_message
+        self.fh = None
+
+    def __enter__(self) -> "StoreLock":
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            (self.wait_message or (lambda: print(f"waiting for another modelspec run holding {self.path} ...", file=sys.stderr)))()
+            fcntl.flock(self.fh, fcntl.LOCK_EX)
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fh:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None

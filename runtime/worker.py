@@ -1,0 +1,53 @@
+"""Worker-process side: run one job with typed params into a staging folder.
+
+Workers are long-lived (a process pool), so torch and coremltools are imported once per
+worker, not once per job. A worker dies with its parent (PR_SET_PDEATHSIG on Linux).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+_events = None
+
+
+def init_worker(queue) -> None:
+    global _events
+    _events = queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _emit(event: tuple) -> None:
+    if _events is not None:
+        _events.put(event)
+
+
+def run_job(kind: str, job_id: str, params_json: dict, inputs: dict[str, dict[str, str]], staging: str,
+            ctx_data: dict[str, Any]) -> dict:
+    from compiler import params as params_mod
+
+    from .context import JobContext
+    from .jobs import runner
+
+    cls = {
+        "tokenizer": params_mod.TokenizerParams, "dataset": params_mod.DatasetParams, "teacher": params_mod.TeacherParams,
+        "train": params_mod.TrainParams, "qat": params_mod.QatParams, "export": params_mod.ExportParams,
+        "convert": params_mod.ConvertParams, "verify": params_mod.VerifyParams, "parity": params_mod.ParityParams,
+        "eval": params_mod.EvalParams, "gates": params_mod.GatesParams, "publish": params_mod.PublishParams,
+    }[kind]
+    params = cls.model_validate(params_json, strict=False)
+    ctx = JobContext(job_id=job_id, spec_dir=Path(ctx_data["spec_dir"]), work_dir=Path(ctx_data["work_dir"]),
+                     provenance=ctx_data["provenance"], force=ctx_data["force"], emit=_emit)
+    start = time.perf_counter()
+    metrics = runner(kind)(params, {u: {n: Path(p) for n, p in outs.items()} for u, outs in inputs.items()}, Path(staging), ctx)
+    return {"metrics": metrics or {}, "seconds": time.perf_counter() - start, "pid": os.getpid()}
