@@ -48,7 +48,8 @@ WHY = {
 READS = {
     "tokenizer": ("tokenizer", "architecture.vocab_size"),
     "dataset": ("data", "role", "shapes.prefill", "tokenizer.special_tokens"),
-    "teacher": ("teacher", "architecture.vocab_size", "architecture.norm", "architecture.rope", "architecture.max_context", "training.seed"),
+    "teacher": ("teacher", "architecture.vocab_size", "architecture.norm", "architecture.rope", "architecture.max_context",
+                "architecture.tie_embeddings", "training.seed"),
     "train": ("architecture", "training", "tokenizer.special_tokens"),
     "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights"),
     "export": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache", "precision"),
@@ -87,7 +88,7 @@ def _special(spec: Spec) -> dict[str, SpecialTokenP]:
 
 def _quant(spec: Spec) -> list[ModuleQuantP]:
     return [ModuleQuantP(module=q.module, kind=q.kind, shape=list(q.shape), dtype=q.dtype, granularity=q.granularity,
-                         block_size=q.block_size, source=q.source) for q in quant_plan(spec)]
+                         block_size=q.block_size) for q in quant_plan(spec)]
 
 
 def _precision(spec: Spec) -> PrecisionP:
@@ -165,7 +166,7 @@ def build_jobs(spec: Spec) -> list[Job]:
     ), {"package": f"{spec.name}.mlpackage", "report": "report.json"}))
     jobs.append(Job("verify", "verify", ("convert", "tokenizer"), VerifyParams(
         name=spec.name, functions=fns, default_function=default_function(spec), quantization=quant, precision=precision,
-        special_tokens=special,
+        special_tokens=special, quantization_sources={q.module: q.source for q in quant_plan(spec)},
     ), {"report": "report.json"}))
     parity_ids = []
     for fn in fns:

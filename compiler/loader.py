@@ -30,7 +30,7 @@ _INT_HEX = re.compile(r"^0x[0-9a-fA-F]+$")
 _FLOAT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$")
 _INF = re.compile(r"^[-+]?\.(?:inf|Inf|INF)$")
 _NAN = re.compile(r"^\.(?:nan|NaN|NAN)$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 
 
 def resolve_plain(text: str) -> Any:
@@ -88,13 +88,15 @@ class Document:
 
 
 class _Node:
-    __slots__ = ("kind", "value", "mark", "size", "items", "key_marks")
+    __slots__ = ("kind", "value", "mark", "size", "height", "open", "items", "key_marks")
 
     def __init__(self, kind: str, mark: Mark):
         self.kind = kind  # "scalar" | "map" | "seq"
         self.mark = mark
         self.value: Any = None
         self.size = 1
+        self.height = 1  # levels of nesting below and including this node, aliases expanded
+        self.open = kind != "scalar"  # a collection still being parsed
         self.items: list = []
         self.key_marks: list[Mark] = []
 
@@ -155,6 +157,7 @@ class _Builder:
                 break
             if isinstance(event, (MappingEndEvent, SequenceEndEvent)):
                 done = stack.pop()
+                done.open = False
                 self._attach(stack, done)
                 root = done if not stack else root
                 continue
@@ -162,6 +165,10 @@ class _Builder:
                 target = self.anchors.get(event.anchor)
                 if target is None:
                     self.fail(self._mark(event), f"unknown alias '*{event.anchor}'")
+                if target.open:
+                    self.fail(self._mark(event), f"alias '*{event.anchor}' refers to a collection that contains it", "recursive aliases are not allowed")
+                if len(stack) + target.height > MAX_DEPTH:
+                    self.fail(self._mark(event), f"nesting deeper than {MAX_DEPTH} levels (through alias '*{event.anchor}')")
                 self.count(target.size, self._mark(event))
                 self._attach(stack, target)
                 root = target if not stack else root
@@ -197,6 +204,7 @@ class _Builder:
         parent = stack[-1]
         parent.items.append(node)
         parent.size += node.size
+        parent.height = max(parent.height, node.height + 1)
 
 
 def _to_data(node: _Node, path: Path, doc: Document, builder: _Builder, problems: list[Problem]) -> Any:
@@ -238,13 +246,16 @@ def _to_data(node: _Node, path: Path, doc: Document, builder: _Builder, problems
 
 def load_text(text: str, file: str) -> Document:
     from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise SpecError([Problem(file, 1, 1, "<root>", f"file larger than {MAX_FILE_BYTES} bytes", "a spec is a few KiB")])
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise SpecError([Problem(file, line, 1, "<root>", "NUL byte in file", "the file is binary or corrupt")])
+    bad = _CONTROL.search(text)
+    if bad:
+        line = text[: bad.start()].count("\n") + 1
+        col = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        what = "NUL byte" if bad.group() == "\x00" else f"control character U+{ord(bad.group()):04X}"
+        raise SpecError([Problem(file, line, col, "<root>", f"{what} in file", "the file is binary or corrupt; write escapes like \"\\t\" in quoted strings instead")])
     builder = _Builder(file)
     yaml = YAML(typ="safe", pure=True)
     try:
@@ -253,6 +264,8 @@ def load_text(text: str, file: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise SpecError([Problem(file, line, col, "<root>", f"YAML syntax error: {exc.problem or exc}", "check indentation and quoting")]) from None
+    except YAMLError as exc:  # reader errors and the like, without a mark
+        raise SpecError([Problem(file, 1, 1, "<root>", f"YAML error: {exc}", "check the file's encoding and characters")]) from None
     except RecursionError:
         raise SpecError([Problem(file, 1, 1, "<root>", f"nesting deeper than {MAX_DEPTH} levels")]) from None
     doc = Document(file=file, data=None)

@@ -70,7 +70,6 @@ class ModuleQuantP(Params):
     dtype: str
     granularity: str | None
     block_size: int | None
-    source: str
 
 
 class TrainingP(Params):
@@ -151,6 +150,7 @@ class VerifyParams(Params):
     functions: list[FunctionP]
     default_function: str
     quantization: list[ModuleQuantP]
+    quantization_sources: dict[str, str]  # module -> the rule it came from, for error messages only
     precision: PrecisionP
     special_tokens: dict[str, SpecialTokenP]
 

@@ -41,7 +41,7 @@ def _heads(h: Heads, base: Path) -> Iterator[Finding]:
         yield (base + ("d_model",), f"d_model {h.d_model} != n_heads * d_head = {h.n_heads} * {h.d_head} = {h.n_heads * h.d_head}",
                "set d_model = n_heads * d_head, or change n_heads or d_head")
     if h.n_heads % h.n_kv_heads:
-        divisors = [k for k in range(1, h.n_heads + 1) if h.n_heads % k == 0]
+        divisors = _divisors(h.n_heads)
         yield (base + ("n_kv_heads",), f"n_heads {h.n_heads} is not a multiple of n_kv_heads {h.n_kv_heads}",
                f"n_kv_heads must divide n_heads; valid values: {divisors}")
 
@@ -50,6 +50,9 @@ def _architecture(spec: Spec) -> Iterator[Finding]:
     yield from _heads(spec.architecture, ("architecture",))
     if isinstance(spec.teacher, TrainTeacher):
         yield from _heads(spec.teacher.architecture, ("teacher", "architecture"))
+        if spec.teacher.seq_len > spec.architecture.max_context:
+            yield (("teacher", "seq_len"), f"teacher seq_len {spec.teacher.seq_len} exceeds architecture.max_context {spec.architecture.max_context}",
+                   "the teacher shares the student's RoPE and context")
 
 
 def _tokens(spec: Spec) -> Iterator[Finding]:
@@ -186,8 +189,13 @@ def _quantization(spec: Spec) -> Iterator[Finding]:
                        f"use a divisor of {in_features}, e.g. {_divisor_near(in_features, q.block_size)}")
 
 
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
 def _divisor_near(n: int, want: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - want), d))
+    return min(_divisors(n), key=lambda d: (abs(d - want), d))
 
 
 def _precision(spec: Spec) -> Iterator[Finding]:
@@ -237,9 +245,17 @@ def _deployment(spec: Spec) -> Iterator[Finding]:
         have = p.memory_gb * (1 << 30)
         if need > have:
             yield (("deployment", "profiles", i, "memory_gb"),
-                   f"needs {need / (1 << 30):.2f} GiB (weights {derived.weight_bytes / (1 << 30):.2f} GiB + {p.sessions} x {p.context} tokens x "
-                   f"{derived.kv_bytes_per_token} B KV) but memory_gb is {p.memory_gb}",
+                   f"needs {_size(need)} (weights {_size(derived.weight_bytes)} + {p.sessions} x {p.context} tokens x "
+                   f"{derived.kv_bytes_per_token} B of KV cache) but memory_gb is {p.memory_gb:g} ({_size(have)})",
                    "quantize more, lower sessions or context, or drop the profile")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
 
 
 def _teacher(spec: Spec) -> Iterator[Finding]:
@@ -253,21 +269,24 @@ def _is_local_relative(path: str) -> bool:
 
 
 def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
-    candidates: list[tuple[Path, str]] = [
-        (("data", "train"), spec.data.train),
-        (("data", "eval"), spec.data.eval),
-        (("data", "tool_registry"), spec.data.tool_registry),
-    ]
     src = spec.tokenizer.source
-    candidates.append((("tokenizer", "source", "corpus" if isinstance(src, BpeSource) else "path"), src.corpus if isinstance(src, BpeSource) else src.path))
+    candidates: list[tuple[Path, str, bool]] = [  # (key path, value, is a folder)
+        (("data", "train"), spec.data.train, False),
+        (("data", "eval"), spec.data.eval, False),
+        (("data", "tool_registry"), spec.data.tool_registry, False),
+        (("tokenizer", "source", "corpus"), src.corpus, False) if isinstance(src, BpeSource) else (("tokenizer", "source", "path"), src.path, True),
+    ]
     if isinstance(spec.teacher, HfLocalTeacher):
-        candidates.append((("teacher", "path"), spec.teacher.path))
-    for path, value in candidates:
+        candidates.append((("teacher", "path"), spec.teacher.path, True))
+    for path, value, folder in candidates:
+        full = os.path.join(spec_dir, value)
         if not value.strip():
             yield (path, "empty path", "write a path relative to the spec file, an absolute path or a URI")
-        elif _is_local_relative(value) and not os.path.exists(os.path.join(spec_dir, value)):
+        elif _is_local_relative(value) and not os.path.exists(full):
             yield (path, f"'{value}' does not exist (relative to the spec file's folder)",
                    "relative paths are resolved against the spec's folder; absolute paths and URIs are checked by the job that reads them")
+        elif _is_local_relative(value) and os.path.isdir(full) != folder:
+            yield (path, f"'{value}' is {'a file' if folder else 'a folder'}; expected {'a folder' if folder else 'a file'}", None)
 
 
 RULES = [_architecture, _tokens, _shapes, _training, _quantization, _precision, _gates, _deployment, _teacher, _paths]

@@ -60,14 +60,23 @@ FIELD_HINTS = {
     "shapes.batch": "on-device inference runs batch 1",
     "training.optimizer.name": "adamw is the only optimizer the runtime implements",
     "architecture.mlp.kind": "the student is a SwiGLU transformer",
+    "training.optimizer.betas": "write [beta1, beta2], e.g. [0.9, 0.95]",
 }
 
 
 def _data_path(data: Any, loc: tuple, missing: bool) -> Path:
-    """Drop union tags that pydantic inserts into `loc`; keep only real keys and indexes."""
+    """Drop union tags that pydantic inserts into `loc`; keep only real keys and indexes.
+
+    A tag can equal a real key (the island union is tagged `module`/`op`): a key with a scalar
+    value followed in `loc` by a sibling key (or a missing one) is a tag, not a step down.
+    """
     out: list[str | int] = []
     node = data
     for i, part in enumerate(loc):
+        nxt = loc[i + 1] if i < len(loc) - 1 else None
+        if (isinstance(node, dict) and isinstance(part, str) and part in node and nxt is not None
+                and not isinstance(node[part], (dict, list)) and (nxt in node or (missing and i + 1 == len(loc) - 1))):
+            continue
         if isinstance(node, dict) and isinstance(part, str) and part in node:
             out.append(part)
             node = node[part]
@@ -133,6 +142,11 @@ def _translate(doc: Document, err: dict) -> Problem:
     if kind == "union_tag_not_found":
         tag_key = err.get("ctx", {}).get("discriminator", "").strip("'")
         return doc.problem(path, f"missing required key {tag_key}", f"add {tag_key}: ... to say which kind this is")
+    if kind in ("too_short", "too_long"):
+        ctx = err.get("ctx", {})
+        lo, hi = ctx.get("min_length"), ctx.get("max_length")
+        want = f"exactly {lo}" if kind == "too_short" and lo == _max_len(err) else (f"at least {lo}" if kind == "too_short" else f"at most {hi}")
+        return doc.problem(path, f"expected {want} items, got {ctx.get('actual_length')}", FIELD_HINTS.get(format_path(path)))
     if kind == "string_pattern_mismatch":
         return doc.problem(path, f"{_describe(value)} does not match {err['ctx']['pattern']}",
                            "names are lowercase letters, digits and '-', starting with a letter or digit; versions are semver like 1.2.0")
@@ -142,13 +156,17 @@ def _translate(doc: Document, err: dict) -> Problem:
     return doc.problem(path, f"{message} (got {_describe(value)})" if not isinstance(value, (dict, list)) else message, None)
 
 
+def _max_len(err: dict) -> int | None:
+    return 2 if err["loc"][-1:] == ("betas",) else None
+
+
 def _allowed_keys(data: Any, path: Path) -> list[str]:
     """Field names of the model at `path`, following the data to pick union members."""
     model: Any = Spec
     node = data
     for part in path:
-        node = node[part]
         model = _element_type(model, part, node)
+        node = node[part]
         if model is None:
             return []
     model = _pick_model(model, node)
@@ -176,5 +194,16 @@ def _pick_model(tp: Any, node: Any) -> Any:
         if not models:
             return members[0] if members else None
         keys = set(node) if isinstance(node, dict) else set()
-        return max(models, key=lambda m: (len(keys & set(m.model_fields)), -len(m.model_fields)))
+        return max(models, key=lambda m: (_tag_agrees(m, node), len(keys & set(m.model_fields)), -len(m.model_fields)))
     return tp
+
+
+def _tag_agrees(model: type[BaseModel], node: Any) -> int:
+    """1 when every Literal field present in `node` has an allowed value (the discriminator), else 0."""
+    if not isinstance(node, dict):
+        return 0
+    for name, field in model.model_fields.items():
+        if typing.get_origin(field.annotation) is typing.Literal and name in node:
+            if node[name] not in typing.get_args(field.annotation):
+                return 0
+    return 1

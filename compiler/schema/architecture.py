@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
+from typing import Annotated
+
+from pydantic import Field
+
 from .base import F, PosFloat, PosInt, SpecModel
+
+# Sanity caps: far above any on-device model, low enough that validation stays instant.
+Width = Annotated[int, Field(gt=0, le=1 << 18)]
+Count = Annotated[int, Field(gt=0, le=4096)]
 
 
 class Mlp(SpecModel):
     kind: Literal["swiglu"] = F("MLP kind; SwiGLU (gate, up, down projections).")
-    hidden: PosInt = F("MLP inner width, written out explicitly (never derived as 4 x d_model).", unit="features")
+    hidden: Width = F("MLP inner width, written out explicitly (never derived as 4 x d_model).", unit="features")
 
 
 class Norm(SpecModel):
@@ -28,19 +36,19 @@ class Rope(SpecModel):
 class Heads(SpecModel):
     """Fields shared by the student and a trained teacher."""
 
-    d_model: PosInt = F("Residual stream width; must equal n_heads * d_head.", unit="features")
-    n_layers: PosInt = F("Number of transformer blocks.", unit="layers")
-    n_heads: PosInt = F("Query heads.", unit="heads")
-    n_kv_heads: PosInt = F("Key/value heads (GQA); must divide n_heads.", unit="heads")
-    d_head: PosInt = F("Width of one attention head.", unit="features")
+    d_model: Width = F("Residual stream width; must equal n_heads * d_head.", unit="features")
+    n_layers: Count = F("Number of transformer blocks.", unit="layers")
+    n_heads: Count = F("Query heads.", unit="heads")
+    n_kv_heads: Count = F("Key/value heads (GQA); must divide n_heads.", unit="heads")
+    d_head: Width = F("Width of one attention head.", unit="features")
     mlp: Mlp = F("MLP block.")
 
 
 class Architecture(Heads):
-    vocab_size: PosInt = F("Embedding rows; every token id (special tokens included) is below it.", unit="tokens")
+    vocab_size: Annotated[int, Field(gt=0, le=1 << 22)] = F("Embedding rows; every token id (special tokens included) is below it.", unit="tokens")
     norm: Norm = F("Normalization.")
     rope: Rope = F("Rotary position embedding.")
-    max_context: PosInt = F("Longest sequence the model is exported for (prefill shapes and KV cache).", unit="tokens")
+    max_context: Annotated[int, Field(gt=0, le=1 << 22)] = F("Longest sequence the model is exported for (prefill shapes and KV cache).", unit="tokens")
     tie_embeddings: bool = F("Share embed_tokens and lm_head weights (then lm_head is not a separate module).")
 
 

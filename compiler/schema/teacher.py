@@ -12,7 +12,7 @@ from .base import F, PosFloat, PosInt, SpecModel
 
 class TrainTeacher(SpecModel):
     kind: Literal["train"] = F("Train a small transformers Llama teacher inside the pipeline (toy and tests).")
-    architecture: TeacherArchitecture = F("Teacher shape; vocabulary, norm, RoPE and context come from the student.")
+    architecture: TeacherArchitecture = F("Teacher shape; vocabulary, norm, RoPE, context and embedding tying come from the student.")
     steps: PosInt = F("Teacher training steps.", unit="steps")
     micro_batch: PosInt = F("Sequences per teacher training step.", unit="sequences")
     seq_len: PosInt = F("Teacher training sequence length (<= architecture.max_context).", unit="tokens")

@@ -1,0 +1,448 @@
+"""The dataset job: validate samples against the tool registry, split, tokenize, build span masks.
+
+Inputs: ``params.train`` / ``params.eval`` (JSONL, sample schema in specs/data/toy/README.md),
+``params.tool_registry`` (JSON) and the tokenizer folder ``inputs["tokenizer"]["tokenizer"]``.
+
+Validation drops a sample for the first failing reason, in this order: ``bad_line`` (not a
+JSON object), ``bad_schema`` (keys or types), ``duplicate_id``, ``pii_in_target``,
+``bad_call_markup`` (unbalanced or repeated tool-call tags), ``bad_json`` (the tool-call body
+does not parse), ``bad_call_shape`` (not ``{"name": str, "arguments": {...}}``),
+``unknown_tool``, ``missing_required``, ``wrong_type`` (string / integer / number / boolean /
+array / object / null; a bool is neither an integer nor a number), ``unknown_argument``,
+``call_mismatch`` (the body differs from the sample's ``tool_call`` field, or only one of them
+is there), ``control_with_tool_call``, ``tool_kind_without_call``, ``integration_missing`` (an integration string is not
+in the final answer). Corruption rate = dropped / read, per input file and per output split.
+
+Split: train-file samples go to ``val`` when sha256(id) read as a fraction of 2**64 falls below
+``VAL_FRACTION`` (deterministic, independent of order); the eval file is ``eval``.
+
+Tokens: ``[bos] + tokens(prompt) + tokens(target) + [eos]``. Prompt and target are encoded
+separately (as at inference, where the prompt is encoded alone and the target generated), so
+no token straddles the boundary. A sample longer than ``max_seq_len`` is rejected (not
+truncated: a cut target would teach a broken tool call) and counted as ``too_long``.
+
+Masks are per position over ``input_ids`` (1 = this token is a target of the loss; trainers
+shift by one): ``loss_mask`` = target tokens and eos; ``tool_name_mask`` = tokens overlapping
+the tool name's characters inside the tool-call JSON; ``json_args_mask`` = tokens overlapping
+the ``arguments`` object; ``integration_mask`` = tokens overlapping each integration string in
+the final answer (after the last ``</tool_result>``). Spans come from the fast tokenizer's
+character offsets; each masked span's decoded text must contain the span's text, else it is
+counted in ``alignment_errors``.
+
+Outputs in ``out/data``: ``{train,val,eval}.safetensors`` (int32 ``[rows, max_seq_len]``,
+padded with the pad id; masks and attention 0 on padding) and ``{split}.jsonl`` (row metadata,
+same order as the tensors), plus ``out/report.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.hashing import tree_sha256
+
+from .tokenizer import TokenizerJobError, load_tokenizer, resolve_path, write_report
+
+VAL_FRACTION = 0.05
+SPLITS = ("train", "val", "eval")
+MASKS = ("loss_mask", "tool_name_mask", "json_args_mask", "integration_mask")
+TENSORS = ("input_ids", "attention_mask") + MASKS
+SPAN_MASKS = ("tool_name_mask", "json_args_mask", "integration_mask")
+KEYS = {"id": str, "kind": str, "prompt": str, "target": str, "integration": list, "pii": list}
+JSON_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+    "null": lambda v: v is None,
+}
+DEFAULT_MARKERS = {
+    "tool_call_start": "<tool_call>", "tool_call_end": "</tool_call>",
+    "tool_result_start": "<tool_result>", "tool_result_end": "</tool_result>",
+    "think_end": "</think>",
+}
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+class DatasetJobError(RuntimeError):
+    """Inputs the job cannot work with at all (missing files, a malformed registry, a wrong tokenizer)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Registry, split, validation
+# --------------------------------------------------------------------------------------------
+
+
+def load_registry(path: Path) -> dict[str, dict[str, Any]]:
+    """tool name -> {"types": {arg: json type}, "required": [...]}; malformed registries raise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetJobError(f"tool registry {path}: {exc}") from exc
+    tools = data.get("tools") if isinstance(data, dict) else None
+    if not isinstance(tools, list):
+        raise DatasetJobError(f"tool registry {path}: expected {{\"tools\": [...]}}")
+    registry: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(tools):
+        where = f"tool registry {path}: tools[{i}]"
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise DatasetJobError(f"{where}: needs a string 'name'")
+        params = tool.get("parameters", {"properties": {}, "required": []})
+        props = params.get("properties", {}) if isinstance(params, dict) else None
+        required = params.get("required", []) if isinstance(params, dict) else None
+        if not isinstance(props, dict) or not isinstance(required, list):
+            raise DatasetJobError(f"{where} ({tool['name']}): parameters need 'properties' (object) and 'required' (list)")
+        types = {}
+        for arg, spec in props.items():
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            if kind not in JSON_TYPES:
+                raise DatasetJobError(f"{where} ({tool['name']}): argument '{arg}' has unsupported type {kind!r}")
+            types[arg] = kind
+        missing = [r for r in required if r not in types]
+        if missing:
+            raise DatasetJobError(f"{where} ({tool['name']}): required {missing} not among the properties")
+        if tool["name"] in registry:
+            raise DatasetJobError(f"{where}: tool '{tool['name']}' listed twice")
+        registry[tool["name"]] = {"types": types, "required": list(required)}
+    return registry
+
+
+def split_of(sample_id: str, val_fraction: float = VAL_FRACTION) -> str:
+    """'val' or 'train' for a train-file sample, from sha256(id) as a fraction of 2**64."""
+    h = int.from_bytes(hashlib.sha256(sample_id.encode("utf-8")).digest()[:8], "big")
+    return "val" if h / 2.0**64 < val_fraction else "train"
+
+
+def top_level_spans(text: str) -> dict[str, tuple[int, int]]:
+    """Character span of each top-level value of a JSON object (``text`` must be valid JSON)."""
+    dec = json.JSONDecoder()
+    i = _WS.match(text, 0).end()
+    if text[i:i + 1] != "{":
+        raise ValueError("not a JSON object")
+    i = _WS.match(text, i + 1).end()
+    spans: dict[str, tuple[int, int]] = {}
+    if text[i:i + 1] == "}":
+        return spans
+    while True:
+        if text[i:i + 1] != '"':
+            raise ValueError(f"expected a key at {i}")
+        key, i = json.decoder.scanstring(text, i + 1)
+        i = _WS.match(text, i).end()
+        if text[i:i + 1] != ":":
+            raise ValueError(f"expected ':' at {i}")
+        i = _WS.match(text, i + 1).end()
+        _, end = dec.raw_decode(text, i)
+        spans[key] = (i, end)
+        i = _WS.match(text, end).end()
+        if text[i:i + 1] == ",":
+            i = _WS.match(text, i + 1).end()
+            continue
+        if text[i:i + 1] == "}":
+            return spans
+        raise ValueError(f"expected ',' or '}}' at {i}")
+
+
+def _final_answer_start(target: str, markers: dict[str, str]) -> int:
+    for marker in (markers["tool_result_end"], markers["think_end"]):
+        at = target.rfind(marker)
+        if at >= 0:
+            return at + len(marker)
+    return 0
+
+
+def check_sample(sample: Any, registry: dict, markers: dict[str, str], seen: set[str]) -> tuple[str | None, dict]:
+    """(reason to drop or None, character spans within the target for the masks)."""
+    if not isinstance(sample, dict):
+        return "bad_line", {}
+    for key, typ in KEYS.items():
+        if not isinstance(sample.get(key), typ):
+            return "bad_schema", {}
+    if not all(isinstance(s, str) and s for s in sample["integration"] + sample["pii"]):
+        return "bad_schema", {}
+    call_field = sample.get("tool_call")
+    if call_field is not None and not isinstance(call_field, dict):
+        return "bad_schema", {}
+    if sample["id"] in seen:
+        return "duplicate_id", {}
+    seen.add(sample["id"])
+    target = sample["target"]
+    if any(p in target for p in sample["pii"]):
+        return "pii_in_target", {}
+
+    start, end = markers["tool_call_start"], markers["tool_call_end"]
+    n_start, n_end = target.count(start), target.count(end)
+    spans: dict[str, list[tuple[int, int]]] = {m: [] for m in SPAN_MASKS}
+    parsed = None
+    if n_start or n_end:
+        body_start = target.find(start) + len(start)
+        body_end = target.find(end, body_start)
+        if n_start != 1 or n_end != 1 or body_end < 0:
+            return "bad_call_markup", {}
+        body = target[body_start:body_end]
+        try:
+            parsed = json.loads(body)
+        except json.JSONDecodeError:
+            return "bad_json", {}
+        if (not isinstance(parsed, dict) or set(parsed) != {"name", "arguments"} or not isinstance(parsed["name"], str)
+                or not isinstance(parsed["arguments"], dict)):
+            return "bad_call_shape", {}
+        tool = registry.get(parsed["name"])
+        if tool is None:
+            return "unknown_tool", {}
+        args = parsed["arguments"]
+        if any(r not in args for r in tool["required"]):
+            return "missing_required", {}
+        for arg, value in args.items():
+            if arg in tool["types"] and not JSON_TYPES[tool["types"][arg]](value):
+                return "wrong_type", {}
+        if any(arg not in tool["types"] for arg in args):
+            return "unknown_argument", {}
+        if parsed != call_field:
+            return "call_mismatch", {}
+        top = top_level_spans(body)
+        ns, ne = top["name"]
+        spans["tool_name_mask"].append((body_start + ns + 1, body_start + ne - 1))  # inside the quotes
+        a_s, a_e = top["arguments"]
+        spans["json_args_mask"].append((body_start + a_s, body_start + a_e))
+    elif call_field is not None:
+        return "call_mismatch", {}
+    if parsed is not None and sample["kind"] == "control":
+        return "control_with_tool_call", {}
+    if parsed is None and sample["kind"] == "tool":
+        return "tool_kind_without_call", {}
+    answer = _final_answer_start(target, markers)
+    for text in sample["integration"]:
+        at = target.find(text, answer)
+        if at < 0:
+            return "integration_missing", {}
+        while at >= 0:
+            spans["integration_mask"].append((at, at + len(text)))
+            at = target.find(text, at + len(text))
+    return None, spans
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenization
+# --------------------------------------------------------------------------------------------
+
+
+def _check_tokenizer_matches(tok, special_tokens: dict) -> None:
+    for name, t in sorted(special_tokens.items()):
+        ids = tok.encode(t.text, add_special_tokens=False)
+        if ids != [t.id]:
+            raise DatasetJobError(f"the tokenizer encodes special token '{name}' ({t.text!r}) as {ids}, "
+                                  f"but the spec says [{t.id}]: tokenizer and spec disagree")
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
+    """(raw line, parsed object or None) per non-blank line."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            try:
+                rows.append((line, json.loads(line)))
+            except json.JSONDecodeError:
+                rows.append((line, None))
+    return rows
+
+
+def _overlap(offsets: list[tuple[int, int]], a: int, b: int) -> list[int]:
+    return [i for i, (s, e) in enumerate(offsets) if s < b and e > a and e > s]
+
+
+def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
+    out = Path(out)
+    special = params.special_tokens
+    for required in ("bos", "eos", "pad"):
+        if required not in special:
+            raise DatasetJobError(f"the spec has no '{required}' special token")
+    bos, eos, pad = special["bos"].id, special["eos"].id, special["pad"].id
+    markers = {k: (special[k].text if k in special else v) for k, v in DEFAULT_MARKERS.items()}
+    L = params.max_seq_len
+    if L < 3:
+        raise DatasetJobError(f"max_seq_len {L} is too small")
+
+    try:
+        tok_dir = Path(inputs["tokenizer"]["tokenizer"])
+    except KeyError as exc:
+        raise DatasetJobError("the dataset job needs inputs['tokenizer']['tokenizer']") from exc
+    try:
+        tok = load_tokenizer(tok_dir)
+    except TokenizerJobError as exc:
+        raise DatasetJobError(str(exc)) from exc
+    _check_tokenizer_matches(tok, special)
+
+    paths = {"train": params.train, "eval": params.eval, "tool_registry": params.tool_registry}
+    resolved = {}
+    for key, value in paths.items():
+        try:
+            resolved[key] = resolve_path(ctx, value)
+        except TokenizerJobError as exc:
+            raise DatasetJobError(f"data.{key}: {exc}") from exc
+        if not resolved[key].is_file():
+            raise DatasetJobError(f"data.{key} {value!r} not found (looked at {resolved[key]})")
+    registry = load_registry(resolved["tool_registry"])
+
+    # -- read and validate ----------------------------------------------------------------------
+    files = {"train": _read_jsonl(resolved["train"]), "eval": _read_jsonl(resolved["eval"])}
+    step = ctx.progress("validate samples", sum(len(v) for v in files.values()))
+    seen: set[str] = set()
+    kept: dict[str, list[tuple[dict, dict]]] = {s: [] for s in SPLITS}
+    read = Counter()
+    dropped: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    file_dropped: dict[str, Counter] = {f: Counter() for f in files}
+    examples: dict[str, list[str]] = {}
+    for fname, rows in files.items():
+        for raw, sample in rows:
+            sid = sample.get("id") if isinstance(sample, dict) else None
+            key = sid if isinstance(sid, str) else raw
+            split = "eval" if fname == "eval" else split_of(key)
+            read[split] += 1
+            reason, spans = check_sample(sample, registry, markers, seen)
+            if reason:
+                dropped[split][reason] += 1
+                file_dropped[fname][reason] += 1
+                bucket = examples.setdefault(reason, [])
+                if len(bucket) < 10:
+                    bucket.append(sid if isinstance(sid, str) else raw[:80])
+            else:
+                kept[split].append((sample, spans))
+            step(1)
+
+    # -- tokenize, mask, check alignment ---------------------------------------------------------
+    total_kept = sum(len(v) for v in kept.values())
+    step = ctx.progress("tokenize", total_kept)
+    too_long = Counter()
+    align = Counter()
+    roundtrip_errors = 0
+    data_dir = out / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    split_reports: dict[str, dict] = {}
+    from safetensors.numpy import save_file
+
+    for split in SPLITS:
+        samples = kept[split]
+        prompts = [s["prompt"] for s, _ in samples]
+        targets = [s["target"] for s, _ in samples]
+        enc_p = tok(prompts, add_special_tokens=False)["input_ids"] if samples else []
+        enc_t = tok(targets, add_special_tokens=False, return_offsets_mapping=True) if samples else {
+            "input_ids": [], "offset_mapping": []}
+        rows: list[dict[str, list[int]]] = []
+        meta: list[dict] = []
+        by_kind = Counter()
+        mask_tokens = Counter()
+        for (sample, spans), p_ids, t_ids, offsets in zip(samples, enc_p, enc_t["input_ids"], enc_t["offset_mapping"]):
+            step(1)
+            ids = [bos] + list(p_ids) + list(t_ids) + [eos]
+            if len(ids) > L:
+                too_long[split] += 1
+                continue
+            if tok.decode(t_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) != sample["target"] or \
+                    tok.decode(p_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) != sample["prompt"]:
+                roundtrip_errors += 1
+            base = 1 + len(p_ids)  # position of the first target token
+            masks = {m: [0] * len(ids) for m in MASKS}
+            for i in range(base, len(ids)):
+                masks["loss_mask"][i] = 1
+            for m in SPAN_MASKS:
+                for a, b in spans[m]:
+                    hit = _overlap(offsets, a, b)
+                    text = sample["target"][a:b]
+                    decoded = tok.decode([t_ids[i] for i in hit], skip_special_tokens=False,
+                                         clean_up_tokenization_spaces=False)
+                    if not hit or text not in decoded:
+                        align[m] += 1
+                    for i in hit:
+                        masks[m][base + i] = 1
+            rows.append({"input_ids": ids, **masks})
+            for m in MASKS:
+                mask_tokens[m] += sum(masks[m])
+            by_kind[sample["kind"]] += 1
+            call = sample.get("tool_call")
+            meta.append({
+                "id": sample["id"], "kind": sample["kind"], "row": len(meta), "prompt_len": base, "length": len(ids),
+                "tool": call["name"] if call else None, "tool_call": call, "pii": sample["pii"],
+                "integration": sample["integration"], "prompt": sample["prompt"], "target": sample["target"],
+            })
+
+        n = len(rows)
+        arrays = {name: np.zeros((n, L), dtype=np.int32) for name in TENSORS}
+        arrays["input_ids"].fill(pad)
+        for r, row in enumerate(rows):
+            k = len(row["input_ids"])
+            arrays["input_ids"][r, :k] = row["input_ids"]
+            arrays["attention_mask"][r, :k] = 1
+            for m in MASKS:
+                arrays[m][r, :k] = row[m]
+        # One metadata key only: safetensors keeps metadata in a hash map, so several keys come out in
+        # a different order from run to run and the file would not be byte-identical.
+        info = json.dumps({"split": split, "max_seq_len": L, "pad_id": pad, "bos_id": bos, "eos_id": eos},
+                          sort_keys=True, separators=(",", ":"))
+        save_file(arrays, str(data_dir / f"{split}.safetensors"), metadata={"modelspec": info})
+        with open(data_dir / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as fh:
+            for m in meta:
+                fh.write(json.dumps(m, sort_keys=True, separators=(",", ":")) + "\n")
+        lengths = [m["length"] for m in meta]
+        n_dropped = sum(dropped[split].values())
+        split_reports[split] = {
+            "read": read[split],
+            "rows": n,
+            "dropped": n_dropped,
+            "dropped_by_reason": dict(sorted(dropped[split].items())),
+            "corruption_rate": n_dropped / read[split] if read[split] else 0.0,
+            "too_long": too_long[split],
+            "by_kind": dict(sorted(by_kind.items())),
+            "tool_rows": sum(1 for m in meta if m["tool"]),
+            "tokens": sum(lengths),
+            "max_length": max(lengths, default=0),
+            "mean_length": sum(lengths) / n if n else 0.0,
+            "mask_tokens": dict(sorted(mask_tokens.items())),
+        }
+
+    file_reports = {}
+    for fname, rows in files.items():
+        n_dropped = sum(file_dropped[fname].values())
+        file_reports[fname] = {
+            "path": paths[fname], "sha256": tree_sha256(resolved[fname]), "read": len(rows), "dropped": n_dropped,
+            "dropped_by_reason": dict(sorted(file_dropped[fname].items())),
+            "corruption_rate": n_dropped / len(rows) if rows else 0.0,
+        }
+    all_dropped = Counter()
+    for c in file_dropped.values():
+        all_dropped.update(c)
+
+    report = {
+        "role": params.role,
+        "max_seq_len": L,
+        "val_fraction": VAL_FRACTION,
+        "special_token_ids": {name: t.id for name, t in sorted(special.items())},
+        "tokenizer_fingerprint": tree_sha256(tok_dir),
+        "tool_registry": {"path": params.tool_registry, "sha256": tree_sha256(resolved["tool_registry"]),
+                          "tools": sorted(registry)},
+        "inputs": file_reports,
+        "splits": split_reports,
+        "counts": {s: split_reports[s]["rows"] for s in SPLITS},
+        "by_kind": {s: split_reports[s]["by_kind"] for s in SPLITS},
+        "dropped_by_reason": dict(sorted(all_dropped.items())),
+        "dropped_examples": dict(sorted(examples.items())),
+        "corruption_rate": {f: file_reports[f]["corruption_rate"] for f in files},
+        "too_long": sum(too_long.values()),
+        "truncated": 0,  # too-long samples are rejected, never truncated
+        "alignment_errors": {"total": sum(align.values()), **{m: align[m] for m in SPAN_MASKS}},
+        "roundtrip_errors": roundtrip_errors,
+        "files": {p.name: p.stat().st_size for p in sorted(data_dir.iterdir())},
+        "fingerprint": tree_sha256(data_dir),
+    }
+    write_report(out, report)
+    return report
