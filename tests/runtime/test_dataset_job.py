@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.runtime.helpers import Ctx
 import json
 from collections import Counter
 from pathlib import Path
@@ -24,18 +25,6 @@ L = 256
 DEFECTS = {"unknown_tool": 9, "missing_required": 9, "wrong_type": 9, "bad_json": 9}
 
 
-class Ctx:
-    def __init__(self, spec_dir: Path = SPECS):
-        self.spec_dir = spec_dir
-        self.events: list[tuple] = []
-
-    def progress(self, description: str, total: int | None = None):
-        self.events.append(("start", description, total))
-
-        def advance(advance: int = 1, **fields):
-            self.events.append(("advance", description, advance))
-
-        return advance
 
 
 def plan_params(job_id: str) -> dict:

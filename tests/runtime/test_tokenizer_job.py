@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.runtime.helpers import Ctx
 import json
 import shutil
 import subprocess
@@ -25,20 +26,6 @@ TOY_SPECIAL = {
 }
 
 
-class Ctx:
-    """Stand-in for the executor's context: spec_dir and a progress recorder."""
-
-    def __init__(self, spec_dir: Path = SPECS):
-        self.spec_dir = spec_dir
-        self.events: list[tuple] = []
-
-    def progress(self, description: str, total: int | None = None):
-        self.events.append(("start", description, total))
-
-        def advance(advance: int = 1, **fields):
-            self.events.append(("advance", description, advance, fields))
-
-        return advance
 
 
 def special(overrides: dict[str, tuple[str, int]] | None = None) -> dict[str, SpecialTokenP]:
