@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tests.runtime.helpers import Ctx
 import json
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ from compiler.params import DatasetParams, SpecialTokenP, TokenizerParams
 from runtime.hashing import tree_sha256
 from runtime.jobs import dataset as dsjob
 from runtime.jobs import tokenizer as tokjob
+from tests.runtime.helpers import Ctx
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tests.runtime.helpers import Ctx
 import json
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from compiler.params import SpecialTokenP, TokenizerParams
 from runtime.hashing import tree_sha256
 from runtime.jobs import tokenizer as tokjob
+from tests.runtime.helpers import Ctx
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"
