@@ -56,7 +56,7 @@ READS = {
     "convert": ("name", "architecture", "shapes", "quantization", "precision", "export", "tokenizer.special_tokens"),
     "verify": ("name", "architecture", "shapes", "quantization", "precision", "export", "tokenizer.special_tokens"),
     "parity": ("architecture", "shapes", "quantization.kv_cache", "export.coreml", "precision", "training.seed"),
-    "eval": ("role", "architecture.max_context", "tokenizer.special_tokens"),
+    "eval": ("role", "architecture", "tokenizer.special_tokens"),
     "gates": ("gates",),
     "publish": ("name", "version"),
 }
@@ -144,13 +144,13 @@ def build_jobs(spec: Spec) -> list[Job]:
         ), {"data": "data", "report": "report.json"}),
         Job("teacher", "teacher", ("tokenizer", "dataset"), _teacher(spec), {"model": "model", "targets": "targets", "report": "report.json"}),
         Job("train", "train", ("dataset", "teacher"), TrainParams(training=_training(spec), start_step=0, end_step=kd_end),
-            {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "report": "report.json"}),
+            {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"}),
     ]
     student = "train"
     if tr.qat.enabled:
         jobs.append(Job("qat", "qat", ("train", "dataset", "teacher"), QatParams(
             training=_training(spec), start_step=kd_end, end_step=tr.steps, lr_scale=tr.qat.lr_scale, quantization=quant,
-        ), {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "report": "report.json"}))
+        ), {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"}))
         student = "qat"
     export_ids = []
     for fn in fns:
@@ -177,7 +177,7 @@ def build_jobs(spec: Spec) -> list[Job]:
             decode_steps=PARITY_DECODE_STEPS, seed=tr.seed,
         ), {"golden": "golden.npz", "report": "report.json"}))
     jobs.append(Job("eval", "eval", (student, "dataset", "tokenizer"), EvalParams(
-        role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,
+        architecture=arch, role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,
     ), {"report": "report.json", "samples": "samples.jsonl"}))
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
                    kind=CATALOGUE[g.metric].kind, producer=CATALOGUE[g.metric].producer) for g in spec.gates]

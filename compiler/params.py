@@ -165,6 +165,7 @@ class ParityParams(Params):
 
 
 class EvalParams(Params):
+    architecture: ArchitectureP
     role: str
     max_total_tokens: int
     special_tokens: dict[str, SpecialTokenP]

@@ -13,6 +13,7 @@ class JobContext:
     spec_dir: Path  # relative paths in params resolve against it
     work_dir: Path  # persistent scratch that survives a killed run (checkpoints)
     provenance: dict[str, Any]  # spec hash, job fingerprint and key, upstream fingerprints and keys
+    cache_dir: Path | None = None  # content-addressed cache shared by every job of this kind
     force: bool = False
     emit: Callable[[tuple], None] = field(default=lambda event: None)
 

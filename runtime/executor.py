@@ -128,7 +128,8 @@ class Executor:
             "job": {"id": job_id, "kind": k.kind, "fingerprint": k.fingerprint, "key": k.key},
             "upstream": {n: {"fingerprint": self.keys[n].fingerprint, "key": self.keys[n].key} for n in pj.job.needs},
         }
-        ctx = {"spec_dir": str(self.compiled.validated.spec_dir), "work_dir": str(self.store.work_dir(k.key)),
+        ctx = {"spec_dir": str(self.compiled.validated.spec_dir), "work_dir": str(self.store.work_dir(self.compiled.spec.name, job_id)),
+               "cache_dir": str(self.store.cache_dir(k.kind)),
                "provenance": provenance, "force": job_id in self.force}
         self._say("job_start", job_id, k.kind)
         return self._pool_get().submit(run_job, k.kind, job_id, k.params, inputs, str(staging), ctx)
@@ -142,7 +143,7 @@ class Executor:
             "metrics": result["metrics"], "seconds": round(result["seconds"], 3),
         }
         self.store.commit(self._staging.pop(job_id), k.kind, k.key, pj.job.outputs, record)
-        self.store.drop_work(k.key)
+        self.store.drop_work(self.compiled.spec.name, job_id)
         self.store.update_index(self.compiled.spec.name, {job_id: {
             "key": k.key, "fingerprint": k.fingerprint, "params": k.params, "external": k.external, "upstream": k.upstream}})
 

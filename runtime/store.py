@@ -5,7 +5,9 @@ Layout of a store (default `.modelspec/`):
     lock                      flock held by the one run that uses the store
     jobs/<kind>/<key>/        outputs of a finished job + `_complete.json`, written last
     staging/<random>/         a job's outputs while it runs (same filesystem; renamed into place)
-    work/<key>/               resumable scratch of a running job (training checkpoints)
+    work/<spec>/<job>/        resumable scratch of a running job (training checkpoints); kept
+                              across spec edits so a changed job can refuse a foreign checkpoint
+    cache/<kind>/             content-addressed caches shared across runs (teacher top-k targets)
     quarantine/<key>-<n>/     cached outputs that failed their hash check
     index/<spec>.json         job id -> last completed key and params (for `status` reasons)
 
@@ -41,7 +43,7 @@ class Store:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).absolute()
-        for sub in ("jobs", "staging", "work", "quarantine", "index"):
+        for sub in ("jobs", "staging", "work", "quarantine", "index", "cache"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- lock -------------------------------------------------------------------------------
@@ -112,13 +114,22 @@ class Store:
         os.rename(staging, target)
         return record
 
-    def work_dir(self, key: str) -> Path:
-        path = self.root / "work" / key
+    def work_dir(self, spec_name: str, job_id: str) -> Path:
+        """Scratch of one job of one spec; names come from the validated spec and plan (safe segments)."""
+        for part in (spec_name, job_id):
+            if not part or "/" in part or part in (".", "..") or part.startswith("."):
+                raise ValueError(f"unsafe path segment {part!r}")
+        path = self.root / "work" / spec_name / job_id
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def drop_work(self, key: str) -> None:
-        shutil.rmtree(self.root / "work" / key, ignore_errors=True)
+    def drop_work(self, spec_name: str, job_id: str) -> None:
+        shutil.rmtree(self.root / "work" / spec_name / job_id, ignore_errors=True)
+
+    def cache_dir(self, kind: str) -> Path:
+        path = self.root / "cache" / kind
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     # -- index (last completed key per job id, for status reasons) --------------------------
     def index(self, spec_name: str) -> dict:

@@ -14,6 +14,8 @@ IMPLEMENTED = {
     "train": "runtime.jobs.train",
     "qat": "runtime.jobs.qat",
     "eval": "runtime.jobs.eval",
+    "export": "runtime.jobs.export",
+    "convert": "runtime.jobs.convert",
 }
 
 # Params attributes that name files read by the job: their content is part of the cache key.
