@@ -200,7 +200,7 @@ EDITS = [
     Edit("tie-embeddings", ("architecture.tie_embeddings", "quantization.weights.rules"),
          (R("tie_embeddings: false", "tie_embeddings: true"),
           R('      - {match: "lm_head", dtype: int8, granularity: per_channel}\n', "")),
-         direct=frozenset({"teacher", "train", "qat", "convert", "verify"}) | EXPORTS | PARITY, changed=FROM_TEACHER),
+         direct=frozenset({"teacher", "train", "qat", "convert", "verify", "eval"}) | EXPORTS | PARITY, changed=FROM_TEACHER),
     # the rules match disjoint modules, so the resolved recipe is the same module by module: only
     # verify (which names the rule behind each module in its messages) is invalidated
     Edit("reorder-disjoint-quant-rules", ("quantization.weights.rules",),
