@@ -8,6 +8,7 @@ from pathlib import Path
 from compiler.canonical import canonical_json, sha256_text
 from compiler.compile import Compiled
 
+from .diffing import diff
 from .hashing import tree_sha256
 from .jobs import EXTERNAL_INPUTS
 from .store import Store
@@ -66,24 +67,6 @@ class JobState:
         return {"id": self.id, "kind": self.kind, "key": self.key, "state": self.state, "reasons": self.reasons}
 
 
-def _diff(old, new, path="") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            sub = f"{path}.{k}" if path else str(k)
-            if k not in old:
-                out.append(f"{sub} added")
-            elif k not in new:
-                out.append(f"{sub} removed")
-            else:
-                out += _diff(old[k], new[k], sub)
-        return out
-    if old != new:
-        show = lambda v: canonical_json(v) if len(canonical_json(v)) <= 60 else "..."  # noqa: E731
-        return [f"{path}: {show(old)} -> {show(new)}"]
-    return []
-
-
 def job_states(compiled: Compiled, store: Store, keys: dict[str, JobKey] | None = None) -> list[JobState]:
     keys = keys or job_keys(compiled)
     index = store.index(compiled.spec.name)
@@ -102,7 +85,7 @@ def job_states(compiled: Compiled, store: Store, keys: dict[str, JobKey] | None 
         if not prev:
             out.append(JobState(k.id, k.kind, k.key, "missing", ["never ran with this store"]))
             continue
-        reasons = [f"param {r}" for r in _diff(prev.get("params", {}), k.params)]
+        reasons = [f"param {r}" for r in diff(prev.get("params", {}), k.params)]
         reasons += [f"input file {p} changed" for p in sorted(set(prev.get("external", {})) | set(k.external))
                     if prev.get("external", {}).get(p) != k.external.get(p)]
         reasons += [f"upstream '{u}' changed" for u in k.upstream if prev.get("upstream", {}).get(u) != k.upstream[u]]

@@ -1,0 +1,92 @@
+"""Training batches: dataset tensors plus teacher top-k targets, in a stateless order.
+
+The order is a pure function of (seed, global step): epoch `e` visits the rows in
+`randperm(rows, seed=seed * 1_000_003 + e)`, and step `s` takes the next
+`micro_batch * grad_accum` positions of that endless stream. Resuming at step `s` therefore
+needs no sampler state (the "data cursor" recorded in checkpoints is derived, for people).
+
+A batch is cropped to min(curriculum seq_len, the longest real row in it); rows longer than
+the stage's seq_len are cut at seq_len (their remaining targets are simply not trained on in
+that stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+TOKEN_TENSORS = ("input_ids", "attention_mask", "loss_mask", "tool_name_mask", "json_args_mask", "integration_mask")
+
+
+class TrainDataError(RuntimeError):
+    pass
+
+
+@dataclass
+class Split:
+    tensors: dict[str, Tensor]  # TOKEN_TENSORS int64 [rows, L] and topk_ids/topk_logits [rows, T, k]
+
+    @property
+    def rows(self) -> int:
+        return self.tensors["input_ids"].shape[0]
+
+
+def load_split(data_dir: Path, targets_dir: Path, split: str) -> Split:
+    """Dataset rows and the teacher's top-k targets for them (row i of both is the same sample)."""
+    data = load_file(str(data_dir / f"{split}.safetensors"))
+    targets = load_file(str(targets_dir / f"{split}.safetensors"))
+    missing = [n for n in TOKEN_TENSORS if n not in data] + [n for n in ("topk_ids", "topk_logits") if n not in targets]
+    if missing:
+        raise TrainDataError(f"{data_dir} / {targets_dir}: missing tensors {missing}; rebuild the dataset and teacher jobs")
+    rows = data["input_ids"].shape[0]
+    if targets["topk_ids"].shape[0] != rows:
+        raise TrainDataError(f"teacher targets have {targets['topk_ids'].shape[0]} rows for split '{split}', the dataset "
+                             f"has {rows}: the teacher job ran on different data")
+    tensors = {n: data[n].long() for n in TOKEN_TENSORS}
+    tensors["topk_ids"] = targets["topk_ids"].long()
+    tensors["topk_logits"] = targets["topk_logits"].float()
+    if rows == 0:
+        raise TrainDataError(f"split '{split}' is empty")
+    return Split(tensors)
+
+
+def epoch_order(rows: int, seed: int, epoch: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(rows, generator=g)
+
+
+def batch_rows(rows: int, seed: int, step: int, micro: int, micro_batch: int, grad_accum: int) -> list[int]:
+    """Row indices of micro-batch `micro` of optimizer step `step`."""
+    start = (step * grad_accum + micro) * micro_batch
+    out, cache = [], {}
+    for pos in range(start, start + micro_batch):
+        epoch, offset = divmod(pos, rows)
+        if epoch not in cache:
+            cache[epoch] = epoch_order(rows, seed, epoch)
+        out.append(int(cache[epoch][offset]))
+    return out
+
+
+def cursor(rows: int, step: int, micro_batch: int, grad_accum: int) -> dict[str, int]:
+    epoch, offset = divmod(step * grad_accum * micro_batch, rows)
+    return {"epoch": epoch, "offset": offset}
+
+
+def make_batch(split: Split, rows: list[int], seq_len: int, device: torch.device) -> dict[str, Tensor]:
+    """The rows cropped to min(seq_len, longest real row); teacher targets cropped alike."""
+    idx = torch.tensor(rows)
+    lengths = split.tensors["attention_mask"][idx].sum(dim=1)
+    length = int(min(seq_len, int(lengths.max())))
+    batch = {n: split.tensors[n][idx, :length] for n in TOKEN_TENSORS}
+    t = split.tensors["topk_ids"].shape[1]
+    for n in ("topk_ids", "topk_logits"):
+        cut = split.tensors[n][idx, :min(length, t)]
+        if cut.shape[1] < length:  # rows are never longer than the teacher's T; pad defensively
+            pad = torch.zeros((cut.shape[0], length - cut.shape[1], cut.shape[2]), dtype=cut.dtype)
+            cut = torch.cat([cut, pad], dim=1)
+        batch[n] = cut
+    return {n: v.to(device) for n, v in batch.items()}

@@ -1,0 +1,96 @@
+"""Training logs (JSONL and TensorBoard event files) and the per-loss gradient-balance alert."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# Per-loss gradient norms cost one extra backward to the logits per term: measured every
+# GRAD_NORM_EVERY steps (and at the last step), which keeps the trainer's overhead small.
+GRAD_NORM_EVERY = 10
+
+
+class MetricsLog:
+    """Append-only `metrics.jsonl` plus TensorBoard scalars; on resume both restart at `start`."""
+
+    def __init__(self, folder: Path, start: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = folder / "metrics.jsonl"
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    break  # a line cut by the kill
+                if row.get("step", start) < start:
+                    kept.append(line)
+        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        self.fh = open(self.path, "a", encoding="utf-8")
+        self.tb = SummaryWriter(log_dir=str(folder / "tensorboard"), purge_step=start, flush_secs=30)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(row, sort_keys=True) + "\n")
+        step = row["step"]
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.tb.add_scalar(key.replace(".", "/"), value, step)
+            elif isinstance(value, dict):
+                for sub, v in value.items():
+                    self.tb.add_scalar(f"{key}/{sub}", v, step)
+
+    def flush(self) -> None:
+        self.fh.flush()
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+        self.tb.close()
+
+
+def grad_norms(weighted: dict[str, Tensor], logits: Tensor) -> dict[str, float]:
+    """Norm of each weighted term's gradient with respect to the logits (where every term meets the model)."""
+    out = {}
+    for name, term in weighted.items():
+        if not term.requires_grad:
+            out[name] = 0.0
+            continue
+        (grad,) = torch.autograd.grad(term, logits, retain_graph=True, allow_unused=True)
+        out[name] = 0.0 if grad is None else float(grad.float().norm())
+    return out
+
+
+class GradBalance:
+    """Alerts when one term's mean gradient norm over the window exceeds max_ratio x the others' median."""
+
+    def __init__(self, max_ratio: float, window: int) -> None:
+        self.max_ratio = max_ratio
+        self.window = window
+        self.history: dict[str, deque[tuple[int, float]]] = {}
+        self.alerts: list[dict[str, Any]] = []
+
+    def add(self, step: int, norms: dict[str, float]) -> dict[str, Any] | None:
+        for name, value in norms.items():
+            hist = self.history.setdefault(name, deque())
+            hist.append((step, value))
+            while hist and hist[0][0] <= step - self.window:
+                hist.popleft()
+        means = {n: statistics.fmean(v for _, v in h) for n, h in self.history.items() if h}
+        active = {n: m for n, m in means.items() if m > 0}
+        if len(active) < 2:
+            return None
+        worst = max(active, key=active.get)
+        others = statistics.median(m for n, m in active.items() if n != worst)
+        ratio = active[worst] / others if others > 0 else float("inf")
+        if ratio > self.max_ratio:
+            alert = {"step": step, "loss": worst, "ratio": round(ratio, 3), "max_ratio": self.max_ratio}
+            self.alerts.append(alert)
+            return alert
+        return None
