@@ -17,12 +17,14 @@ JobList = Optional[list[str]]
 
 
 def _compile(spec: str, overrides: list[str], allow_stale: bool):
-    from compiler.build import build_outputs, compile_one
+    from compiler.build import compile_one
+    from compiler.compile import contract_files
     from compiler.emit import stale_files
+    from compiler.render import render_files
 
     compiled = compile_one(spec, overrides)
     if not allow_stale and not overrides:
-        stale = stale_files("generated", compiled.spec.name, build_outputs([spec], [], "generated")[compiled.spec.name])
+        stale = stale_files("generated", compiled.spec.name, contract_files(compiled) | render_files(compiled))
         if stale:
             raise CheckFailed("generated/ is stale for this spec (run: modelspec compile " + spec + ", or pass --allow-stale):\n  "
                               + "\n  ".join(stale))
