@@ -35,13 +35,13 @@ class Reporter:
             if job_id in self.tasks:
                 info = " ".join(f"{k}={v}" for k, v in fields.items())
                 self.progress.update(self.tasks[job_id], advance=n, info=info)
-        elif kind == "log" and not self.quiet:
-            self.console.print(f"  {event[1]}: {event[2]}")
+        elif kind == "log":  # warnings and notes go to stderr even with --json (stdout holds the JSON)
+            self.console.print(f"  {event[1]}: {event[2]}", markup=False, highlight=False)
         elif kind == "job_done":
             r = event[1]
             if r.id in self.tasks:
                 self.progress.remove_task(self.tasks.pop(r.id))
-            if not self.quiet:
+            if not self.quiet or r.action == "failed":
                 extra = f"  {r.error}" if r.error else ""
                 self.console.print(f"{r.action:>7}  {r.id} ({r.kind}) {r.seconds:.1f}s{extra}", markup=False, highlight=False)
 
