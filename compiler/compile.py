@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from . import contracts
 from .canonical import canonical_json, pretty_json, sha256_text
 from .derived import Derived, derive
-from .graph import PlannedJob, plan_jobs
+from .graph import PlannedJob, build_graph, plan_jobs
 from .jobs import build_jobs
 from .validate import Validated
 
@@ -23,8 +24,12 @@ class Compiled:
     spec_hash: str
     spec_path: str  # relative to the output root's parent, posix
     jobs: list[PlannedJob]
-    graph: "nx.DiGraph"
     derived: Derived
+
+    @cached_property
+    def graph(self) -> "nx.DiGraph":
+        """The plan as a networkx DiGraph (built on demand: compiling does not import networkx)."""
+        return build_graph([j.job for j in self.jobs])
 
     @property
     def spec(self):
@@ -56,8 +61,8 @@ def relative_spec_path(spec_path: str, out_root: str) -> str:
 
 
 def compile_spec(validated: Validated, out_root: str = "generated") -> Compiled:
-    jobs, graph = plan_jobs(build_jobs(validated.spec))
-    return Compiled(validated, spec_hash(validated), relative_spec_path(validated.path, out_root), jobs, graph, derive(validated.spec))
+    jobs = plan_jobs(build_jobs(validated.spec))
+    return Compiled(validated, spec_hash(validated), relative_spec_path(validated.path, out_root), jobs, derive(validated.spec))
 
 
 def contract_files(c: Compiled) -> dict[str, str]:

@@ -1,4 +1,9 @@
-"""The job DAG (networkx) and fingerprints.
+"""The job DAG and fingerprints.
+
+Planning (cycle check and topological order) uses the standard library's graphlib, so that
+compiling, and with it every `modelspec run`, does not pay for importing networkx; the
+networkx DiGraph of the plan is built on demand (`Compiled.graph`) for explain and graph
+rendering.
 
 A job's fingerprint hashes the canonical JSON of its kind, code version, params and its
 upstream fingerprints, so editing a spec value changes exactly the jobs that read it and
@@ -46,30 +51,57 @@ def build_graph(jobs: list[Job]) -> "nx.DiGraph":
     import networkx as nx
 
     graph = nx.DiGraph()
-    ids = {j.id for j in jobs}
-    if len(ids) != len(jobs):
-        raise GraphError("duplicate job ids")
     for job in jobs:
         graph.add_node(job.id, job=job)
     for job in jobs:
         for need in job.needs:
-            if need not in ids:
-                raise GraphError(f"job '{job.id}' needs unknown job '{need}'")
             graph.add_edge(need, job.id)
+    return graph
+
+
+def topo_order(jobs: list[Job]) -> list[str]:
+    """Topological order; ties broken by the order the builders created the jobs.
+
+    A cycle is an error naming every job on it."""
+    import graphlib
+    import heapq
+
+    ids = [j.id for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise GraphError("duplicate job ids")
+    known = set(ids)
+    for job in jobs:
+        for need in job.needs:
+            if need not in known:
+                raise GraphError(f"job '{job.id}' needs unknown job '{need}'")
+    rank = {job_id: i for i, job_id in enumerate(ids)}
+    sorter = graphlib.TopologicalSorter({j.id: set(j.needs) for j in jobs})
     try:
-        cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
-        return graph
-    names = [edge[0] for edge in cycle] + [cycle[0][0]]
-    raise GraphError(f"dependency cycle: {' -> '.join(names)}")
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle = list(reversed(exc.args[1]))  # graphlib lists it against the edge direction
+        raise GraphError(f"dependency cycle: {' -> '.join(cycle)}") from None
+    ready: list[tuple[int, str]] = []
+    order = []
+    while sorter.is_active():
+        for node in sorter.get_ready():
+            heapq.heappush(ready, (rank[node], node))
+        _, node = heapq.heappop(ready)
+        order.append(node)
+        sorter.done(node)
+    return order
 
 
-def topo_order(graph: "nx.DiGraph") -> list[str]:
-    """Topological order; ties broken by the order the builders created the jobs."""
-    import networkx as nx
-
-    rank = {node: i for i, node in enumerate(graph.nodes)}
-    return list(nx.lexicographical_topological_sort(graph, key=rank.__getitem__))
+def ancestors(jobs: list[Job], job_id: str) -> set[str]:
+    needs = {j.id: j.needs for j in jobs}
+    seen: set[str] = set()
+    stack = list(needs[job_id])
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(needs[node])
+    return seen
 
 
 def fingerprint(job: Job, upstream: dict[str, str]) -> str:
@@ -82,13 +114,13 @@ def fingerprint(job: Job, upstream: dict[str, str]) -> str:
     return sha256_text(canonical_json(payload))
 
 
-def plan_jobs(jobs: list[Job]) -> tuple[list[PlannedJob], "nx.DiGraph"]:
-    graph = build_graph(jobs)
+def plan_jobs(jobs: list[Job]) -> list[PlannedJob]:
+    by_id = {j.id: j for j in jobs}
     done: dict[str, str] = {}
     out = []
-    for job_id in topo_order(graph):
-        job = graph.nodes[job_id]["job"]
+    for job_id in topo_order(jobs):
+        job = by_id[job_id]
         fp = fingerprint(job, done)
         done[job_id] = fp
         out.append(PlannedJob(job, fp))
-    return out, graph
+    return out

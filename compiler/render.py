@@ -57,7 +57,7 @@ def render_files(c: Compiled) -> dict[str, str]:
          "fingerprint": j.fingerprint[:12], "why": WHY[j.job.kind]}
         for j in c.jobs
     ]
-    edges = [{"src": _mermaid_id(u), "dst": _mermaid_id(v)} for u, v in sorted(c.graph.edges)]
+    edges = [{"src": _mermaid_id(u), "dst": _mermaid_id(v)} for u, v in sorted((n, j.id) for j in c.jobs for n in j.job.needs)]
     profiles = []
     for p in s.deployment.profiles:
         need = d.profile_bytes(p)

@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
-
 from compiler.compile import Compiled
+from compiler.graph import ancestors
 
 from .keys import JobKey, job_keys
 from .store import Store
@@ -53,7 +52,7 @@ def select(compiled: Compiled, until: list[str], only: list[str]) -> list[str]:
     if until:
         wanted = set(until)
         for u in until:
-            wanted |= nx.ancestors(compiled.graph, u)
+            wanted |= ancestors([j.job for j in compiled.jobs], u)
         return [j for j in order if j in wanted]
     return order
 
