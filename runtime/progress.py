@@ -1,4 +1,7 @@
-"""Terminal reporting: one line per job and rich progress bars for long jobs."""
+"""Terminal reporting: one line per job and rich progress bars for long jobs.
+
+rich is imported on the first progress bar, so a run where everything is cached stays fast.
+"""
 
 from __future__ import annotations
 
@@ -7,43 +10,56 @@ import sys
 
 class Reporter:
     def __init__(self, quiet: bool = False):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True)
         self.quiet = quiet
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[info]}"), console=self.console, transient=True, disable=quiet)
+        self.progress = None
         self.tasks: dict[str, int] = {}
 
     def __enter__(self):
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def _bars(self):
+        if self.progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False),
+                                     console=Console(stderr=True), transient=True, disable=self.quiet)
+            self.progress.__enter__()
+        return self.progress
+
+    def _print(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def __call__(self, event: tuple) -> None:
         kind = event[0]
         if kind == "start":
             _, job_id, description, total = event
+            bars = self._bars()
             if job_id in self.tasks:
-                self.progress.remove_task(self.tasks[job_id])
-            self.tasks[job_id] = self.progress.add_task(f"{job_id}: {description}", total=total, info="")
+                bars.remove_task(self.tasks[job_id])
+            self.tasks[job_id] = bars.add_task(f"{job_id}: {description}", total=total, info="")
         elif kind == "advance":
             _, job_id, n, fields = event
             if job_id in self.tasks:
                 info = " ".join(f"{k}={v}" for k, v in fields.items())
                 self.progress.update(self.tasks[job_id], advance=n, info=info)
         elif kind == "log":  # warnings and notes go to stderr even with --json (stdout holds the JSON)
-            self.console.print(f"  {event[1]}: {event[2]}", markup=False, highlight=False)
+            self._print(f"  {event[1]}: {event[2]}")
         elif kind == "job_done":
             r = event[1]
             if r.id in self.tasks:
                 self.progress.remove_task(self.tasks.pop(r.id))
             if not self.quiet or r.action == "failed":
                 extra = f"  {r.error}" if r.error else ""
-                self.console.print(f"{r.action:>7}  {r.id} ({r.kind}) {r.seconds:.1f}s{extra}", markup=False, highlight=False)
+                self._print(f"{r.action:>7}  {r.id} ({r.kind}) {r.seconds:.1f}s{extra}")
 
 
 def plain(message: str) -> None:
