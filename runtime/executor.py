@@ -81,6 +81,14 @@ class Executor:
         base = self.store.job_dir(k.kind, k.key)
         return {name: str(base / meta["path"]) for name, meta in (record or {"outputs": {}})["outputs"].items()}
 
+    def _verdict(self, job_id: str) -> str | None:
+        """The failure message of a completed job whose verdict was negative (gates), else None."""
+        k = self.keys[job_id]
+        verdict = ((self.store.record(k.kind, k.key) or {}).get("metrics") or {}).get("_verdict")
+        if isinstance(verdict, dict) and not verdict.get("ok", True):
+            return str(verdict.get("message") or "the job's verdict was negative")
+        return None
+
     def _cached(self, job_id: str) -> bool:
         k = self.keys[job_id]
         if job_id in self.force:
@@ -172,9 +180,14 @@ class Executor:
                         continue
                     pending.remove(job_id)
                     if self._cached(job_id):
-                        self.results[job_id] = JobResult(job_id, self.keys[job_id].kind, "cached", outputs=self._outputs(job_id))
+                        verdict = self._verdict(job_id)
+                        self.results[job_id] = JobResult(job_id, self.keys[job_id].kind, "failed" if verdict else "cached",
+                                                         outputs=self._outputs(job_id), error=verdict)
                         self._say("job_done", self.results[job_id])
-                        done.add(job_id)
+                        if verdict:
+                            failed = True
+                        else:
+                            done.add(job_id)
                         continue
                     if dry_run:
                         self.results[job_id] = JobResult(job_id, self.keys[job_id].kind, "skipped", error="dry run: would run")
@@ -196,8 +209,13 @@ class Executor:
                     try:
                         result = fut.result()
                         self._commit(job_id, result)
-                        self.results[job_id] = JobResult(job_id, kind, "ran", time.perf_counter() - start, self._outputs(job_id))
-                        done.add(job_id)
+                        verdict = self._verdict(job_id)
+                        self.results[job_id] = JobResult(job_id, kind, "failed" if verdict else "ran", time.perf_counter() - start,
+                                                         self._outputs(job_id), error=verdict)
+                        if verdict:
+                            failed = True
+                        else:
+                            done.add(job_id)
                     except Exception as exc:  # a job failed: report it, run nothing that depends on it
                         shutil.rmtree(self._staging.pop(job_id, Path("/nonexistent")), ignore_errors=True)
                         self.results[job_id] = JobResult(job_id, kind, "failed", time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")

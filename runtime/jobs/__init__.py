@@ -1,5 +1,9 @@
 """Job implementations, one module per kind, each with `run(params, inputs, out, ctx) -> metrics`.
 
+A job that completes but judges its inputs unacceptable (the gates job) returns
+``metrics["_verdict"] = {"ok": False, "message": ...}``: its outputs are kept (the report is
+the point), the run fails and nothing downstream runs; a cached failing verdict fails again.
+
 Modules are imported lazily inside worker processes, so torch is imported once per worker.
 """
 
@@ -16,6 +20,7 @@ IMPLEMENTED = {
     "eval": "runtime.jobs.eval",
     "export": "runtime.jobs.export",
     "convert": "runtime.jobs.convert",
+    "gates": "runtime.jobs.gates",
 }
 
 # Params attributes that name files read by the job: their content is part of the cache key.
