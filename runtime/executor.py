@@ -147,6 +147,7 @@ class Executor:
         record = {
             "job": job_id, "kind": k.kind, "fingerprint": k.fingerprint, "key": k.key, "params": k.params,
             "external": k.external, "upstream": k.upstream, "spec_hash": self.compiled.spec_hash,
+            "upstream_fingerprints": {n: self.keys[n].fingerprint for n in pj.job.needs},
             "metrics": result["metrics"], "seconds": round(result["seconds"], 3),
         }
         self.store.commit(self._staging.pop(job_id), k.kind, k.key, pj.job.outputs, record)

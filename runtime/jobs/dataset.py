@@ -444,5 +444,5 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         "files": {p.name: p.stat().st_size for p in sorted(data_dir.iterdir())},
         "fingerprint": tree_sha256(data_dir),
     }
-    write_report(out, report)
+    write_report(out, report | {"provenance": ctx.provenance})
     return report

@@ -309,5 +309,5 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         "files": files,
         "tokenizer_json_sha256": hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest(),
     })
-    write_report(out, report)
+    write_report(out, report | {"provenance": ctx.provenance})
     return report
