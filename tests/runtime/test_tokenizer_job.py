@@ -63,7 +63,7 @@ def test_outputs_and_report(toy):
     assert sorted(p.name for p in toy.out.iterdir()) == ["report.json", "tokenizer"]
     assert (toy.folder / "tokenizer.json").is_file()
     report = json.loads((toy.out / "report.json").read_text())
-    assert report == json.loads(json.dumps(toy.metrics))
+    assert report == json.loads(json.dumps(toy.metrics)) | {"provenance": {}}
     assert (toy.out / "report.json").read_text() == json.dumps(report, sort_keys=True, indent=2) + "\n"
     assert report["fingerprint"] == tree_sha256(toy.folder)
     assert report["vocab_size"] == len(toy.tok) == 512
