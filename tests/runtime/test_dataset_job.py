@@ -95,7 +95,7 @@ def test_outputs_exist_and_report(toy):
     assert names == sorted(f"{s}.{ext}" for s in dsjob.SPLITS for ext in ("jsonl", "safetensors"))
     text = (toy.out / "report.json").read_text()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
-    assert json.loads(text) == json.loads(json.dumps(toy.metrics))
+    assert json.loads(text) == json.loads(json.dumps(toy.metrics)) | {"provenance": {}}
     assert toy.metrics["fingerprint"] == tree_sha256(toy.out / "data")
     assert toy.metrics["tokenizer_fingerprint"] == tree_sha256(Path(toy.tok.name_or_path))
     assert {e[1] for e in toy.ctx.events if e[0] == "start"} == {"validate samples", "tokenize"}
