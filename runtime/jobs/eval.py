@@ -1,0 +1,360 @@
+"""The eval job: greedy generation on the eval split with the KV cache, scored by `eval_metrics`.
+
+Inputs: the student checkpoint (the one input with a ``checkpoint`` output: ``qat`` or
+``train``), ``inputs["dataset"]["data"]`` (``eval.safetensors`` + ``eval.jsonl``) and the
+tokenizer folder. The protocol and the metric definitions are in docs/metrics.md.
+
+Per sample: the prompt is ``[bos] + tokens(prompt)``, read from the dataset's own tensors (so
+exactly the dataset job's encoding); greedy decoding until eos or the tool-call end token; after
+a tool call the sample's reference tool result (the text between the result markers of its
+target) is fed as ``<tool_result>...</tool_result>`` and greedy decoding continues until eos.
+At most ``max_total_tokens`` tokens in total, which is also the cache length.
+
+All samples run in one lockstep batch over a shared position: one ``prefill`` of the shortest
+prompt's length, then one ``decode`` per position in which each row feeds either its next
+forced token (the rest of its prompt, an injected tool result) or its own greedy choice. Rows
+leave the batch when they stop. Before anything is scored, the cached path is checked against
+full ``forward`` recomputation (see `check_against_forward`).
+
+Outputs: ``out/report.json`` (metrics as ``{"value", "n"}``, per-kind breakdowns, stop
+reasons, provenance; everything but ``seconds`` is deterministic) and ``out/samples.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from runtime.model.checkpoint import load_student, read_record
+
+from .eval_metrics import Markers, Reference, aggregate, score_sample
+from .tokenizer import load_tokenizer, write_report
+
+MARKERS = ("tool_call_start", "tool_call_end", "tool_result_start", "tool_result_end", "think_end")
+# A cache/forward argmax disagreement is a tie, not a bug, when the two logits are this close.
+TIE_TOLERANCE = 1e-4
+
+
+class EvalJobError(RuntimeError):
+    """Inputs the eval job cannot work with (missing tokens or files, mismatched ids, a broken cache path)."""
+
+
+@dataclass
+class Request:
+    prompt: list[int]  # [bos] + prompt tokens
+    tool_result: list[int] | None  # fed after a generated tool call; None: the sample has no result to feed
+
+
+@dataclass
+class Generation:
+    tokens: list[int]  # prompt + everything after it (generated and injected), stop token included
+    prompt_len: int
+    generated: list[int] = field(default_factory=list)  # positions whose token the model chose
+    injected: tuple[int, int] | None = None  # [start, end) positions of the injected tool result
+    stop: str = ""  # eos | tool_call_end | max_total_tokens
+
+
+@dataclass
+class _Row:
+    gen: Generation
+    forced: deque
+    result: list[int] | None
+    in_answer: bool = False
+
+
+def _step_row(row: _Row, pos: int, greedy: int, eos: int, call_end: int, max_total: int) -> bool:
+    """Write the token at `pos` for one row; True while the row needs its next token."""
+    gen = row.gen
+    if row.forced:
+        gen.tokens.append(row.forced.popleft())
+    else:
+        gen.tokens.append(greedy)
+        gen.generated.append(pos)
+        if greedy == eos:
+            gen.stop = "eos"
+            return False
+        if greedy == call_end:
+            if row.in_answer or row.result is None:
+                gen.stop = "tool_call_end"
+                return False
+            if len(gen.tokens) + len(row.result) >= max_total:  # no room for the result and one answer token
+                gen.stop = "max_total_tokens"
+                return False
+            gen.injected = (len(gen.tokens), len(gen.tokens) + len(row.result))
+            row.forced.extend(row.result)
+            row.in_answer = True
+    if len(gen.tokens) >= max_total:
+        gen.stop = "max_total_tokens"
+        return False
+    return True
+
+
+@torch.inference_mode()
+def generate(model, requests: list[Request], max_total: int, eos: int, call_end: int,
+             done: Callable[[int], None] = lambda i: None) -> list[Generation]:
+    """Greedy generation for every request in one lockstep batch (see the module docstring)."""
+    rows = [_Row(Generation(tokens=[], prompt_len=len(r.prompt)), deque(r.prompt), r.tool_result) for r in requests]
+    active = []
+    for i, (row, req) in enumerate(zip(rows, requests)):
+        if not req.prompt:
+            raise EvalJobError(f"request {i} has an empty prompt (it needs at least bos)")
+        if len(req.prompt) >= max_total:
+            row.gen.tokens.extend(req.prompt)
+            row.gen.stop = "max_total_tokens"
+            done(i)
+        else:
+            active.append(i)
+    if not active:
+        return [r.gen for r in rows]
+    m = min(len(requests[i].prompt) for i in active)
+    for i in active:
+        for _ in range(m):
+            rows[i].gen.tokens.append(rows[i].forced.popleft())
+    k_cache, v_cache = model.empty_cache(len(active), max_total)
+    ids = torch.tensor([rows[i].gen.tokens for i in active], dtype=torch.long)
+    logits, k_cache, v_cache = model.prefill(ids, k_cache, v_cache)
+    pos = m
+    while active:
+        greedy = logits[:, -1].argmax(-1).tolist()
+        keep, feed = [], []
+        for b, i in enumerate(active):
+            if _step_row(rows[i], pos, greedy[b], eos, call_end, max_total):
+                keep.append(b)
+                feed.append(rows[i].gen.tokens[-1])
+            else:
+                done(i)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, dtype=torch.long)
+            k_cache, v_cache = k_cache.index_select(1, index), v_cache.index_select(1, index)
+            active = [active[b] for b in keep]
+        logits, k_cache, v_cache = model.decode(torch.tensor(feed, dtype=torch.long)[:, None],
+                                                torch.tensor([pos], dtype=torch.long), k_cache, v_cache)
+        pos += 1
+    return [r.gen for r in rows]
+
+
+@torch.inference_mode()
+def check_against_forward(model, gen: Generation, label: str) -> dict[str, int]:
+    """Each token the cached path chose must be the argmax of full `forward` over the same prefix.
+
+    One causal forward over the finished sequence gives every prefix's logits at once, so this is
+    greedy decoding by full recomputation, step by step. A disagreement within `TIE_TOLERANCE`
+    (relative to the logit scale) is a tie broken differently by rounding and is counted."""
+    if not gen.generated:
+        return {"positions": 0, "ties": 0}
+    logits = model(torch.tensor([gen.tokens], dtype=torch.long))[0].float()
+    wants = logits.argmax(-1).tolist()
+    ties = 0
+    for pos in gen.generated:
+        want, got = wants[pos - 1], gen.tokens[pos]
+        if want == got:
+            continue
+        row = logits[pos - 1]
+        gap = float(row[want] - row[got])
+        if gap > TIE_TOLERANCE * max(1.0, float(row.abs().max())):
+            raise EvalJobError(
+                f"{label}: greedy decoding with the KV cache chose token {got} at position {pos}, but full forward "
+                f"recomputation chooses {want} (logit gap {gap:.3g}): a bug in the cache path (prefill/decode)")
+        ties += 1
+    return {"positions": len(gen.generated), "ties": ties}
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread, then restore the setting (workers are long-lived).
+
+    A decode step is one token per row of a small model: threads cost more in synchronisation
+    than they save, and when other jobs share the cores their spin-waiting makes generation
+    ten times slower. One thread also keeps greedy outputs independent of the core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def _checkpoint_folder(inputs: dict[str, dict[str, Path]]) -> tuple[str, Path]:
+    found = sorted((job, outs["checkpoint"]) for job, outs in inputs.items() if "checkpoint" in outs)
+    if len(found) != 1:
+        raise EvalJobError(f"the eval job needs exactly one input with a 'checkpoint' output, got {[j for j, _ in found]}")
+    return found[0][0], Path(found[0][1])
+
+
+def _markers(special: dict) -> Markers:
+    missing = [m for m in ("bos", "eos") + MARKERS if m not in special]
+    if missing:
+        raise EvalJobError(f"the eval job needs the special tokens {missing}, which the spec does not declare")
+    return Markers(**{m: special[m].text for m in MARKERS})
+
+
+def _check_tokenizer(tok, special: dict) -> None:
+    for name, t in sorted(special.items()):
+        ids = tok.encode(t.text, add_special_tokens=False)
+        if ids != [t.id]:
+            raise EvalJobError(f"the tokenizer encodes special token '{name}' ({t.text!r}) as {ids}, "
+                               f"but the spec says [{t.id}]: tokenizer and spec disagree")
+
+
+def _reference_result(target: str, markers: Markers) -> str | None:
+    """The tool result stated in a reference target, or None when it has none."""
+    start = target.find(markers.tool_result_start)
+    if start < 0:
+        return None
+    start += len(markers.tool_result_start)
+    end = target.find(markers.tool_result_end, start)
+    return None if end < 0 else target[start:end]
+
+
+def _load_eval_split(data_dir: Path, special: dict) -> tuple[list[dict], Any]:
+    from safetensors import safe_open
+
+    tensors, jsonl = data_dir / "eval.safetensors", data_dir / "eval.jsonl"
+    if not tensors.is_file() or not jsonl.is_file():
+        raise EvalJobError(f"dataset folder {data_dir} lacks eval.safetensors or eval.jsonl")
+    with safe_open(str(tensors), framework="np") as fh:
+        info = json.loads((fh.metadata() or {}).get("modelspec", "{}"))
+        input_ids = fh.get_tensor("input_ids")
+    for name in ("bos", "eos"):
+        if info.get(f"{name}_id") != special[name].id:
+            raise EvalJobError(f"{tensors}: the dataset's {name} id is {info.get(f'{name}_id')}, the spec's is {special[name].id}")
+    meta = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(meta) != input_ids.shape[0]:
+        raise EvalJobError(f"{data_dir}: {len(meta)} rows of metadata for {input_ids.shape[0]} rows of tokens")
+    return meta, input_ids
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------
+
+
+def _requests(meta: list[dict], input_ids, tok, markers: Markers, bos: int) -> tuple[list[Request], list[Reference]]:
+    requests, references = [], []
+    for m in meta:
+        prompt = [int(t) for t in input_ids[m["row"], :m["prompt_len"]]]
+        if prompt[0] != bos:
+            raise EvalJobError(f"eval sample {m['id']}: the prompt does not start with bos")
+        result = _reference_result(m["target"], markers)
+        fed = None
+        if result is not None:
+            fed = tok.encode(f"{markers.tool_result_start}{result}{markers.tool_result_end}", add_special_tokens=False)
+        requests.append(Request(prompt, fed))
+        references.append(Reference(kind=m["kind"], target=m["target"], tool_call=m["tool_call"],
+                                    integration=tuple(m["integration"]), pii=tuple(m["pii"])))
+    return requests, references
+
+
+def _self_check(model, gens: list[Generation], ids: list[str], rows: list[int]) -> dict[str, Any]:
+    report: dict[str, Any] = {"samples": [ids[i] for i in rows], "positions": 0, "ties": 0}
+    for i in rows:
+        for k, v in check_against_forward(model, gens[i], f"eval sample {ids[i]}").items():
+            report[k] += v
+    return report
+
+
+def _metric_report(outcomes: list[dict], tokens: list[int]) -> dict[str, dict]:
+    metrics = aggregate(outcomes)
+    metrics["generated_tokens_mean"] = {"value": sum(tokens) / len(tokens) if tokens else None, "n": len(tokens)}
+    return metrics
+
+
+def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
+    start = time.perf_counter()
+    out = Path(out)
+    special = params.special_tokens
+    markers = _markers(special)
+    eos, call_end = special["eos"].id, special["tool_call_end"].id
+    max_total = params.max_total_tokens
+    if max_total > params.architecture.max_context:
+        raise EvalJobError(f"max_total_tokens {max_total} exceeds the model's max_context {params.architecture.max_context}")
+    for key, name in (("dataset", "data"), ("tokenizer", "tokenizer")):
+        if name not in inputs.get(key, {}):
+            raise EvalJobError(f"the eval job needs inputs['{key}']['{name}']")
+    student_job, ckpt = _checkpoint_folder(inputs)
+    tok = load_tokenizer(inputs["tokenizer"]["tokenizer"])
+    _check_tokenizer(tok, special)
+    meta, input_ids = _load_eval_split(Path(inputs["dataset"]["data"]), special)
+    model = load_student(ckpt, arch=params.architecture)
+    record = read_record(ckpt)
+
+    requests, references = _requests(meta, input_ids, tok, markers, special["bos"].id)
+    update = ctx.progress("eval: generating", total=len(meta))
+    finished: list[int] = []
+
+    def done(i: int) -> None:
+        finished.append(i)
+        update(1)
+
+    with one_thread():
+        gens = generate(model, requests, max_total, eos, call_end, done)
+        # The first sample, and the last to finish (it lived through every change of the batch).
+        self_check = _self_check(model, gens, [m["id"] for m in meta], sorted({0, finished[-1]}) if finished else [])
+
+    samples, outcomes, n_tokens = [], [], []
+    for m, ref, gen in zip(meta, references, gens):
+        samples.append(_sample_record(m, ref, gen, tok, markers))
+        outcomes.append(samples[-1]["outcome"])
+        n_tokens.append(len(gen.generated))
+
+    metrics = _metric_report(outcomes, n_tokens)
+    by_kind = {}
+    for kind in sorted({m["kind"] for m in meta}):
+        idx = [i for i, m in enumerate(meta) if m["kind"] == kind]
+        of_kind = _metric_report([outcomes[i] for i in idx], [n_tokens[i] for i in idx])
+        by_kind[kind] = {k: v for k, v in of_kind.items() if v["n"]}
+    seconds = round(time.perf_counter() - start, 3)
+    report = {
+        "metrics": metrics,
+        "by_kind": by_kind,
+        "counts": {"samples": len(meta), "by_kind": dict(sorted(Counter(m["kind"] for m in meta).items()))},
+        "stops": dict(sorted(Counter(g.stop for g in gens).items())),
+        "protocol": {"decoding": "greedy", "max_total_tokens": max_total, "cache_len": max_total,
+                     "tool_result": "reference", "self_check": self_check},
+        "checkpoint": {"job": student_job, "step": record["step"], "quantized": record["quantized"]},
+        "role": params.role,
+        "provenance": ctx.provenance,
+        "seconds": seconds,
+    }
+    write_report(out, report)
+    with open(out / "samples.jsonl", "w", encoding="utf-8", newline="\n") as fh:
+        for s in samples:
+            fh.write(json.dumps(s, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n")
+    flat = {name: float(v["value"]) for name, v in metrics.items() if v["value"] is not None}
+    flat["seconds"] = seconds
+    return flat
+
+
+def _sample_record(m: dict, ref: Reference, gen: Generation, tok, markers: Markers) -> dict:
+    def text(ids: list[int]) -> str:
+        return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    end = len(gen.tokens) - (1 if gen.stop == "eos" else 0)
+    after = gen.tokens[gen.prompt_len:end]
+    generated = text(after)
+    scored = score_sample(ref, generated, markers)
+    if gen.injected is not None:
+        a, b = gen.injected
+        segments = {"before_result": text(gen.tokens[gen.prompt_len:a]), "tool_result": text(gen.tokens[a:b]),
+                    "after_result": text(gen.tokens[b:end])}
+    else:
+        segments = {"before_result": generated, "tool_result": None, "after_result": None}
+    return {"id": m["id"], "kind": m["kind"], "generated": generated, "segments": segments, "stop": gen.stop,
+            "generated_tokens": len(gen.generated), "tool_call": scored["tool_call"],
+            "tool_call_problem": scored["tool_call_problem"], "pii_leaked": scored["pii_leaked"],
+            "outcome": scored["outcome"]}
+
