@@ -39,7 +39,7 @@ def tiny_spec(folder: Path) -> Path:
         ("    - {until_step: 200, seq_len: 64}\n    - {until_step: 400, seq_len: 128}", "    - {until_step: 60, seq_len: 64}"),
         ("checkpoint_every: 100", "checkpoint_every: 10"),
         ("start_fraction: 0.8", "start_fraction: 0.5"),
-        ("steps: 100}, within_tokens", "steps: 20}, within_tokens"),
+        ("steps: 100}}, within_tokens", "steps: 20}}, within_tokens"),
     ]
     for old, new in edits:
         assert old in text, old
