@@ -1,0 +1,211 @@
+"""The convert job: a toy QAT student through export and conversion into one multifunction package."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.hashing import tree_sha256
+from runtime.jobs import convert
+from runtime.jobs.convert import ConvertJobError, export_inputs
+
+from .helpers import Ctx
+from .toy_exports import PROVENANCE, export_all, qat_student, save_checkpoint, toy
+
+pytestmark = [  # warnings raised inside torch.export.load and coremltools, not by this code
+    pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:Function _TORCH_OPS_REGISTRY:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning"),
+]
+IO = Path(__file__).resolve().parents[2] / "generated" / "toy-worker" / "contracts" / "io.json"
+ISLAND_MODULES = ["layers.0.input_layernorm", "layers.0.post_attention_layernorm", "layers.1.input_layernorm",
+                  "layers.1.post_attention_layernorm", "norm"]
+
+
+def convert_provenance(inputs: dict) -> dict:
+    upstream = {job: {"fingerprint": f"fp-{job}", "key": f"key-{job}"} for job in inputs}
+    return dict(PROVENANCE, job={"id": "convert", "kind": "convert", "fingerprint": "fp-convert", "key": "k"}, upstream=upstream)
+
+
+def run_convert(compiled, inputs: dict, out: Path) -> tuple[dict, dict, Path]:  # noqa: ANN001
+    out.mkdir(parents=True)
+    params = compiled.job("convert").job.params
+    metrics = convert.run(params, inputs, out, Ctx(work_dir=out.parent, provenance=convert_provenance(inputs)))
+    return metrics, json.loads((out / "report.json").read_text()), out / f"{params.name}.mlpackage"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("convert")
+    checkpoint = save_checkpoint(toy(), root / "checkpoint")
+    return {"root": root, "checkpoint": checkpoint, "inputs": export_all(toy(), checkpoint, root)}
+
+
+@pytest.fixture(scope="module")
+def converted(exported: dict) -> dict:
+    runs = [run_convert(toy(), exported["inputs"], exported["root"] / f"convert-{i}") for i in range(2)]
+    from runtime.coreml.package import inspect
+
+    metrics, report, package = runs[0]
+    return {"metrics": metrics, "report": report, "package": package, "info": inspect(package), "runs": runs}
+
+
+@pytest.mark.slow
+def test_functions_states_and_default_are_the_contracts(converted: dict) -> None:
+    contract = json.loads(IO.read_text())
+    info = converted["info"]
+    assert info["default_function"] == contract["default_function"] == "prefill_64"
+    assert sorted(info["functions"]) == sorted(contract["functions"]) == ["decode", "prefill_128", "prefill_256", "prefill_64"]
+    for name, fn in contract["functions"].items():
+        got = info["functions"][name]
+        for kind in ("inputs", "outputs", "states"):
+            assert [{k: t[k] for k in ("name", "dtype", "shape")} for t in got[kind]] == \
+                   [{k: t[k] for k in ("name", "dtype", "shape")} for t in fn[kind]], (name, kind)
+        assert [s["name"] for s in got["states"]] == ["key_cache", "value_cache"]
+        assert got["op_counts"]["read_state"] >= 2 and got["op_counts"]["write_state"] == 2
+
+
+@pytest.mark.slow
+def test_every_planned_weight_and_nothing_else_is_compressed_as_planned(converted: dict) -> None:
+    plan = {q.module: q for q in toy().job("convert").job.params.quantization}
+    planned = {m for m, q in plan.items() if q.dtype != "none"}
+    for name, fn in converted["report"]["functions"].items():
+        weights = fn["weights"]
+        assert set(weights) == set(plan) and weights["embed_tokens"] == {"op": None}
+        compressed = converted["info"]["functions"][name]["compressed"]
+        assert len(compressed) == len(planned) == 15 and fn["dequant_ops"] == {"constexpr_blockwise_shift_scale": 15}
+        for module in planned:
+            q, got = plan[module], compressed[weights[module]["name"]]
+            blocks = 1 if q.granularity == "per_channel" else q.shape[1] // q.block_size
+            assert got == {"op": "constexpr_blockwise_shift_scale", "dtype": q.dtype, "scale_shape": [q.shape[0], blocks]}, module
+    per_dtype = Counter(plan[m].dtype for m in planned)
+    assert per_dtype == {"int8": 9, "int4": 6}
+
+
+@pytest.mark.slow
+def test_precision_islands_compute_in_fp32_and_the_rest_in_fp16(converted: dict) -> None:
+    from runtime.coreml.package import function_ops, load_spec, op_dtype, op_name
+
+    spec = load_spec(converted["package"])
+    for name, fn in converted["report"]["functions"].items():
+        ops = {op_name(op): op for op in function_ops(spec, name)}
+        kept = fn["fp32_ops"]
+        assert {k["module"] for k in kept if k["reason"].startswith("module:")} == set(ISLAND_MODULES)
+        assert Counter(k["type"] for k in kept if k["reason"] == "op:softmax") == {"softmax": 2}
+        for k in kept:
+            assert op_dtype(ops[k["op"]]) == "fp32", k
+        by_type = Counter((op.type, op_dtype(op)) for op in ops.values())
+        assert by_type[("linear", "fp16")] == 15 and by_type[("linear", "fp32")] == 0
+        assert by_type[("softmax", "fp32")] == 2 and by_type[("rsqrt", "fp32")] == 5 and by_type[("rsqrt", "fp16")] == 0
+
+
+@pytest.mark.slow
+def test_metadata_survives_save_multifunction(converted: dict, exported: dict) -> None:
+    meta = converted["info"]["metadata"]
+    params = toy().job("convert").job.params
+    assert meta["modelspec.spec_hash"] == "spec-hash-for-tests"
+    assert meta["modelspec.tokenizer_sha256"] == tree_sha256(exported["inputs"]["tokenizer"]["tokenizer"])
+    assert json.loads(meta["modelspec.special_tokens"]) == {k: v.id for k, v in params.special_tokens.items()}
+    fingerprints = json.loads(meta["modelspec.fingerprints"])
+    assert fingerprints["convert"] == "fp-convert" and fingerprints["qat"] == "fp-qat"
+    assert {"export-prefill-64", "export-decode", "tokenizer"} <= set(fingerprints)
+    assert json.loads(meta["modelspec.versions"])["coremltools"] == "9.0"
+    assert not any("conversion_date" in k for k in meta)
+
+
+@pytest.mark.slow
+def test_canonical_hash_is_stable_and_the_package_byte_identical(converted: dict) -> None:
+    from runtime.coreml.package import canonical_hash
+
+    (m1, r1, p1), (m2, r2, p2) = converted["runs"]
+    assert r1["canonical_hash"] == r2["canonical_hash"] == canonical_hash(p1)
+    assert tree_sha256(p1) == tree_sha256(p2)
+    assert m1["size_mb"] == r1["size_mb"] and 0.1 < m1["size_mb"] <= 2.0  # the toy's package.size_mb gate
+
+
+@pytest.mark.slow
+def test_compressed_weights_are_the_qat_weights(exported: dict) -> None:
+    """Re-quantizing the baked QAT values gives back the codes QAT trained against (fp16 scales aside)."""
+    params = toy().job("convert").job.params
+    decode = next(f for f in params.functions if f.name == "decode")
+    model, report = convert.convert_one(decode, exported["inputs"]["export-decode"]["program"], params)
+    student = qat_student(toy()).state_dict()
+    ops = {op.name: op for f in model._mil_program.functions.values() for op in f.operations}
+    for module, got in report["weights"].items():
+        if got["op"] is None:
+            continue
+        op = ops[got["name"]]
+        data, scale = op.inputs["data"].val.astype(np.float32), op.inputs["scale"].val.astype(np.float32)
+        dequant = (data.reshape(scale.shape[0], scale.shape[1], -1) * scale[..., None]).reshape(data.shape)
+        ref = student[f"{module}.weight"].numpy()
+        assert np.abs(dequant - ref).max() <= 2e-3 * np.abs(ref).max(), module
+
+
+@pytest.mark.slow
+def test_weights_that_do_not_resolve_fail_naming_the_module(exported: dict) -> None:
+    from runtime.coreml.convert_fn import convert_function
+    from runtime.coreml.quantize import QuantizationError, weight_consts
+
+    params = toy().job("convert").job.params
+    decode = next(f for f in params.functions if f.name == "decode")
+    ep = torch.export.load(str(exported["inputs"]["export-decode"]["program"]))
+    model, _ = convert_function(ep, decode, params.precision, params.target, params.compute_units)
+    bogus = params.quantization[1].model_copy(update={"module": "layers.7.self_attn.q_proj"})
+    with pytest.raises(QuantizationError, match="'layers.7.self_attn.q_proj' has no weight parameter"):
+        weight_consts(ep, model._mil_program, [bogus])
+    wrong_shape = params.quantization[1].model_copy(update={"shape": [3, 3]})
+    with pytest.raises(QuantizationError, match="expected exactly one weight const"):
+        weight_consts(ep, model._mil_program, [wrong_shape])
+
+
+@pytest.mark.slow
+def test_enumerated_packaging_is_one_prefill_with_enumerated_shapes(tmp_path: Path) -> None:
+    compiled = toy("export.coreml.packaging=enumerated")
+    checkpoint = save_checkpoint(compiled, tmp_path / "checkpoint")
+    inputs = export_all(compiled, checkpoint, tmp_path)
+    metrics, report, package = run_convert(compiled, inputs, tmp_path / "convert")
+    from runtime.coreml.package import inspect
+
+    info = inspect(package)
+    assert sorted(info["functions"]) == ["decode", "prefill"] and info["default_function"] == "prefill"
+    (ids,) = info["functions"]["prefill"]["inputs"]
+    assert ids["enumerated_shapes"] == [[1, 64], [1, 128], [1, 256]] and ids["dtype"] == "int32"
+    assert all([s["name"] for s in f["states"]] == ["key_cache", "value_cache"] for f in info["functions"].values())
+    assert all(f["dequant_ops"] == {"constexpr_blockwise_shift_scale": 15} for f in report["functions"].values())
+    assert metrics["size_mb"] < 1.0  # one prefill function: fewer folded constants than three
+
+
+def test_explicit_cache_contract_names_outputs_like_inputs() -> None:
+    from runtime.coreml.convert_fn import ConversionError, check_names
+
+    decode = next(f for f in toy("export.coreml.decode_cache=explicit").job("convert").job.params.functions
+                  if f.name == "decode")
+    with pytest.raises(ConversionError, match=r"names \['key_cache', 'value_cache'\] both as inputs and as outputs"):
+        check_names(decode)
+
+
+def _fake_export(root: Path, function: str, passed: bool = True, spec_hash: str = "spec-hash-for-tests") -> dict:
+    root.mkdir(parents=True)
+    report = {"function": function, "contract": {"passed": passed}, "checks": [{"passed": True}],
+              "provenance": {"spec": {"hash": spec_hash}}}
+    (root / "report.json").write_text(json.dumps(report))
+    return {"program": root / "program.pt2", "report": root / "report.json"}
+
+
+def test_convert_takes_only_checked_exports_of_every_function(tmp_path: Path) -> None:
+    params = toy().job("convert").job.params
+    good = {f"export-{f.name}": _fake_export(tmp_path / f.name, f.name) for f in params.functions}
+    assert sorted(export_inputs(good, params, "spec-hash-for-tests")) == sorted(f.name for f in params.functions)
+    with pytest.raises(ConvertJobError, match="the contract's functions are"):
+        export_inputs({k: v for k, v in good.items() if k != "export-decode"}, params, None)
+    failed = dict(good, **{"export-decode": _fake_export(tmp_path / "failed", "decode", passed=False)})
+    with pytest.raises(ConvertJobError, match="did not pass its contract and checks"):
+        export_inputs(failed, params, None)
+    foreign = dict(good, **{"export-decode": _fake_export(tmp_path / "foreign", "decode", spec_hash="other")})
+    with pytest.raises(ConvertJobError, match="was built from spec other"):
+        export_inputs(foreign, params, "spec-hash-for-tests")
