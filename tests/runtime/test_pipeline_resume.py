@@ -121,7 +121,7 @@ def stale(spec: Path, store: Path, *sets: str) -> set[str]:
 @pytest.mark.parametrize("edit, expected", [
     ("gates[2].value=0.85", set()),  # gates never ran here; no job that ran reads gates
     ("description=a different description", set()),
-    ("quantization.weights.rules[1].block_size=64", {"qat", "eval"}),
+    ("quantization.weights.rules[1].block_size=16", {"qat", "eval"}),
     ("training.optimizer.lr=0.001", {"train", "qat", "eval"}),
     ("teacher.steps=25", {"teacher", "train", "qat", "eval"}),
 ])
