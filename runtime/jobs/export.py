@@ -81,6 +81,7 @@ def run(params: ExportParams, inputs: dict[str, dict[str, Path]], out: Path, ctx
     problems = check_contract(desc, fn)
     report: dict[str, Any] = {
         "function": fn.name, "role": fn.role, "decode_cache": params.decode_cache, "program": desc,
+        "export_dtype": "fp32", "package_compute": params.compute,  # conversion applies the compute precision
         "contract": {"passed": not problems, "problems": problems,
                      "output_names": [t.name for t in fn.outputs]},
         "checkpoint": {"job": source, "step": record["step"], "quantized": record["quantized"],

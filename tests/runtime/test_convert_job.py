@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -39,18 +41,42 @@ def run_convert(compiled, inputs: dict, out: Path) -> tuple[dict, dict, Path]:  
     return metrics, json.loads((out / "report.json").read_text()), out / f"{params.name}.mlpackage"
 
 
+def shared_dir(factory: pytest.TempPathFactory) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the session's own one without xdist)."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("convert")
-    checkpoint = save_checkpoint(toy(), root / "checkpoint")
-    return {"root": root, "checkpoint": checkpoint, "inputs": export_all(toy(), checkpoint, root)}
+    """The toy's exports and two conversions of them, built once per session even across xdist workers."""
+    root = shared_dir(tmp_path_factory) / "toy-convert"
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done.json").exists():
+            checkpoint = save_checkpoint(toy(), root / "checkpoint")
+            inputs = export_all(toy(), checkpoint, root)
+            metrics = [run_convert(toy(), inputs, root / f"convert-{i}")[0] for i in range(2)]
+            (root / "done.json").write_text(json.dumps({"metrics": metrics}))
+    inputs = {job: {k: Path(v) for k, v in outs.items()} for job, outs in _inputs(root).items()}
+    metrics = json.loads((root / "done.json").read_text())["metrics"]
+    return {"root": root, "checkpoint": root / "checkpoint", "inputs": inputs, "metrics": metrics}
+
+
+def _inputs(root: Path) -> dict[str, dict[str, Path]]:
+    out = {job: {"program": root / job / "program.pt2", "report": root / job / "report.json"}
+           for job in toy().job("convert").job.needs if job.startswith("export-")}
+    return out | {"tokenizer": {"tokenizer": root / "tokenizer"}}
 
 
 @pytest.fixture(scope="module")
 def converted(exported: dict) -> dict:
-    runs = [run_convert(toy(), exported["inputs"], exported["root"] / f"convert-{i}") for i in range(2)]
     from runtime.coreml.package import inspect
 
+    name = toy().job("convert").job.params.name
+    runs = [(m, json.loads((exported["root"] / f"convert-{i}" / "report.json").read_text()),
+             exported["root"] / f"convert-{i}" / f"{name}.mlpackage") for i, m in enumerate(exported["metrics"])]
     metrics, report, package = runs[0]
     return {"metrics": metrics, "report": report, "package": package, "info": inspect(package), "runs": runs}
 
