@@ -95,7 +95,7 @@ def job_loop(tp, split: Split, steps: int, end_step: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     tp = toy_params(args.steps).training

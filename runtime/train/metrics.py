@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import queue
 import statistics
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,11 @@ GRAD_NORM_EVERY = 10
 
 
 class MetricsLog:
-    """Append-only `metrics.jsonl` plus TensorBoard scalars; on resume both restart at `start`."""
+    """Append-only `metrics.jsonl` plus TensorBoard scalars; on resume both restart at `start`.
+
+    Rows are written by a background thread (serialising ~30 scalars per step would otherwise
+    sit on the training step's critical path); `flush()` waits until everything queued is on
+    disk, and the trainer calls it before every checkpoint."""
 
     def __init__(self, folder: Path, start: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -35,8 +41,25 @@ class MetricsLog:
         self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
         self.fh = open(self.path, "a", encoding="utf-8")
         self.tb = SummaryWriter(log_dir=str(folder / "tensorboard"), purge_step=start, flush_secs=30)
+        self.rows: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._drain, name="metrics-writer", daemon=True)
+        self.thread.start()
 
-    def write(self, row: dict[str, Any]) -> None:
+    def _drain(self) -> None:
+        while True:
+            row = self.rows.get()
+            try:
+                if row is not None and self.error is None:
+                    self._write(row)
+            except BaseException as exc:  # surfaced by flush()/close() in the training thread
+                self.error = exc
+            finally:
+                self.rows.task_done()
+            if row is None:
+                return
+
+    def _write(self, row: dict[str, Any]) -> None:
         self.fh.write(json.dumps(row, sort_keys=True) + "\n")
         step = row["step"]
         for key, value in row.items():
@@ -46,11 +69,21 @@ class MetricsLog:
                 for sub, v in value.items():
                     self.tb.add_scalar(f"{key}/{sub}", v, step)
 
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.put(row)
+
     def flush(self) -> None:
+        self.rows.join()
+        if self.error is not None:
+            raise RuntimeError(f"writing training metrics failed: {self.error}") from self.error
         self.fh.flush()
         self.tb.flush()
 
     def close(self) -> None:
+        self.rows.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"writing training metrics failed: {self.error}") from self.error
         self.fh.close()
         self.tb.close()
 
