@@ -49,10 +49,9 @@ def functions(spec: Spec) -> list[FunctionP]:
     if decode.enabled:
         inputs = [TensorP(name="input_ids", dtype="int32", shape=[b, 1]), TensorP(name="position", dtype="int32", shape=[1])]
         outputs = [TensorP(name="logits", dtype=logits, shape=[b, 1, v])]
-        if explicit:
-            cache = [TensorP(name=n, dtype=kv, shape=_cache_shape(spec, decode.cache_len)) for n in ("key_cache", "value_cache")]
-            inputs += cache
-            outputs += cache
+        if explicit:  # CoreML forbids a name that is both an input and an output of one function
+            inputs += [TensorP(name=n, dtype=kv, shape=_cache_shape(spec, decode.cache_len)) for n in ("key_cache", "value_cache")]
+            outputs += [TensorP(name=n, dtype=kv, shape=_cache_shape(spec, decode.cache_len)) for n in ("present_keys", "present_values")]
         out.append(FunctionP(name="decode", role="decode", seq_lens=[1], inputs=inputs, outputs=outputs, states=states))
     return out
 
