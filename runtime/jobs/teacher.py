@@ -1,0 +1,268 @@
+"""The teacher job: train (or load) a Llama teacher and write its top-k targets for distillation.
+
+Inputs: the tokenizer folder ``inputs["tokenizer"]["tokenizer"]`` (and its ``report``, whose
+``model_vocab_size`` an ``hf_local`` teacher must match) and the dataset folder
+``inputs["dataset"]["data"]`` (``{train,val}.safetensors`` and ``.jsonl``, see ``dataset.py``).
+
+``params.kind == "train"``: a ``transformers.LlamaForCausalLM`` built from ``params.architecture``
+and trained from ``params.seed`` on the train split only: next-token cross-entropy on the target
+positions (``loss_mask`` shifted by one), batches of ``micro_batch`` rows cropped to the shorter
+of ``seq_len`` and the batch's longest row, AdamW with the fixed choices below, linear warmup then
+cosine decay. Batch order comes from a seeded generator, so the same inputs give the same weights
+and bit-identical targets on the same CPU machine (on CUDA, kernels such as the embedding backward
+use atomics and may differ in the last bits from run to run).
+
+``params.kind == "hf_local"``: a local ``save_pretrained`` folder (``ctx.resolve(path)``), loaded
+from safetensors with no remote code; ``auto_map`` in ``config.json``, a ``model_type`` other
+than ``llama``, or a vocabulary that misses a token of the data or the tokenizer is refused.
+
+Outputs: ``out/model`` (``save_pretrained``), ``out/targets`` (``{train,val}.safetensors`` and
+``index.json``, layout and cache in ``teacher_targets.py``) and ``out/report.json`` (train loss,
+val cross-entropy and next-token accuracy on target positions, cache hits and misses, provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .teacher_targets import TargetCache, split_targets, weights_sha256
+from .tokenizer import TokenizerJobError, load_tokenizer, write_report
+
+# Fixed optimizer choices of the "train" teacher (the spec sets lr, steps and batch only).
+BETAS = (0.9, 0.95)
+WEIGHT_DECAY = 0.1  # on matrices only; norm gains are not decayed
+GRAD_CLIP = 1.0
+WARMUP_FRACTION = 0.05  # of the steps, at least one step
+MIN_LR_FRACTION = 0.1  # cosine decays to this fraction of lr
+# Eager attention: deterministic and, at the toy's sizes, as fast as sdpa on CPU.
+ATTN = "eager"
+TARGET_SPLITS = ("train", "val")
+EVAL_BATCH = 32
+LOSS_WINDOW = 10  # steps averaged for the first and final train loss
+
+
+class TeacherJobError(RuntimeError):
+    """A teacher or input the job cannot use; the message names the file and the fix."""
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_split(data: Path, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    from safetensors.numpy import load_file
+
+    path = data / f"{split}.safetensors"
+    try:
+        arrays = load_file(str(path))
+        rows = (data / f"{split}.jsonl").read_text(encoding="utf-8").count("\n")
+    except Exception as exc:  # noqa: BLE001 - any unreadable dataset file is the same user error
+        raise TeacherJobError(f"dataset file {path} (or its .jsonl) is unreadable: {exc}; rerun the dataset job") from exc
+    missing = {"input_ids", "attention_mask", "loss_mask"} - set(arrays)
+    if missing or arrays["input_ids"].shape[0] != rows:
+        raise TeacherJobError(f"{path}: missing tensors {sorted(missing)} or row count differs from {split}.jsonl "
+                              f"({rows} rows); rerun the dataset job")
+    return arrays, arrays["attention_mask"].sum(axis=1).astype(np.int64)
+
+
+def _llama_config(arch, tok):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=arch.vocab_size, hidden_size=arch.d_model, num_hidden_layers=arch.n_layers,
+        num_attention_heads=arch.n_heads, num_key_value_heads=arch.n_kv_heads, head_dim=arch.d_head,
+        intermediate_size=arch.mlp_hidden, hidden_act="silu", rms_norm_eps=arch.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta},
+        max_position_embeddings=arch.max_context, tie_word_embeddings=arch.tie_embeddings, attention_dropout=0.0,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        attn_implementation=ATTN,
+    )
+
+
+def _load_hf_local(folder: Path, device: torch.device):
+    from transformers import LlamaForCausalLM
+
+    cfg_path = folder / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TeacherJobError(f"teacher.path: {cfg_path} is not a readable config.json ({exc}); point teacher.path "
+                              "at a folder written by save_pretrained") from exc
+    if "auto_map" in cfg:
+        raise TeacherJobError(f"refusing teacher {folder}: config.json has 'auto_map' (it needs remote code, which this "
+                              "runtime never runs); save the model as a plain LlamaForCausalLM")
+    if cfg.get("model_type") != "llama":
+        raise TeacherJobError(f"teacher {folder}: model_type is {cfg.get('model_type')!r}, only 'llama' is supported; "
+                              "convert the teacher to a LlamaForCausalLM or use teacher.kind: train")
+    if not any(folder.glob("*.safetensors")):
+        raise TeacherJobError(f"teacher {folder} has no *.safetensors weights (pickled weights are never loaded); "
+                              "re-save it with save_pretrained")
+    try:
+        model = LlamaForCausalLM.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True,
+                                                 use_safetensors=True, dtype="auto", attn_implementation=ATTN)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
+        raise TeacherJobError(f"teacher {folder} does not load as a LlamaForCausalLM: {exc}") from exc
+    return model.to(device)
+
+
+def _check_vocab(model, where: str, tok, tok_report: Path | None, arrays: dict[str, dict[str, np.ndarray]]) -> None:
+    vocab = model.config.vocab_size
+    used = [int(a["input_ids"][a["attention_mask"] > 0].max(initial=0)) for a in arrays.values()]
+    need = max(used + [len(tok) - 1] + list(tok.all_special_ids)) + 1
+    if vocab < need:
+        raise TeacherJobError(f"{where}: vocab_size {vocab} does not cover the tokenizer and the data (token ids up to "
+                              f"{need - 1}); use a teacher with the dataset's tokenizer")
+    if tok_report is not None and tok_report.is_file():
+        student = json.loads(tok_report.read_text(encoding="utf-8")).get("model_vocab_size")
+        if student is not None and vocab != student:
+            raise TeacherJobError(f"{where}: vocab_size {vocab} differs from the student's {student} (tokenizer report "
+                                  f"{tok_report}); top-k ids must index the student's vocabulary")
+    longest = max((int(a["attention_mask"].sum(axis=1).max(initial=0)) for a in arrays.values()), default=0)
+    if longest > model.config.max_position_embeddings:
+        raise TeacherJobError(f"{where}: max_position_embeddings {model.config.max_position_embeddings} is shorter "
+                              f"than the longest dataset row ({longest} tokens); use a teacher with a longer context "
+                              "or shorter data (shapes.prefill sets the dataset's max_seq_len)")
+
+
+def _lr_at(step: int, steps: int, lr: float) -> float:
+    warmup = max(1, round(WARMUP_FRACTION * steps))
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _masked_ce(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed CE, correct next-token predictions, counted positions) over target positions."""
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    targets, weights = ids[:, 1:], mask[:, 1:].float()
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    correct = (logits.argmax(-1) == targets).float()
+    return (ce * weights.reshape(-1)).sum(), (correct * weights).sum(), weights.sum()
+
+
+def _train(model, params, arrays: dict[str, np.ndarray], lengths: np.ndarray, device, ctx) -> list[float]:
+    rows = len(lengths)
+    if rows == 0:
+        raise TeacherJobError("the dataset's train split is empty: nothing to train the teacher on; the dataset "
+                              "job's report.json says why samples were dropped")
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=params.lr, betas=BETAS)
+    gen = torch.Generator().manual_seed(params.seed)
+    order: list[int] = []
+    ids_all, mask_all = torch.from_numpy(arrays["input_ids"]), torch.from_numpy(arrays["loss_mask"])
+    update = ctx.progress("teacher: training", total=params.steps)
+    losses = []
+    model.train()
+    for step in range(params.steps):
+        while len(order) < params.micro_batch:
+            order += torch.randperm(rows, generator=gen).tolist()
+        batch, order = order[:params.micro_batch], order[params.micro_batch:]
+        crop = min(params.seq_len, int(lengths[batch].max()))
+        ids = ids_all[batch, :crop].to(device, torch.long)
+        mask = mask_all[batch, :crop].to(device)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, params.steps, params.lr)
+        ce, _, count = _masked_ce(model, ids, mask)
+        loss = ce / count.clamp_min(1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        losses.append(float(loss.detach()))
+        update(1, loss=losses[-1])
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def _evaluate(model, arrays: dict[str, np.ndarray], lengths: np.ndarray, device) -> dict[str, float]:
+    ce = correct = count = 0.0
+    for start in range(0, len(lengths), EVAL_BATCH):
+        sl = slice(start, start + EVAL_BATCH)
+        n = int(lengths[sl].max())
+        ids = torch.from_numpy(arrays["input_ids"][sl, :n]).to(device, torch.long)
+        mask = torch.from_numpy(arrays["loss_mask"][sl, :n]).to(device)
+        c, k, m = _masked_ce(model, ids, mask)
+        ce, correct, count = ce + float(c), correct + float(k), count + float(m)
+    return {"val_ce": ce / count if count else None, "val_accuracy": correct / count if count else None,
+            "val_target_tokens": int(count)}  # None: an empty val split
+
+
+def _write_targets(model, folder: Path, splits, top_k: int, teacher_sha: str, cache_dir, device, ctx) -> TargetCache:
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = TargetCache(cache_dir, teacher_sha, top_k)
+    update = ctx.progress("teacher: top-k targets", total=sum(len(lengths) for _, lengths in splits.values()))
+    index = {"top_k": top_k, "teacher_sha256": teacher_sha, "splits": {}}
+    for split, (arrays, lengths) in splits.items():
+        tensors, shas = split_targets(model, arrays["input_ids"], lengths, top_k, cache, device, update)
+        info = json.dumps({"split": split, "top_k": top_k, "teacher_sha256": teacher_sha}, sort_keys=True)
+        save_file(tensors, str(folder / f"{split}.safetensors"), metadata={"modelspec": info})
+        index["splits"][split] = {"rows": len(lengths), "T": tensors["topk_ids"].shape[1], "sample_sha256": shas}
+    (folder / "index.json").write_text(json.dumps(index, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+    return cache
+
+
+def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
+    from transformers import LlamaForCausalLM
+
+    start, out, device = time.perf_counter(), Path(out), _device()
+    try:
+        tok = load_tokenizer(inputs["tokenizer"]["tokenizer"])
+        data = Path(inputs["dataset"]["data"])
+    except (KeyError, TokenizerJobError) as exc:
+        raise TeacherJobError(f"the teacher job needs the tokenizer and dataset outputs: {exc}") from exc
+    splits = {s: _load_split(data, s) for s in TARGET_SPLITS}
+    if params.kind == "train":
+        where = "teacher.architecture"
+        torch.manual_seed(params.seed)
+        model = LlamaForCausalLM(_llama_config(params.architecture, tok))
+        model = model.to(device, torch.float32)
+    elif params.kind == "hf_local":
+        try:
+            folder = ctx.resolve(params.path)
+        except RuntimeError as exc:
+            raise TeacherJobError(f"teacher.path: {exc}") from exc
+        where = f"teacher {folder}"
+        model = _load_hf_local(folder, device)
+    else:  # pragma: no cover - params are typed
+        raise TeacherJobError(f"unknown teacher kind {params.kind!r}")
+    _check_vocab(model, where, tok, inputs["tokenizer"].get("report"), {s: a for s, (a, _) in splits.items()})
+    if params.top_k > model.config.vocab_size:
+        raise TeacherJobError(f"teacher.top_k {params.top_k} exceeds the teacher's vocab_size "
+                              f"{model.config.vocab_size}; lower teacher.top_k")
+
+    losses = _train(model, params, *splits["train"], device, ctx) if params.kind == "train" else []
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    metrics = _evaluate(model, *splits["val"], device)
+    model.save_pretrained(str(out / "model"))
+    teacher_sha = weights_sha256(model)
+    cache = _write_targets(model, out / "targets", splits, params.top_k, teacher_sha, ctx.cache_dir, device, ctx)
+
+    window = max(1, min(LOSS_WINDOW, len(losses)))
+    metrics.update({
+        "steps": len(losses), "top_k": params.top_k, "teacher_sha256": teacher_sha,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **({"train_loss_first": sum(losses[:window]) / window, "train_loss_final": sum(losses[-window:]) / window,
+            "train_seconds": round(train_seconds, 3)} if losses else {}),
+        **{f"rows_{s}": len(lengths) for s, (_, lengths) in splits.items()},
+        "cache_hits": cache.hits, "cache_misses": cache.misses, "cache_rejected": cache.rejected,
+        "seconds": round(time.perf_counter() - start, 3),
+    })
+    report = {**metrics, "kind": params.kind, "device": device.type, "provenance": ctx.provenance,
+              "optimizer": {"name": "adamw", "betas": list(BETAS), "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP,
+                            "warmup_fraction": WARMUP_FRACTION, "min_lr_fraction": MIN_LR_FRACTION} if losses else None,
+              "attn_implementation": ATTN}
+    write_report(out, report)
+    return metrics
