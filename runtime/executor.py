@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import shutil
 import signal
@@ -109,8 +110,15 @@ class Executor:
             self._queue = ctx.Queue()
             from .worker import init_worker
 
-            self._pool = cf.ProcessPoolExecutor(max_workers=self.max_jobs, mp_context=ctx, initializer=init_worker, initargs=(self._queue,))
+            self._pool = cf.ProcessPoolExecutor(max_workers=self.max_jobs, mp_context=ctx, initializer=init_worker,
+                                                 initargs=(self._queue, self._threads_per_worker()))
         return self._pool
+
+    def _threads_per_worker(self) -> int | None:
+        """With several workers, split the cores between them: oversubscribed torch threads thrash."""
+        if self.max_jobs == 1:
+            return None
+        return max(1, (os.cpu_count() or 1) // self.max_jobs)
 
     def _drain(self) -> None:
         if self._queue is None:

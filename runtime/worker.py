@@ -15,9 +15,13 @@ from typing import Any
 _events = None
 
 
-def init_worker(queue) -> None:
+def init_worker(queue, threads: int | None = None) -> None:
+    """`threads`: intra-op threads per worker when several jobs share the cores (set before torch loads)."""
     global _events
     _events = queue
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
     try:
         import ctypes

@@ -52,11 +52,11 @@ class Case:
 
 TEACHER_TRAIN_BODY = (
     "  kind: train\n"
-    "  architecture: {d_model: 256, n_layers: 4, n_heads: 8, n_kv_heads: 4, d_head: 32, mlp: {kind: swiglu, hidden: 704}}\n"
+    "  architecture: {d_model: 192, n_layers: 3, n_heads: 6, n_kv_heads: 2, d_head: 32, mlp: {kind: swiglu, hidden: 512}}\n"
     "  steps: 300\n"
     "  micro_batch: 16\n"
     "  seq_len: 128\n"
-    "  lr: 1.0e-3\n"
+    "  lr: 2.0e-3\n"
 )
 
 CASES: list[Case] = [
@@ -67,7 +67,7 @@ CASES: list[Case] = [
          "unknown key 'n_head'", "did you mean 'n_heads'?"),
     Case("unknown_key_mlp_hiden", "hidden: 352", "hiden: 352", "architecture.mlp.hiden", "hiden: 352",
          "unknown key 'hiden'", "did you mean 'hidden'?"),
-    Case("unknown_key_teacher_n_head", "n_heads: 8,", "n_head: 8,", "teacher.architecture.n_head", "n_head: 8,",
+    Case("unknown_key_teacher_n_head", "n_heads: 6,", "n_head: 6,", "teacher.architecture.n_head", "n_head: 6,",
          "unknown key 'n_head'", "did you mean 'n_heads'?"),
     Case("unknown_key_loss_kll", "    kl: {", "    kll: {", "training.losses.kll", "kll:",
          "unknown key 'kll'", "did you mean 'kl'?"),
@@ -117,15 +117,15 @@ CASES: list[Case] = [
          "kind: openai_compatible", "'openai_compatible' is not supported", "kind: train or kind: hf_local"),
     Case("teacher_hf_local_empty_path", TEACHER_TRAIN_BODY, '  kind: hf_local\n  path: ""\n', "teacher.path",
          'path: ""', "empty path"),
-    Case("teacher_seq_len_exceeds_max_context", "  seq_len: 128\n  lr: 1.0e-3", "  seq_len: 512\n  lr: 1.0e-3",
+    Case("teacher_seq_len_exceeds_max_context", "  seq_len: 128\n  lr: 2.0e-3", "  seq_len: 512\n  lr: 2.0e-3",
          "teacher.seq_len", "seq_len: 512", "exceeds architecture.max_context"),
     # --- architecture --------------------------------------------------------------------------
     Case("d_model_not_heads_times_d_head", "d_model: 128", "d_model: 96", "architecture.d_model", "d_model: 96",
          "d_model 96 != n_heads * d_head = 4 * 32 = 128"),
     Case("n_kv_heads_not_divisor", "  n_kv_heads: 2\n", "  n_kv_heads: 3\n", "architecture.n_kv_heads", "n_kv_heads: 3",
          "n_heads 4 is not a multiple of n_kv_heads 3", "valid values: [1, 2, 4]"),
-    Case("teacher_n_kv_heads_not_divisor", "n_kv_heads: 4, d_head", "n_kv_heads: 3, d_head",
-         "teacher.architecture.n_kv_heads", "n_kv_heads: 3", "n_heads 8 is not a multiple of n_kv_heads 3"),
+    Case("teacher_n_kv_heads_not_divisor", "n_kv_heads: 2, d_head", "n_kv_heads: 4, d_head",
+         "teacher.architecture.n_kv_heads", "n_kv_heads: 4", "n_heads 6 is not a multiple of n_kv_heads 4"),
     Case("rope_dynamic_scaling", "scaling: none", "scaling: dynamic", "architecture.rope.scaling", "scaling: dynamic",
          "string 'dynamic' is not allowed; expected 'none'", "padded length"),
     # --- tokenizer -----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def tiny_spec(folder: Path) -> Path:
     text = (ROOT / "specs" / "toy.yaml").read_text()
     edits = [
         ("name: toy-worker", f"name: {NAME}"),
-        ("teacher:\n  kind: train\n  architecture: {d_model: 256, n_layers: 4, n_heads: 8, n_kv_heads: 4, d_head: 32, mlp: {kind: swiglu, hidden: 704}}",
+        ("teacher:\n  kind: train\n  architecture: {d_model: 192, n_layers: 3, n_heads: 6, n_kv_heads: 2, d_head: 32, mlp: {kind: swiglu, hidden: 512}}",
          "teacher:\n  kind: train\n  architecture: {d_model: 64, n_layers: 2, n_heads: 2, n_kv_heads: 1, d_head: 32, mlp: {kind: swiglu, hidden: 128}}"),
         ("  steps: 300\n  micro_batch: 16\n  seq_len: 128", "  steps: 20\n  micro_batch: 8\n  seq_len: 64"),
         ("  steps: 400\n  micro_batch: 16", "  steps: 60\n  micro_batch: 4"),
