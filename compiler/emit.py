@@ -72,8 +72,8 @@ def write_file(root: str, rel: str, text: str) -> None:
         raise
 
 
-def stale_files(root: str, name: str, files: dict[str, str]) -> list[str]:
-    """Files under `root/name` that differ from `files`, are missing, or should not be there."""
+def stale_files(root: str, name: str, files: dict[str, str], extra: bool = True) -> list[str]:
+    """Files under `root/name` that differ from `files`, are missing, or (extra=True) should not be there."""
     folder = os.path.join(root, name)
     stale = []
     for rel, text in sorted(files.items()):
@@ -84,7 +84,7 @@ def stale_files(root: str, name: str, files: dict[str, str]) -> list[str]:
                     stale.append(path)
         except OSError:
             stale.append(path)
-    if os.path.isdir(folder):
+    if extra and os.path.isdir(folder):
         for dirpath, _, names in os.walk(folder):
             for n in names:
                 rel = os.path.relpath(os.path.join(dirpath, n), folder).replace(os.sep, "/")
