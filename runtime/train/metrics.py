@@ -16,6 +16,9 @@ from torch import Tensor
 # Per-loss gradient norms cost one extra backward to the logits per term: measured every
 # GRAD_NORM_EVERY steps (and at the last step), which keeps the trainer's overhead small.
 GRAD_NORM_EVERY = 10
+# Groups of per-step values also written to TensorBoard (all of them are in metrics.jsonl; the
+# loss weights follow their schedules and are left out of the event files to keep steps cheap).
+TB_GROUPS = ("loss", "grad_norm_by_loss")
 
 
 class MetricsLog:
@@ -65,7 +68,7 @@ class MetricsLog:
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
                 self.tb.add_scalar(key.replace(".", "/"), value, step)
-            elif isinstance(value, dict):
+            elif isinstance(value, dict) and key in TB_GROUPS:
                 for sub, v in value.items():
                     self.tb.add_scalar(f"{key}/{sub}", v, step)
 
