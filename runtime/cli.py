@@ -16,26 +16,29 @@ WorkdirOpt = Annotated[str, typer.Option("--workdir", help="Store folder (conten
 JobList = Optional[list[str]]
 
 
-def _compile(spec: str, overrides: list[str], allow_stale: bool):
-    from compiler.build import compile_one
-    from compiler.compile import contract_files
+def _plan(spec: str, overrides: list[str], allow_stale: bool, workdir: str | None):
+    """The plan (from the store's plan cache when the spec and the compiler did not change)."""
+    from pathlib import Path
+
     from compiler.emit import stale_files
 
-    compiled = compile_one(spec, overrides)
+    from .plan import load
+
+    plan, contracts = load(spec, overrides, Path(workdir) if workdir else None)
     if not allow_stale and not overrides:
         # plan.json and the contracts are what runs and what artifacts are checked against; the
         # human README.md and graph.mmd are views of the same data (`compile --check` covers them)
-        stale = stale_files("generated", compiled.spec.name, contract_files(compiled), extra=False)
+        stale = stale_files("generated", plan.name, contracts, extra=False)
         if stale:
             raise CheckFailed("generated/ is stale for this spec (run: modelspec compile " + spec + ", or pass --allow-stale):\n  "
                               + "\n  ".join(stale))
-    return compiled
+    return plan
 
 
-def _check_jobs(compiled, names: list[str], option: str) -> None:
+def _check_jobs(plan, names: list[str], option: str) -> None:
     from compiler.errors import did_you_mean
 
-    ids = [j.id for j in compiled.jobs]
+    ids = [j.id for j in plan.jobs]
     bad = [n for n in names if n not in ids]
     if bad:
         raise SpecError([_arg_problem(option, f"no job '{b}'", did_you_mean(b, ids) or f"jobs: {', '.join(ids)}") for b in bad])
@@ -61,17 +64,17 @@ def run(
     from .progress import Reporter
     from .store import Store
 
-    compiled = _compile(spec, set_ or [], allow_stale)
-    for option, names in (("--until", until or []), ("--only", only or []), ("--force", force or [])):
-        _check_jobs(compiled, names, option)
+    plan = _plan(spec, set_ or [], allow_stale, workdir)  # an invalid spec writes nothing, not even the store
     store = Store(workdir)
-    selected = select(compiled, until or [], only or [])
+    for option, names in (("--until", until or []), ("--only", only or []), ("--force", force or [])):
+        _check_jobs(plan, names, option)
+    selected = select(plan, until or [], only or [])
     with store.lock():
         if explain:
-            for state in job_states(compiled, store):
+            for state in job_states(plan, store):
                 if state.id in selected and state.state != "up_to_date":
                     typer.echo(f"{state.id}: {state.state}: " + "; ".join(state.reasons), err=True)
-        executor = Executor(compiled, store, jobs=jobs, force=tuple(force or ()))
+        executor = Executor(plan, store, jobs=jobs, force=tuple(force or ()))
         try:
             with Reporter(quiet=json_) as reporter:
                 executor.reporter = reporter
@@ -98,19 +101,19 @@ def status(
     json_: JsonOpt = False,
 ) -> None:
     """Every job's state (up_to_date, stale, missing) and the reasons."""
-    from compiler.build import compile_one
-
     from .keys import job_states
+    from .plan import load
     from .store import Store
 
-    compiled = compile_one(spec, set_ or [])
-    states = job_states(compiled, Store(workdir)) if os.path.isdir(workdir) else []
+    has_store = os.path.isdir(workdir)
+    plan, _ = load(spec, set_ or [], Store(workdir).root if has_store else None)
+    states = job_states(plan, Store(workdir)) if has_store else []
     if not states:
         from .keys import JobState
 
-        states = [JobState(j.id, j.job.kind, "", "missing", ["no store yet"]) for j in compiled.jobs]
+        states = [JobState(j.id, j.kind, "", "missing", ["no store yet"]) for j in plan.jobs]
     if json_:
-        _emit_json({"spec": compiled.spec.name, "jobs": [s.as_json() for s in states]})
+        _emit_json({"spec": plan.name, "jobs": [s.as_json() for s in states]})
         return
     width = max(len(s.id) for s in states)
     for s in states:

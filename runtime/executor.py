@@ -17,10 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler.compile import Compiled
-from compiler.graph import ancestors
-
 from .keys import JobKey, job_keys
+from .plan import Plan
 from .store import Store
 
 
@@ -46,26 +44,26 @@ class JobResult:
         return out
 
 
-def select(compiled: Compiled, until: list[str], only: list[str]) -> list[str]:
-    order = [j.id for j in compiled.jobs]
+def select(plan: Plan, until: list[str], only: list[str]) -> list[str]:
+    order = [j.id for j in plan.jobs]
     if only:
         return [j for j in order if j in set(only)]
     if until:
         wanted = set(until)
         for u in until:
-            wanted |= ancestors([j.job for j in compiled.jobs], u)
+            wanted |= plan.ancestors(u)
         return [j for j in order if j in wanted]
     return order
 
 
 class Executor:
-    def __init__(self, compiled: Compiled, store: Store, jobs: int = 1, force: tuple[str, ...] = (), reporter=None):
-        self.compiled = compiled
+    def __init__(self, plan: Plan, store: Store, jobs: int = 1, force: tuple[str, ...] = (), reporter=None):
+        self.plan = plan
         self.store = store
         self.max_jobs = max(1, jobs)
         self.force = set(force)
         self.reporter = reporter
-        self.keys: dict[str, JobKey] = job_keys(compiled)
+        self.keys: dict[str, JobKey] = job_keys(plan)
         self.results: dict[str, JobResult] = {}
         self._pool: cf.ProcessPoolExecutor | None = None
         self._queue = None
@@ -134,16 +132,16 @@ class Executor:
         from .worker import run_job
 
         k = self.keys[job_id]
-        pj = self.compiled.job(job_id)
+        pj = self.plan.job(job_id)
         staging = self.store.new_staging(k.key)
         self._staging[job_id] = staging
-        inputs = {need: self._outputs(need) for need in pj.job.needs}
+        inputs = {need: self._outputs(need) for need in pj.needs}
         provenance = {
-            "spec": {"name": self.compiled.spec.name, "version": self.compiled.spec.version, "hash": self.compiled.spec_hash},
+            "spec": {"name": self.plan.name, "version": self.plan.version, "hash": self.plan.spec_hash},
             "job": {"id": job_id, "kind": k.kind, "fingerprint": k.fingerprint, "key": k.key},
-            "upstream": {n: {"fingerprint": self.keys[n].fingerprint, "key": self.keys[n].key} for n in pj.job.needs},
+            "upstream": {n: {"fingerprint": self.keys[n].fingerprint, "key": self.keys[n].key} for n in pj.needs},
         }
-        ctx = {"spec_dir": str(self.compiled.validated.spec_dir), "work_dir": str(self.store.work_dir(self.compiled.spec.name, job_id)),
+        ctx = {"spec_dir": str(self.plan.spec_dir), "work_dir": str(self.store.work_dir(self.plan.name, job_id)),
                "cache_dir": str(self.store.cache_dir(k.kind)),
                "provenance": provenance, "force": job_id in self.force}
         self._say("job_start", job_id, k.kind)
@@ -151,16 +149,16 @@ class Executor:
 
     def _commit(self, job_id: str, result: dict) -> None:
         k = self.keys[job_id]
-        pj = self.compiled.job(job_id)
+        pj = self.plan.job(job_id)
         record = {
             "job": job_id, "kind": k.kind, "fingerprint": k.fingerprint, "key": k.key, "params": k.params,
-            "external": k.external, "upstream": k.upstream, "spec_hash": self.compiled.spec_hash,
-            "upstream_fingerprints": {n: self.keys[n].fingerprint for n in pj.job.needs},
+            "external": k.external, "upstream": k.upstream, "spec_hash": self.plan.spec_hash,
+            "upstream_fingerprints": {n: self.keys[n].fingerprint for n in pj.needs},
             "metrics": result["metrics"], "seconds": round(result["seconds"], 3),
         }
-        self.store.commit(self._staging.pop(job_id), k.kind, k.key, pj.job.outputs, record)
-        self.store.drop_work(self.compiled.spec.name, job_id)
-        self.store.update_index(self.compiled.spec.name, {job_id: {
+        self.store.commit(self._staging.pop(job_id), k.kind, k.key, pj.outputs, record)
+        self.store.drop_work(self.plan.name, job_id)
+        self.store.update_index(self.plan.name, {job_id: {
             "key": k.key, "fingerprint": k.fingerprint, "params": k.params, "external": k.external, "upstream": k.upstream}})
 
     # -- main loop --------------------------------------------------------------------------
@@ -175,7 +173,7 @@ class Executor:
             self.store.clear_staging()
             while pending or running:
                 for job_id in list(pending):
-                    needs = [n for n in self.compiled.job(job_id).job.needs]
+                    needs = [n for n in self.plan.job(job_id).needs]
                     if failed:
                         break
                     missing = [n for n in needs if n not in sel and not self._cached(n)]

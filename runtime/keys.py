@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compiler.canonical import canonical_json, sha256_text
-from compiler.compile import Compiled
 
 from .diffing import diff
 from .hashing import tree_sha256
 from .jobs import EXTERNAL_INPUTS
+from .plan import Plan
 from .store import Store
 
 
@@ -42,12 +42,12 @@ class JobKey:
     upstream: dict[str, str]  # upstream id -> key
 
 
-def job_keys(compiled: Compiled) -> dict[str, JobKey]:
-    spec_dir = Path(compiled.validated.spec_dir)
+def job_keys(plan: Plan) -> dict[str, JobKey]:
+    spec_dir = plan.spec_dir
     keys: dict[str, JobKey] = {}
-    for pj in compiled.jobs:
-        job = pj.job
-        params = job.params.model_dump(mode="json")
+    for pj in plan.jobs:
+        job = pj
+        params = job.params
         ext = external_inputs(job.kind, params, spec_dir)
         upstream = {n: keys[n].key for n in sorted(job.needs)}
         key = sha256_text(canonical_json({"fingerprint": pj.fingerprint, "external": ext, "upstream": upstream}))
@@ -67,11 +67,11 @@ class JobState:
         return {"id": self.id, "kind": self.kind, "key": self.key, "state": self.state, "reasons": self.reasons}
 
 
-def job_states(compiled: Compiled, store: Store, keys: dict[str, JobKey] | None = None) -> list[JobState]:
-    keys = keys or job_keys(compiled)
-    index = store.index(compiled.spec.name)
+def job_states(plan: Plan, store: Store, keys: dict[str, JobKey] | None = None) -> list[JobState]:
+    keys = keys or job_keys(plan)
+    index = store.index(plan.name)
     out = []
-    for pj in compiled.jobs:
+    for pj in plan.jobs:
         k = keys[pj.id]
         record = store.record(k.kind, k.key)
         if record is not None:

@@ -8,6 +8,7 @@ Layout of a store (default `.modelspec/`):
     work/<spec>/<job>/        resumable scratch of a running job (training checkpoints); kept
                               across spec edits so a changed job can refuse a foreign checkpoint
     cache/<kind>/             content-addressed caches shared across runs (teacher top-k targets)
+    plans/<key>.json          compiled plans by spec bytes, overrides and compiler code (runtime.plan)
     quarantine/<key>-<n>/     cached outputs that failed their hash check
     index/<spec>.json         job id -> last completed key and params (for `status` reasons)
 
@@ -43,7 +44,7 @@ class Store:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).absolute()
-        for sub in ("jobs", "staging", "work", "quarantine", "index", "cache"):
+        for sub in ("jobs", "staging", "work", "quarantine", "index", "cache", "plans"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- lock -------------------------------------------------------------------------------

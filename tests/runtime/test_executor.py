@@ -107,3 +107,35 @@ def test_signal_removes_staging_releases_the_lock_and_the_next_run_resumes(tmp_p
     assert not (store / "jobs" / "tokenizer").exists() or not any((store / "jobs" / "tokenizer").iterdir())
     again = summary(modelspec("run", TOY, "--until", "dataset", "--json", workdir=store))  # the lock is free
     assert [j["action"] for j in again["jobs"]] == ["ran", "ran"]
+
+
+def test_plan_cache_is_keyed_by_spec_bytes_and_survives_a_broken_entry(tmp_path):
+    from runtime import plan as plan_mod
+
+    spec = tmp_path / "toy.yaml"
+    spec.write_text((ROOT / TOY).read_text())
+    shutil.copytree(ROOT / "specs" / "data", tmp_path / "data")
+    store = tmp_path / "store"
+    first, _ = plan_mod.load(str(spec), [], store)
+    entries = list((store / "plans").iterdir())
+    assert len(entries) == 1
+    again, _ = plan_mod.load(str(spec), [], store)
+    assert again == first and len(list((store / "plans").iterdir())) == 1
+    entries[0].write_text("{not json")
+    assert plan_mod.load(str(spec), [], store)[0] == first  # a broken entry is recompiled, not trusted
+    spec.write_text(spec.read_text().replace("lr: 3.0e-3", "lr: 1.0e-3"))
+    edited, _ = plan_mod.load(str(spec), [], store)
+    assert len(list((store / "plans").iterdir())) == 2
+    assert edited.job("train").fingerprint != first.job("train").fingerprint
+    assert edited.job("teacher").fingerprint == first.job("teacher").fingerprint
+    overridden, _ = plan_mod.load(str(spec), ["training.optimizer.lr=0.003"], store)
+    assert overridden.job("train").fingerprint == first.job("train").fingerprint
+
+
+def test_an_invalid_spec_writes_nothing_not_even_the_store(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text((ROOT / TOY).read_text().replace("n_heads: 4", "n_heads: four"))
+    store = tmp_path / "store"
+    proc = modelspec("run", str(spec), "--allow-stale", workdir=store, check=False)
+    assert proc.returncode == 2 and "architecture.n_heads" in proc.stderr
+    assert not store.exists()
