@@ -19,6 +19,7 @@ def init_worker(queue, threads: int | None = None) -> None:
     """`threads`: intra-op threads per worker when several jobs share the cores (set before torch loads)."""
     global _events
     _events = queue
+    os.environ["TQDM_DISABLE"] = "1"  # coremltools' per-pass tqdm bars would break the run's own progress display
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
