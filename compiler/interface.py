@@ -45,7 +45,8 @@ def functions(spec: Spec) -> list[FunctionP]:
     if cm.packaging == "multifunction":
         out = [prefill(f"prefill_{t}", t, [t]) for t in shapes.prefill]
     else:
-        out = [prefill("prefill", "T", list(shapes.prefill))]
+        # one length is a static shape: nothing to enumerate (and torch.export needs min < max)
+        out = [prefill("prefill", "T" if len(shapes.prefill) > 1 else shapes.prefill[0], list(shapes.prefill))]
     if decode.enabled:
         inputs = [TensorP(name="input_ids", dtype="int32", shape=[b, 1]), TensorP(name="position", dtype="int32", shape=[1])]
         outputs = [TensorP(name="logits", dtype=logits, shape=[b, 1, v])]

@@ -68,6 +68,9 @@ def dynamic_shapes(fn: FunctionP) -> dict[str, Any] | None:
             spec[t.name] = None
             continue
         axis, sizes = sym
+        if sizes[0] == sizes[-1]:  # one enumerated length: nothing varies (torch.export needs min < max)
+            spec[t.name] = None
+            continue
         name = str(t.shape[axis])
         spec[t.name] = {axis: Dim(name, min=sizes[0], max=sizes[-1])}
         dynamic = True
