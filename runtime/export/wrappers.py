@@ -56,11 +56,18 @@ class _Function(nn.Module):
         self.logits_dtype = torch_dtype(tensor(fn.outputs, "logits").dtype)
 
 
+def _positions(input_ids: Tensor) -> Tensor:
+    """Positions 0..T-1 `[1, T]` derived from the input, not from `arange`: coremltools folds
+    arange-derived values (the causal mask, RoPE tables) into per-function constants, which a
+    multifunction package cannot share; computed from the input they cost a few ops instead."""
+    return torch.cumsum(torch.ones_like(input_ids[:1]), dim=1, dtype=torch.int32) - 1
+
+
 class PlainPrefill(_Function):
     """Prefill without a cache (the package has no decode function)."""
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        return self.model(input_ids).to(self.logits_dtype)
+        return self.model(input_ids, position_ids=_positions(input_ids)).to(self.logits_dtype)
 
 
 class StateCache(_Function):
@@ -95,7 +102,7 @@ class StatePrefill(StateCache):
 
     def forward(self, input_ids: Tensor) -> Tensor:
         t = input_ids.shape[1]
-        pos = torch.arange(t, device=input_ids.device)[None]
+        pos = _positions(input_ids)
 
         def writer(i: int):
             def write(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,7 +146,7 @@ class ExplicitPrefill(_Function):
 
     def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         t = input_ids.shape[1]
-        pos = torch.arange(t, device=input_ids.device)[None]
+        pos = _positions(input_ids)
         keys: list[Tensor] = []
         values: list[Tensor] = []
 
