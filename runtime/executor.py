@@ -246,8 +246,14 @@ class Executor:
 
     def _abort(self) -> None:
         if self._pool is not None:
-            for proc in list(getattr(self._pool, "_processes", {}).values()):
+            procs = list(getattr(self._pool, "_processes", {}).values())
+            for proc in procs:
                 proc.kill()
+            for proc in procs:  # dead before their staging folders go, so nothing is written after
+                proc.join(timeout=10)
         for staging in self._staging.values():
             shutil.rmtree(staging, ignore_errors=True)
         self._staging.clear()
+        # we hold the store's lock: any staging folder left (one created as the signal landed,
+        # before it was recorded) is this run's and incomplete
+        self.store.clear_staging()
