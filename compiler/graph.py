@@ -92,18 +92,6 @@ def topo_order(jobs: list[Job]) -> list[str]:
     return order
 
 
-def ancestors(jobs: list[Job], job_id: str) -> set[str]:
-    needs = {j.id: j.needs for j in jobs}
-    seen: set[str] = set()
-    stack = list(needs[job_id])
-    while stack:
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            stack.extend(needs[node])
-    return seen
-
-
 def fingerprint(job: Job, upstream: dict[str, str]) -> str:
     payload = {
         "kind": job.kind,

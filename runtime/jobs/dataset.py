@@ -47,7 +47,7 @@ import numpy as np
 
 from runtime.hashing import tree_sha256
 
-from .tokenizer import TokenizerJobError, load_tokenizer, resolve_path, write_report
+from .tokenizer import TokenizerJobError, load_tokenizer, resolve_path, special_token_mismatch, write_report
 
 VAL_FRACTION = 0.05
 SPLITS = ("train", "val", "eval")
@@ -235,11 +235,9 @@ def check_sample(sample: Any, registry: dict, markers: dict[str, str], seen: set
 
 
 def _check_tokenizer_matches(tok, special_tokens: dict) -> None:
-    for name, t in sorted(special_tokens.items()):
-        ids = tok.encode(t.text, add_special_tokens=False)
-        if ids != [t.id]:
-            raise DatasetJobError(f"the tokenizer encodes special token '{name}' ({t.text!r}) as {ids}, "
-                                  f"but the spec says [{t.id}]: tokenizer and spec disagree")
+    problem = special_token_mismatch(tok, special_tokens)
+    if problem:
+        raise DatasetJobError(problem)
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:

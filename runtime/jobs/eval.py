@@ -35,7 +35,7 @@ import torch
 from runtime.model.checkpoint import load_student, read_record
 
 from .eval_metrics import Markers, Reference, aggregate, score_sample
-from .tokenizer import load_tokenizer, write_report
+from .tokenizer import load_tokenizer, special_token_mismatch, write_report
 
 MARKERS = ("tool_call_start", "tool_call_end", "tool_result_start", "tool_result_end", "think_end")
 # A cache/forward argmax disagreement is a tie, not a bug, when the two logits are this close.
@@ -203,11 +203,9 @@ def _markers(special: dict) -> Markers:
 
 
 def _check_tokenizer(tok, special: dict) -> None:
-    for name, t in sorted(special.items()):
-        ids = tok.encode(t.text, add_special_tokens=False)
-        if ids != [t.id]:
-            raise EvalJobError(f"the tokenizer encodes special token '{name}' ({t.text!r}) as {ids}, "
-                               f"but the spec says [{t.id}]: tokenizer and spec disagree")
+    problem = special_token_mismatch(tok, special)
+    if problem:
+        raise EvalJobError(problem)
 
 
 def _reference_result(target: str, markers: Markers) -> str | None:

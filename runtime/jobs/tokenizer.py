@@ -52,6 +52,16 @@ def resolve_path(ctx: Any, value: str) -> Path:
     return path if path.is_absolute() else Path(ctx.spec_dir) / path
 
 
+def special_token_mismatch(tok, special_tokens: dict) -> str | None:
+    """Why a loaded tokenizer disagrees with the spec's special tokens (each must encode to its id), or None."""
+    for name, t in sorted(special_tokens.items()):
+        ids = tok.encode(t.text, add_special_tokens=False)
+        if ids != [t.id]:
+            return (f"the tokenizer encodes special token '{name}' ({t.text!r}) as {ids}, "
+                    f"but the spec says [{t.id}]: tokenizer and spec disagree")
+    return None
+
+
 def write_report(out: Path, report: dict) -> None:
     (out / "report.json").write_text(json.dumps(report, sort_keys=True, indent=2) + "\n", encoding="utf-8")
 
