@@ -91,6 +91,12 @@ def _quant(spec: Spec) -> list[ModuleQuantP]:
                          block_size=q.block_size) for q in quant_plan(spec)]
 
 
+def size_budget_mb(spec: Spec) -> float | None:
+    """The tightest upper bound the gates put on the package size, if any."""
+    bounds = [g.value for g in spec.gates if g.metric == "package.size_mb" and g.op in ("<=", "<")]
+    return min(bounds) if bounds else None
+
+
 def _precision(spec: Spec) -> PrecisionP:
     plan = precision_plan(spec)
     modules = sorted({m for matched in plan.island_modules.values() for m in matched})
@@ -167,6 +173,7 @@ def build_jobs(spec: Spec) -> list[Job]:
     jobs.append(Job("verify", "verify", ("convert", "tokenizer"), VerifyParams(
         name=spec.name, functions=fns, default_function=default_function(spec), quantization=quant, precision=precision,
         special_tokens=special, quantization_sources={q.module: q.source for q in quant_plan(spec)},
+        size_budget_mb=size_budget_mb(spec),
     ), {"report": "report.json"}))
     parity_ids = []
     for fn in fns:
@@ -182,6 +189,6 @@ def build_jobs(spec: Spec) -> list[Job]:
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
                    kind=CATALOGUE[g.metric].kind, producer=CATALOGUE[g.metric].producer) for g in spec.gates]
     jobs.append(Job("gates", "gates", ("convert", "verify", *parity_ids, "eval"), GatesParams(gates=gates), {"report": "report.json"}))
-    jobs.append(Job("publish", "publish", ("gates", "convert", "verify"), PublishParams(name=spec.name, version=spec.version),
+    jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids), PublishParams(name=spec.name, version=spec.version),
                     {"manifest": "manifest.json"}))
     return jobs

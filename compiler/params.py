@@ -153,6 +153,7 @@ class VerifyParams(Params):
     quantization_sources: dict[str, str]  # module -> the rule it came from, for error messages only
     precision: PrecisionP
     special_tokens: dict[str, SpecialTokenP]
+    size_budget_mb: float | None  # the tightest `package.size_mb <=` gate, checked by verify too
 
 
 class ParityParams(Params):

@@ -120,6 +120,9 @@ def status(
         typer.echo(f"{s.id:<{width}}  {s.state:<10}  {'; '.join(s.reasons)}")
 
 
+from . import cli_gate  # noqa: E402,F401  (registers verify and publish)
+
+
 def main() -> None:
     _compiler_main()
 

@@ -15,6 +15,7 @@ class JobContext:
     provenance: dict[str, Any]  # spec hash, job fingerprint and key, upstream fingerprints and keys
     cache_dir: Path | None = None  # content-addressed cache shared by every job of this kind
     force: bool = False
+    spec_file: Path | None = None  # the spec file, to point report lines at file:line:col
     emit: Callable[[tuple], None] = field(default=lambda event: None)
 
     def progress(self, description: str, total: int | None = None) -> Callable[..., None]:

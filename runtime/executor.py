@@ -141,7 +141,7 @@ class Executor:
             "job": {"id": job_id, "kind": k.kind, "fingerprint": k.fingerprint, "key": k.key},
             "upstream": {n: {"fingerprint": self.keys[n].fingerprint, "key": self.keys[n].key} for n in pj.needs},
         }
-        ctx = {"spec_dir": str(self.plan.spec_dir), "work_dir": str(self.store.work_dir(self.plan.name, job_id)),
+        ctx = {"spec_dir": str(self.plan.spec_dir), "spec_file": self.plan.spec_file, "work_dir": str(self.store.work_dir(self.plan.name, job_id)),
                "cache_dir": str(self.store.cache_dir(k.kind)),
                "provenance": provenance, "force": job_id in self.force}
         self._say("job_start", job_id, k.kind)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class Plan:
     spec_hash: str
     spec_dir: Path
     jobs: tuple[PlanJob, ...]
+    spec_file: str = ""  # the spec as given on the command line, for file:line:col in reports
 
     def job(self, job_id: str) -> PlanJob:
         for j in self.jobs:
@@ -59,13 +60,13 @@ class Plan:
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "spec_hash": self.spec_hash, "spec_dir": str(self.spec_dir),
-                "jobs": [{"id": j.id, "kind": j.kind, "needs": list(j.needs), "params": j.params, "outputs": j.outputs,
+                "spec_file": self.spec_file, "jobs": [{"id": j.id, "kind": j.kind, "needs": list(j.needs), "params": j.params, "outputs": j.outputs,
                           "fingerprint": j.fingerprint} for j in self.jobs]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Plan":
         jobs = tuple(PlanJob(j["id"], j["kind"], tuple(j["needs"]), j["params"], j["outputs"], j["fingerprint"]) for j in data["jobs"])
-        return cls(data["name"], data["version"], data["spec_hash"], Path(data["spec_dir"]), jobs)
+        return cls(data["name"], data["version"], data["spec_hash"], Path(data["spec_dir"]), jobs, data.get("spec_file", ""))
 
     @classmethod
     def from_compiled(cls, compiled) -> "Plan":
@@ -95,14 +96,14 @@ def load(spec: str, overrides: list[str], store_root: Path | None) -> tuple[Plan
         cache = Path(store_root) / "plans" / f"{_cache_key(spec, overrides)}.json"
         try:
             data = json.loads(cache.read_text(encoding="utf-8"))
-            return Plan.from_json(data["plan"]), data["contracts"]
+            return replace(Plan.from_json(data["plan"]), spec_file=spec), data["contracts"]
         except (OSError, ValueError, KeyError, TypeError):
             pass
     from compiler.build import compile_one
     from compiler.compile import contract_files
 
     compiled = compile_one(spec, overrides)
-    plan, contracts = Plan.from_compiled(compiled), contract_files(compiled)
+    plan, contracts = replace(Plan.from_compiled(compiled), spec_file=spec), contract_files(compiled)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".plan-")

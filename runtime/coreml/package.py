@@ -101,7 +101,7 @@ def size_mb(package: Path) -> float:
     return sum(p.stat().st_size for p in package.rglob("*") if p.is_file()) / (1 << 20)
 
 
-def _feature(f: Any) -> dict[str, Any]:
+def feature(f: Any) -> dict[str, Any]:
     kind = f.type.WhichOneof("Type")
     arr = f.type.multiArrayType if kind == "multiArrayType" else f.type.stateType.arrayType
     out: dict[str, Any] = {"name": f.name, "dtype": MULTIARRAY_DTYPES.get(arr.dataType, str(arr.dataType)),
@@ -166,8 +166,8 @@ def inspect(package: Path) -> dict[str, Any]:
     for fd in desc.functions:
         ops = function_ops(spec, fd.name)
         functions[fd.name] = {
-            "inputs": [_feature(f) for f in fd.input], "outputs": [_feature(f) for f in fd.output],
-            "states": [_feature(f) for f in fd.state],
+            "inputs": [feature(f) for f in fd.input], "outputs": [feature(f) for f in fd.output],
+            "states": [feature(f) for f in fd.state],
             "op_counts": dict(sorted(Counter(op.type for op in ops).items())),
             "compressed": compressed(ops),
         }

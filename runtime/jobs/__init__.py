@@ -21,6 +21,8 @@ IMPLEMENTED = {
     "export": "runtime.jobs.export",
     "convert": "runtime.jobs.convert",
     "gates": "runtime.jobs.gates",
+    "verify": "runtime.jobs.verify",
+    "parity": "runtime.jobs.parity",
 }
 
 # Params attributes that name files read by the job: their content is part of the cache key.

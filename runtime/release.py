@@ -1,0 +1,68 @@
+"""Copy a published release into place atomically.
+
+Layout of `--to DIR`: every release is a complete folder `DIR/releases/<name>-<version>-<hash12>/`
+(the package, `manifest.json`, the reports, the golden vectors), written under a temporary name
+and renamed into place once every file is written, fsynced and re-hashed against the manifest;
+`DIR/current` is a symlink swapped with one atomic rename. A reader of `DIR/current` therefore sees
+wholly the old release or wholly the new one, never a mix; an interrupted publish leaves at most
+a `.tmp-*` folder that the next publish removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from runtime.hashing import file_sha256
+
+
+class ReleaseError(RuntimeError):
+    pass
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def install(dest: Path, manifest_path: Path, files: dict[str, Path]) -> Path:
+    """Write the release named by the manifest under dest/releases and point dest/current at it."""
+    manifest: dict[str, Any] = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    if set(files) != set(manifest["files"]):
+        raise ReleaseError(f"the release files differ from the manifest: {sorted(set(files) ^ set(manifest['files']))}")
+    dest = Path(dest)
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise ReleaseError(f"{dest} exists and is not a folder")
+    releases = dest / "releases"
+    releases.mkdir(parents=True, exist_ok=True)
+    for leftover in releases.glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    name = f"{manifest['name']}-{manifest['version']}-{manifest['package_hash'][:12]}"
+    final = releases / name
+    if not final.exists():
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=releases))
+        for rel, src in sorted(files.items()):
+            target = staging / rel
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise ReleaseError(f"refusing release path {rel!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+            if file_sha256(target) != manifest["files"][rel]:
+                raise ReleaseError(f"{rel} changed since the manifest was written (sha256 differs); rerun modelspec run")
+        shutil.copyfile(manifest_path, staging / "manifest.json")
+        _fsync_tree(staging)
+        os.replace(staging, final)
+    link_tmp = dest / f".current-{os.getpid()}"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(Path("releases") / name, link_tmp)
+    os.replace(link_tmp, dest / "current")
+    return final
