@@ -23,22 +23,27 @@ def _fail_input(message: str) -> None:
     raise typer.Exit(2)
 
 
-def find_output(store_root: Path, kinds: tuple[str, ...], fingerprint: str | None, output: str) -> Path | None:
-    """The named output of a completed job with this fingerprint in the store, if any."""
+def find_output(store_root: Path, kinds: tuple[str, ...], fingerprint: str | None, output: str,
+                prefer_key: str | None = None) -> Path | None:
+    """The named output of a completed job with this fingerprint in the store, if any.
+
+    A fingerprint covers a job's params, not its input files' content, so several completed jobs
+    can share one (the corpus changed): the key the current plan computes wins, else the newest."""
     if not fingerprint:
         return None
+    found: list[tuple[bool, float, Path]] = []
     for kind in kinds:
-        for record in sorted((store_root / "jobs" / kind).glob("*/_complete.json")):
+        for record in (store_root / "jobs" / kind).glob("*/_complete.json"):
             try:
                 data = json.loads(record.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
             if data.get("fingerprint") == fingerprint and output in data.get("outputs", {}):
-                return record.parent / data["outputs"][output]["path"]
-    return None
+                found.append((data.get("key") == prefer_key, record.stat().st_mtime, record.parent / data["outputs"][output]["path"]))
+    return max(found)[2] if found else None
 
 
-def _references(package: Path, store_root: Path) -> dict[str, Any]:
+def _references(package: Path, store_root: Path, keys: dict[str, Any]) -> dict[str, Any]:
     from runtime.coreml.package import load_spec
 
     meta = dict(load_spec(package).description.metadata.userDefined)
@@ -46,8 +51,11 @@ def _references(package: Path, store_root: Path) -> dict[str, Any]:
         fps = json.loads(meta.get("modelspec.fingerprints", "{}"))
     except ValueError:
         fps = {}
-    return {"checkpoint": find_output(store_root, ("qat", "train"), fps.get("qat") or fps.get("train"), "checkpoint"),
-            "tokenizer": find_output(store_root, ("tokenizer",), fps.get("tokenizer"), "tokenizer")}
+    student = "qat" if "qat" in fps else "train"
+    return {"checkpoint": find_output(store_root, ("qat", "train"), fps.get(student), "checkpoint",
+                                      getattr(keys.get(student), "key", None)),
+            "tokenizer": find_output(store_root, ("tokenizer",), fps.get("tokenizer"), "tokenizer",
+                                     getattr(keys.get("tokenizer"), "key", None))}
 
 
 @app.command()
@@ -71,11 +79,15 @@ def verify(
         _fail_input(f"{package} is not an .mlpackage (no Manifest.json)")
     compiled = compile_one(spec, set_ or [])  # SpecError -> exit 2 with file:line:col
     params = VerifyParams.model_validate(compiled.job("verify").job.params.model_dump(mode="json"))
-    refs = _references(pkg, Path(workdir))
+    from runtime.keys import job_keys
+    from runtime.plan import Plan
+
+    refs = _references(pkg, Path(workdir), job_keys(Plan.from_compiled(compiled)))
     tok = Path(tokenizer) if tokenizer else refs["tokenizer"]
     from runtime.verify.gate import summary_lines, verify as run_verify
 
-    report = run_verify(params, pkg, spec_hash=compiled.spec_hash, tokenizer=tok, doc=load_file(spec))
+    report = run_verify(params, pkg, spec_hash=compiled.spec_hash, tokenizer=tok,
+                        convert_fingerprint=compiled.job("convert").fingerprint, doc=load_file(spec))
     report["parity"] = {}
     failed = not report["passed"]
     for line in summary_lines(report):

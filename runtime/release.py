@@ -58,6 +58,7 @@ def install(dest: Path, manifest_path: Path, files: dict[str, Path]) -> Path:
             if file_sha256(target) != manifest["files"][rel]:
                 raise ReleaseError(f"{rel} changed since the manifest was written (sha256 differs); rerun modelspec run")
         shutil.copyfile(manifest_path, staging / "manifest.json")
+        os.chmod(staging, 0o755)  # mkdtemp made it private
         _fsync_tree(staging)
         os.replace(staging, final)
     link_tmp = dest / f".current-{os.getpid()}"

@@ -23,6 +23,7 @@ IMPLEMENTED = {
     "gates": "runtime.jobs.gates",
     "verify": "runtime.jobs.verify",
     "parity": "runtime.jobs.parity",
+    "publish": "runtime.jobs.publish",
 }
 
 # Params attributes that name files read by the job: their content is part of the cache key.

@@ -32,7 +32,8 @@ def run(params: VerifyParams, inputs: dict[str, dict[str, Path]], out: Path, ctx
     package = Path(inputs["convert"]["package"])
     tokenizer = Path(inputs["tokenizer"]["tokenizer"]) if "tokenizer" in inputs else None
     spec_hash = (ctx.provenance.get("spec") or {}).get("hash", "")
-    report = verify(params, package, spec_hash=spec_hash, tokenizer=tokenizer, doc=_doc(ctx))
+    convert_fp = ((ctx.provenance.get("upstream") or {}).get("convert") or {}).get("fingerprint")
+    report = verify(params, package, spec_hash=spec_hash, tokenizer=tokenizer, convert_fingerprint=convert_fp, doc=_doc(ctx))
     report["provenance"] = ctx.provenance
     (Path(out) / "report.json").write_text(json.dumps(report, sort_keys=True, indent=2) + "\n", encoding="utf-8")
     lines = summary_lines(report)

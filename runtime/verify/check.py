@@ -150,15 +150,30 @@ def _precision(params: VerifyParams, obs: dict[str, Any]) -> list[Mismatch]:
     return out
 
 
-def _provenance(params: VerifyParams, obs: dict[str, Any], spec_hash: str, tokenizer_sha256: str | None) -> tuple[list[Mismatch], list[str]]:
+def _provenance(params: VerifyParams, obs: dict[str, Any], spec_hash: str, tokenizer_sha256: str | None,
+                convert_fingerprint: str | None) -> tuple[list[Mismatch], list[str]]:
+    """Built from this spec: the stamped spec hash is this spec's, or the package's convert
+    fingerprint is the one this spec compiles to (the spec changed only where the package does
+    not depend on it: a gate, a comment). Missing provenance always fails."""
     out: list[Mismatch] = []
     not_checked: list[str] = []
     meta = obs["metadata"]
     got_hash = meta.get(META + "spec_hash")
-    if got_hash != spec_hash:
-        what = "spec hash (missing: the package was not built by modelspec from a spec)" if not got_hash else \
-            "spec hash (foreign: the package was built from another spec or another version of it)"
-        out.append(Mismatch("provenance", what, spec_hash, got_hash or "missing", "version"))
+    try:
+        got_fp = json.loads(meta.get(META + "fingerprints", "{}")).get("convert")
+    except (json.JSONDecodeError, AttributeError):
+        got_fp = None
+    if not got_hash:
+        out.append(Mismatch("provenance", "spec hash (missing: the package was not built by modelspec from a spec)",
+                            spec_hash, "missing", "version"))
+    elif got_hash != spec_hash and (convert_fingerprint is None or got_fp != convert_fingerprint):
+        out.append(Mismatch("provenance", "spec hash (foreign: the package was built from another spec, or from a version "
+                            "of this one that changed what the package depends on)",
+                            {"spec_hash": spec_hash, "convert_fingerprint": convert_fingerprint},
+                            {"spec_hash": got_hash, "convert_fingerprint": got_fp}, "version"))
+    elif got_hash != spec_hash:
+        not_checked.append(f"spec hash {got_hash[:12]} differs from this spec's {spec_hash[:12]} only where the package "
+                           "does not depend on it (the convert fingerprint matches)")
     want_tokens = {k: v.id for k, v in sorted(params.special_tokens.items())}
     try:
         got_tokens = json.loads(meta.get(META + "special_tokens", "null"))
@@ -177,11 +192,11 @@ def _provenance(params: VerifyParams, obs: dict[str, Any], spec_hash: str, token
 
 
 def check(params: VerifyParams, obs: dict[str, Any], *, spec_hash: str,
-          tokenizer_sha256: str | None) -> dict[str, Any]:
+          tokenizer_sha256: str | None, convert_fingerprint: str | None = None) -> dict[str, Any]:
     mismatches = [Mismatch("integrity", p, "every weight reference inside the package", "unresolved", "export.coreml")
                   for p in obs["problems"]]
     mismatches += _io(params, obs) + _quantization(params, obs) + _precision(params, obs)
-    prov, not_checked = _provenance(params, obs, spec_hash, tokenizer_sha256)
+    prov, not_checked = _provenance(params, obs, spec_hash, tokenizer_sha256, convert_fingerprint)
     mismatches += prov
     if params.size_budget_mb is not None and obs["size_mb"] > params.size_budget_mb:
         mismatches.append(Mismatch("size", "package size (MiB)", f"<= {params.size_budget_mb:g}", round(obs["size_mb"], 4),

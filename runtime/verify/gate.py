@@ -17,7 +17,7 @@ from .observe import observe
 
 
 def verify(params: VerifyParams, package: Path, *, spec_hash: str, tokenizer: Path | None,
-           doc: Any = None) -> dict[str, Any]:
+           convert_fingerprint: str | None = None, doc: Any = None) -> dict[str, Any]:
     """The verify report; `doc` (the loaded spec document) turns key paths into file:line:col."""
     from runtime.hashing import tree_sha256
 
@@ -26,7 +26,8 @@ def verify(params: VerifyParams, package: Path, *, spec_hash: str, tokenizer: Pa
     if not (package / "Manifest.json").is_file():
         raise FileNotFoundError(f"{package} is not an .mlpackage (no Manifest.json)")
     obs = observe(package, [q.module for q in params.quantization], params.precision.island_modules)
-    result = check(params, obs, spec_hash=spec_hash, tokenizer_sha256=tree_sha256(tokenizer) if tokenizer else None)
+    result = check(params, obs, spec_hash=spec_hash, tokenizer_sha256=tree_sha256(tokenizer) if tokenizer else None,
+                   convert_fingerprint=convert_fingerprint)
     if doc is not None:
         locate(result["mismatches"], doc)
     return {**as_json(result), "package": str(package.name), "spec_hash": spec_hash,

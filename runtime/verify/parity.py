@@ -30,7 +30,10 @@ from .interp import Interpreter, UnsupportedOp, dequantized_weights
 from .observe import _Package, observe, weight_root
 
 CAUSAL_TOL = 1e-4  # max |Δlogit| / max |logit| at positions before the change (fp32 reference mode)
-DECODE_SNR_DB = 60.0  # prefill+decode vs full sequence, both in the interpreter's fp32 mode
+# prefill+decode vs full sequence, both in the interpreter's fp32 mode: decode re-reads K/V from the
+# fp16 cache where prefill attends to fresh fp32 K/V, which costs 55-70 dB on the toy; a decode
+# that ignores its cache lands below 10 dB
+DECODE_SNR_DB = 40.0
 WEIGHT_TOL = 0.05  # max |package - checkpoint| / max |checkpoint| per module (requantization of QAT weights)
 PAD_ID = 0
 SNR_CAP_DB = 200.0  # identical outputs (keeps reports valid JSON)
@@ -201,7 +204,7 @@ class Parity:
         else:
             full = self._torch(self.student_pkg, full_ids)[n: n + steps]
             against = "torch's full-sequence logits (package weights)"
-        db = snr_db(full, dec)
+        db = float(snr_db(full, dec))
         ok = db >= DECODE_SNR_DB
         return Check("prefill_then_decode", ok, f"prefill + {steps} decode steps match {against} ({db:.1f} dB)" if ok else
                      f"prefill + {steps} decode steps differ from {against}: {db:.1f} dB < {DECODE_SNR_DB:g} dB "
@@ -230,12 +233,12 @@ def weights_check(pkg_weights: dict[str, np.ndarray], ckpt: dict[str, np.ndarray
 
 def summarize(fig: Figures) -> dict[str, float]:
     cat = {k: np.concatenate(getattr(fig, k)) for k in ("ref", "ckpt", "interp", "fp16")}
-    return {
+    return {k: float(v) for k, v in {
         "snr_db": snr_db(cat["ref"], cat["interp"]), "top1_agreement": top1(cat["ref"], cat["interp"]),
         "quant_snr_db": snr_db(cat["ckpt"], cat["interp"]), "quant_top1_agreement": top1(cat["ckpt"], cat["interp"]),
         "fp16_snr_db": snr_db(cat["ref"], cat["fp16"]), "fp16_top1_agreement": top1(cat["ref"], cat["fp16"]),
         "positions": int(cat["ref"].shape[0]),
-    }
+    }.items()}
 
 
 def coreml_not_run() -> dict[str, str] | None:
@@ -310,7 +313,7 @@ def measure(package: Path, fn: FunctionP, checkpoint: Path, *, samples: int, dec
     coreml = coreml_not_run()
     if coreml is None and fn.role == "prefill":
         coreml = _coreml_snr(package, fn, sample_list, fig.fp16)
-    metrics: dict[str, Any] = {k: {"value": v, "n": figures["positions"]} for k, v in figures.items() if k != "positions"}
+    metrics: dict[str, Any] = {k: {"value": v, "n": int(figures["positions"])} for k, v in figures.items() if k != "positions"}
     metrics["nonfinite_intermediates"] = {"value": len(parity.nonfinite), "n": len(sample_list)}
     metrics["coreml_snr_db"] = coreml or {"not_run": "CoreML prediction of the decode function is checked through its prefill"}
     for c in checks:
