@@ -47,20 +47,29 @@ def install(dest: Path, manifest_path: Path, files: dict[str, Path]) -> Path:
         shutil.rmtree(leftover, ignore_errors=True)
     name = f"{manifest['name']}-{manifest['version']}-{manifest['package_hash'][:12]}"
     final = releases / name
-    if not final.exists():
+    if final.exists():  # the same release published before: it must still be intact
+        changed = [rel for rel, digest in manifest["files"].items()
+                   if not (final / rel).is_file() or file_sha256(final / rel) != digest]
+        if changed:
+            raise ReleaseError(f"{final} exists but differs from the manifest ({changed[:3]}); move it away and publish again")
+    else:
         staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=releases))
-        for rel, src in sorted(files.items()):
-            target = staging / rel
-            if Path(rel).is_absolute() or ".." in Path(rel).parts:
-                raise ReleaseError(f"refusing release path {rel!r}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
-            if file_sha256(target) != manifest["files"][rel]:
-                raise ReleaseError(f"{rel} changed since the manifest was written (sha256 differs); rerun modelspec run")
-        shutil.copyfile(manifest_path, staging / "manifest.json")
-        os.chmod(staging, 0o755)  # mkdtemp made it private
-        _fsync_tree(staging)
-        os.replace(staging, final)
+        try:
+            for rel, src in sorted(files.items()):
+                target = staging / rel
+                if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                    raise ReleaseError(f"refusing release path {rel!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
+                if file_sha256(target) != manifest["files"][rel]:
+                    raise ReleaseError(f"{rel} changed since the manifest was written (sha256 differs); rerun modelspec run")
+            shutil.copyfile(manifest_path, staging / "manifest.json")
+            os.chmod(staging, 0o755)  # mkdtemp made it private
+            _fsync_tree(staging)
+            os.replace(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     link_tmp = dest / f".current-{os.getpid()}"
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()

@@ -1,0 +1,105 @@
+"""The README's main job: `modelspec run specs/toy.yaml` end to end on CPU, then the gate.
+
+One real run of the real toy spec (tokenizer, dataset, teacher, KD, QAT, exports, conversion,
+verify, parity, eval, gates, publish) into a temporary store; then a no-op rerun, `modelspec
+verify` of the package outside the run, `modelspec publish`, and a gate threshold the model
+does not meet. Slow (about two minutes on 2 cores), still run in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.hashing import file_sha256
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "specs/toy.yaml"
+
+
+def modelspec(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"modelspec {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("toy-e2e")
+    proc = modelspec("run", SPEC, "--workdir", str(root / "store"), "--json", check=True)
+    result = json.loads(proc.stdout)
+    return {"root": root, "store": root / "store", "jobs": {j["id"]: j for j in result["jobs"]}}
+
+
+def _report(store: dict, job: str) -> dict:
+    return json.loads(Path(store["jobs"][job]["outputs"]["report"]).read_text())
+
+
+def test_every_job_runs_and_every_hard_gate_passes(store: dict) -> None:
+    plan = json.loads((ROOT / "generated" / "toy-worker" / "plan.json").read_text())
+    assert {j["id"] for j in plan["jobs"]} == set(store["jobs"])
+    assert all(j["action"] == "ran" for j in store["jobs"].values()), {k: j["action"] for k, j in store["jobs"].items()}
+    gates = _report(store, "gates")
+    assert gates["passed"] is True
+    outcomes = {g["metric"]: g["outcome"] for g in gates["gates"]}
+    assert all(o == "pass" for m, o in outcomes.items() if not m.startswith("speed.")), outcomes
+    assert outcomes["speed.ttft_p50_regression"] == "not_run"  # needs a Mac; policy warn
+    assert _report(store, "verify")["passed"] is True
+    convert = _report(store, "convert")
+    assert gates["package_hash"] == convert["canonical_hash"]
+    for job in [j for j in store["jobs"] if j.startswith("parity-")]:
+        parity = _report(store, job)
+        assert parity["passed"], parity["checks"]
+        assert parity["metrics"]["snr_db"]["value"] >= 55.0
+
+
+def test_a_second_run_does_nothing(store: dict) -> None:
+    proc = modelspec("run", SPEC, "--workdir", str(store["store"]), "--json", check=True)
+    assert {j["action"] for j in json.loads(proc.stdout)["jobs"]} == {"cached"}
+
+
+def test_verify_outside_the_run_finds_its_checkpoint_and_passes(store: dict) -> None:
+    package = store["jobs"]["convert"]["outputs"]["package"]
+    out = store["root"] / "verify.json"
+    proc = modelspec("verify", SPEC, package, "--workdir", str(store["store"]), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["passed"] and not report["mismatches"]
+    assert set(report["parity"]) == {"prefill_64", "prefill_128", "prefill_256", "decode"}
+    assert all(p["passed"] for p in report["parity"].values())
+
+
+def test_publish_copies_the_release_atomically_with_its_manifest(store: dict) -> None:
+    dest = store["root"] / "releases"
+    modelspec("publish", SPEC, "--to", str(dest), "--workdir", str(store["store"]), check=True)
+    current = dest / "current"
+    assert current.is_symlink()
+    manifest = json.loads((current / "manifest.json").read_text())
+    assert manifest["package_hash"] == _report(store, "convert")["canonical_hash"]
+    assert manifest["files"], "the manifest lists the release files"
+    for rel, digest in manifest["files"].items():
+        assert file_sha256(current / rel) == digest, rel
+    assert {p.name for p in (current / "golden").iterdir()} == {f"{j}.npz" for j in store["jobs"] if j.startswith("parity-")}
+
+
+def test_a_gate_the_model_does_not_meet_fails_the_run_and_blocks_publish(store: dict) -> None:
+    spec = json.loads(subprocess.run([sys.executable, "-c", "import json,sys; from compiler.loader import load_file; "
+                                      f"print(json.dumps(load_file('{SPEC}').data['gates']))"],
+                                     cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    index = next(i for i, g in enumerate(spec) if g["metric"] == "eval.integration_f1_lax")
+    edit = f"gates[{index}].value=0.99"
+    proc = modelspec("run", SPEC, "--workdir", str(store["store"]), "--set", edit, "--json")
+    assert proc.returncode == 1
+    jobs = {j["id"]: j["action"] for j in json.loads(proc.stdout)["jobs"]}
+    assert jobs["gates"] == "failed" and jobs["publish"] != "ran"
+    assert {j for j, a in jobs.items() if a == "ran"} == set(), jobs  # gates failed; nothing else was stale
+    assert "eval.integration_f1_lax" in proc.stderr
