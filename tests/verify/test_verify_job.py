@@ -1,0 +1,115 @@
+"""The verify and parity jobs on a real toy package (tests/verify/conftest.py builds it once)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compiler.loader import load_file
+from runtime.coreml.package import function_ops, load_spec, write_spec
+from runtime.jobs import parity as parity_job
+from runtime.jobs import verify as verify_job
+from runtime.verify.gate import verify
+from runtime.verify.observe import observe
+from tests.runtime.helpers import SPECS, Ctx
+from tests.runtime.toy_exports import PROVENANCE, toy
+
+pytestmark = pytest.mark.slow
+
+
+def _params():
+    return toy().job("verify").job.params
+
+
+def _tokenizer(pkg) -> Path:
+    return pkg.package.parents[1] / "tokenizer"
+
+
+def _ctx(tmp_path: Path, spec_hash: str = PROVENANCE["spec"]["hash"]) -> Ctx:
+    provenance = {**PROVENANCE, "spec": {**PROVENANCE["spec"], "hash": spec_hash}}
+    ctx = Ctx(work_dir=tmp_path, provenance=provenance)
+    ctx.spec_file = SPECS / "toy.yaml"
+    return ctx
+
+
+def test_the_good_package_passes_and_its_observed_contract_is_complete(toy_package, tmp_path: Path) -> None:
+    inputs = {"convert": {"package": toy_package.package}, "tokenizer": {"tokenizer": _tokenizer(toy_package)}}
+    metrics = verify_job.run(_params(), inputs, tmp_path, _ctx(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert metrics["_verdict"]["ok"], report["mismatches"]
+    assert report["passed"] and report["not_checked"] == []
+    obs = report["observed"]
+    assert set(obs["functions"]) == {"prefill_64", "prefill_128", "prefill_256", "decode"}
+    assert obs["default_function"] == "prefill_64" and obs["problems"] == []
+    plan = {q.module: q for q in _params().quantization}
+    for fn in obs["functions"].values():
+        assert fn["opset"] == "CoreML8"
+        got = {c["module"]: c for c in fn["compressed"]}
+        assert set(got) == {m for m, q in plan.items() if q.dtype != "none"}
+        assert got["layers.0.mlp.up_proj"]["storage_dtype"] == "int4" and got["layers.0.mlp.up_proj"]["bits"] == 4
+        assert (got["layers.0.mlp.up_proj"]["granularity"], got["layers.0.mlp.up_proj"]["block_size"]) == ("per_block", 32)
+        assert got["lm_head"]["granularity"] == "per_channel"
+        assert {d["module"] for d in fn["dense"] if d["module"]} >= {"embed_tokens", "norm"}
+        assert all(r["dtype"] == "fp32" for region in fn["islands"].values() for r in region)
+        assert {r["type"] for r in fn["islands"]["norm"]} >= {"pow", "reduce_mean", "rsqrt", "mul"}
+    # weights are stored once: every weight blob is shared by all four functions
+    assert obs["blobs"]["shared_by_all"] >= len(plan) and obs["metadata"]["modelspec.spec_hash"] == PROVENANCE["spec"]["hash"]
+
+
+def test_a_foreign_spec_hash_is_reported_at_the_spec_line(toy_package, tmp_path: Path) -> None:
+    inputs = {"convert": {"package": toy_package.package}, "tokenizer": {"tokenizer": _tokenizer(toy_package)}}
+    metrics = verify_job.run(_params(), inputs, tmp_path, _ctx(tmp_path, spec_hash="another-spec"))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert not metrics["_verdict"]["ok"] and "spec hash (foreign" in metrics["_verdict"]["message"]
+    (m,) = report["mismatches"]
+    version_line = next(i for i, line in enumerate((SPECS / "toy.yaml").read_text().splitlines(), 1) if line.startswith("version:"))
+    assert m["where"].startswith(f"{SPECS / 'toy.yaml'}:{version_line}:"), m
+
+
+def test_a_weight_reference_outside_the_file_is_a_problem_not_a_read(toy_package, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mlpackage"
+    shutil.copytree(toy_package.package, bad)
+    spec = load_spec(bad)
+    fn = spec.mlProgram.functions["decode"]
+    for op in fn.block_specializations[fn.opset].operations:
+        if op.type == "const" and op.attributes["val"].WhichOneof("value") == "blobFileValue":
+            op.attributes["val"].blobFileValue.offset = 1 << 40
+            break
+    write_spec(bad, spec)
+    report = verify(_params(), bad, spec_hash=PROVENANCE["spec"]["hash"], tokenizer=_tokenizer(toy_package),
+                    doc=load_file(str(SPECS / "toy.yaml")))
+    assert not report["passed"]
+    assert any(m["check"] == "integrity" and "function 'decode'" in m["what"] for m in report["mismatches"]), report["mismatches"]
+
+
+def test_the_islands_of_the_observed_program_are_exactly_the_norm_ops(toy_package) -> None:
+    params = _params()
+    obs = observe(toy_package.package, [q.module for q in params.quantization], params.precision.island_modules)
+    ops = function_ops(load_spec(toy_package.package), "prefill_64")
+    softmax = [op for op in ops if op.type == "softmax"]
+    assert softmax and obs["functions"]["prefill_64"]["op_output_dtypes"]["softmax"] == {"fp32": len(softmax)}
+    for module, region in obs["functions"]["prefill_64"]["islands"].items():
+        # RMSNorm: cast in, x^2, mean, + eps, rsqrt, x * r, * weight; all fp32
+        assert sorted(r["type"] for r in region) == ["add", "cast", "mul", "mul", "pow", "reduce_mean", "rsqrt"], (module, region)
+
+
+@pytest.mark.parametrize("job_id", ["parity-prefill-64", "parity-decode"])
+def test_parity_job_passes_its_checks_and_writes_golden_vectors(toy_package, tmp_path: Path, job_id: str) -> None:
+    params = toy().job(job_id).job.params
+    inputs = {"convert": {"package": toy_package.package}, "qat": {"checkpoint": toy_package.checkpoint}}
+    metrics = parity_job.run(params, inputs, tmp_path, _ctx(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert metrics["_verdict"]["ok"], report["checks"]
+    names = {c["name"] for c in report["checks"]}
+    assert {"interpreter_covers_every_op", "weights_match_checkpoint", "causality", "no_nonfinite_intermediates"} <= names
+    assert ("prefill_then_decode" in names) == (params.function.role == "prefill")
+    assert report["metrics"]["snr_db"]["value"] >= 55.0 and report["metrics"]["top1_agreement"]["value"] >= 0.99
+    assert report["metrics"]["coreml_snr_db"].get("not_run")
+    golden = np.load(tmp_path / "golden.npz")
+    assert {f"sample{i}_input_ids" for i in range(params.samples)} <= set(golden.files)
+    n = int(golden["sample0_n"])
+    assert golden["sample0_torch_logits"].shape == golden["sample0_interpreter_logits"].shape == (n, 512)
