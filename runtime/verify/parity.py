@@ -195,7 +195,7 @@ class Parity:
         logits, states = self._prefill(self.ref_interp, sample.ids)
         dec = self._decode(self.ref_interp, extra, n, states)
         full_ids = np.concatenate([sample.ids[:, :n], np.array([extra], np.int32)], axis=1)
-        length = int(self.fn.seq_lens[-1])
+        length = int(sample.ids.shape[1])
         if full_ids.shape[1] <= length:
             padded = np.full((1, length), PAD_ID, np.int32)
             padded[:, : full_ids.shape[1]] = full_ids
@@ -288,37 +288,53 @@ def measure(package: Path, fn: FunctionP, checkpoint: Path, *, samples: int, dec
                       "the package cannot be checked, so the parity gates cannot pass")
         return {**report, "checks": [check.as_json()], "passed": False, "metrics": {}}, {}
     checks = [Check("interpreter_covers_every_op", True, "every op is implemented"), weights_check(pkg_weights, ckpt)]
-    length = int(fn.seq_lens[-1]) if fn.role == "prefill" else decode_steps
-    sample_list = _samples(length, samples, vocab, seed, 9, decode_steps)
+    # every enumerated length of a prefill function is its own shape: each gets its samples and checks
+    lengths = [int(n) for n in fn.seq_lens] if fn.role == "prefill" else [decode_steps]
     golden: dict[str, np.ndarray] = {}
-    if fn.role == "prefill":
-        fig = parity.prefill_figures(sample_list)
-        checks.append(parity.causality(sample_list[0]))
-        if "decode" in parity.ref_interp.functions and len(sample_list) > 1:
-            checks.append(parity.prefill_then_decode(sample_list[1], decode_steps))
-    else:
-        fig = parity.decode_figures(sample_list, decode_steps)
-        checks.append(parity.causality(sample_list[0]))
-    for i, s in enumerate(sample_list):
-        golden[f"sample{i}_input_ids"] = s.ids
-        golden[f"sample{i}_n"] = np.array(s.n)
-        golden[f"sample{i}_interpreter_logits"] = fig.interp[i]
-        golden[f"sample{i}_interpreter_fp16_logits"] = fig.fp16[i]
-        golden[f"sample{i}_torch_logits"] = fig.ref[i]
+    by_shape: dict[str, dict[str, float]] = {}
+    all_samples: list[Sample] = []
+    figs: list[Figures] = []
+    for length in lengths:
+        tag = f"[length {length}]" if len(lengths) > 1 else ""
+        sample_list = _samples(length, samples, vocab, seed + length, 9, decode_steps)
+        if fn.role == "prefill":
+            fig = parity.prefill_figures(sample_list)
+            shape_checks = [parity.causality(sample_list[0])]
+            if "decode" in parity.ref_interp.functions and len(sample_list) > 1:
+                shape_checks.append(parity.prefill_then_decode(sample_list[1], decode_steps))
+        else:
+            fig = parity.decode_figures(sample_list, decode_steps)
+            shape_checks = [parity.causality(sample_list[0])]
+        for c in shape_checks:
+            c.name += tag
+        checks += shape_checks
+        for j, s in enumerate(sample_list):
+            i = len(all_samples)
+            golden[f"sample{i}_input_ids"] = s.ids
+            golden[f"sample{i}_n"] = np.array(s.n)
+            golden[f"sample{i}_interpreter_logits"] = fig.interp[j]
+            golden[f"sample{i}_interpreter_fp16_logits"] = fig.fp16[j]
+            golden[f"sample{i}_torch_logits"] = fig.ref[j]
+            all_samples.append(s)
+        by_shape[str(length)] = summarize(fig)
+        figs.append(fig)
     checks.append(Check("no_nonfinite_intermediates", not parity.nonfinite,
                         "no op produced inf or NaN in fp16 emulation" if not parity.nonfinite else
                         f"{len(parity.nonfinite)} op(s) produced inf/NaN in fp16 emulation, first: {parity.nonfinite[:5]}",
                         float(len(parity.nonfinite))))
-    figures = summarize(fig)
+    positions = int(sum(f["positions"] for f in by_shape.values()))
+    worst = {k: min(f[k] for f in by_shape.values()) for k in next(iter(by_shape.values())) if k != "positions"}
     coreml = coreml_not_run()
     if coreml is None and fn.role == "prefill":
-        coreml = _coreml_snr(package, fn, sample_list, fig.fp16)
-    metrics: dict[str, Any] = {k: {"value": v, "n": int(figures["positions"])} for k, v in figures.items() if k != "positions"}
-    metrics["nonfinite_intermediates"] = {"value": len(parity.nonfinite), "n": len(sample_list)}
+        coreml = _coreml_snr(package, fn, all_samples, [x for f in figs for x in f.fp16])
+    metrics: dict[str, Any] = {k: {"value": v, "n": positions} for k, v in worst.items()}
+    metrics["nonfinite_intermediates"] = {"value": len(parity.nonfinite), "n": len(all_samples)}
     metrics["coreml_snr_db"] = coreml or {"not_run": "CoreML prediction of the decode function is checked through its prefill"}
-    for c in checks:
-        if c.name in ("causality", "prefill_then_decode") and c.value is not None:
-            metrics[c.name] = {"value": c.value, "n": 1}
+    for name in ("causality", "prefill_then_decode"):  # worst over shapes: max change, min dB
+        values = [c.value for c in checks if c.name.startswith(name) and c.value is not None]
+        if values:
+            metrics[name] = {"value": max(values) if name == "causality" else min(values), "n": len(values)}
     return {**report, "checks": [c.as_json() for c in checks], "passed": all(c.passed for c in checks),
-            "metrics": metrics, "samples": [{"length": int(s.ids.shape[1]), "real_tokens": s.n} for s in sample_list],
+            "metrics": metrics, "by_shape": by_shape,
+            "samples": [{"length": int(s.ids.shape[1]), "real_tokens": s.n} for s in all_samples],
             "nonfinite": parity.nonfinite[:50]}, golden

@@ -113,3 +113,35 @@ def test_parity_job_passes_its_checks_and_writes_golden_vectors(toy_package, tmp
     assert {f"sample{i}_input_ids" for i in range(params.samples)} <= set(golden.files)
     n = int(golden["sample0_n"])
     assert golden["sample0_torch_logits"].shape == golden["sample0_interpreter_logits"].shape == (n, 512)
+
+
+@pytest.fixture(scope="module")
+def enumerated_package(tmp_path_factory: pytest.TempPathFactory):
+    from runtime.jobs import convert
+    from tests.runtime.toy_exports import export_all, save_checkpoint
+
+    compiled = toy("export.coreml.packaging=enumerated")
+    root = tmp_path_factory.mktemp("enumerated")
+    checkpoint = save_checkpoint(compiled, root / "checkpoint")
+    inputs = export_all(compiled, checkpoint, root)
+    (root / "out").mkdir()
+    convert.run(compiled.job("convert").job.params, inputs, root / "out", Ctx(work_dir=root, provenance=PROVENANCE))
+    return compiled, root / "out" / f"{compiled.spec.name}.mlpackage", checkpoint, root / "tokenizer"
+
+
+def test_an_enumerated_prefill_is_verified_and_checked_per_shape(enumerated_package, tmp_path: Path) -> None:
+    compiled, package, checkpoint, tokenizer = enumerated_package
+    report = verify(compiled.job("verify").job.params, package, spec_hash=PROVENANCE["spec"]["hash"], tokenizer=tokenizer)
+    assert report["passed"], report["mismatches"]
+    (prefill,) = [f for f in compiled.job("verify").job.params.functions if f.role == "prefill"]
+    assert len(prefill.seq_lens) == 3
+    observed = {t["name"]: t for t in report["observed"]["functions"][prefill.name]["inputs"]}
+    assert observed["input_ids"]["enumerated_shapes"] == [[1, n] for n in prefill.seq_lens]
+    job = next(pj for pj in compiled.jobs if pj.job.kind == "parity" and pj.job.params.function.role == "prefill")
+    metrics = parity_job.run(job.job.params, {"convert": {"package": package}, "qat": {"checkpoint": checkpoint}}, tmp_path,
+                             _ctx(tmp_path))
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert metrics["_verdict"]["ok"], rep["checks"]
+    assert set(rep["by_shape"]) == {str(n) for n in prefill.seq_lens}
+    assert {f"causality[length {n}]" for n in prefill.seq_lens} <= {c["name"] for c in rep["checks"]}
+    assert rep["metrics"]["snr_db"]["value"] == min(s["snr_db"] for s in rep["by_shape"].values())
