@@ -106,7 +106,7 @@ EDITS = [
     Edit("gate-added", ("gates",),
          (R('  - {metric: speed.ttft_p50_regression, op: "<=", value: 0.05, policy: warn}\n',
             '  - {metric: speed.ttft_p50_regression, op: "<=", value: 0.05, policy: warn}\n'
-            '  - {metric: parity.quant_top1_agreement, op: ">=", value: 0.9}\n'),),
+            '  - {metric: parity.quant_snr_db, op: ">=", value: 40}\n'),),
          direct=frozenset({"gates"}), changed=GATES_PUBLISH),
     Edit("version-bump", ("version",),
          (R("version: 1.0.0", "version: 1.1.0"),),
