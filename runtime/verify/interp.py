@@ -1,0 +1,265 @@
+"""A reference interpreter for CoreML ML programs in numpy: run a converted .mlpackage on Linux
+(where CoreML cannot predict) and compare it with torch.
+
+Two modes:
+  * reference (`fp16=False`): every floating value is computed and kept in float32, fp16 casts
+    and fp16 storage included. It measures conversion fidelity: does the program compute the
+    function torch computes, with the package's own (dequantized) weights?
+  * fp16-storage emulation (`fp16=True`): each op still computes in float32, but an output the
+    program declares fp16 is rounded to fp16 (overflowing to inf) as the device stores it, and
+    so are fp16 inputs and states; fp32 ops (precision islands) stay fp32. It approximates the
+    device's numerics; it is not bit-exact (the device may accumulate in fp16, fuse ops, ...).
+
+Every op output is checked against its declared shape and cast to its declared type, so a
+program that does not type-check fails loudly instead of drifting. An op type the interpreter
+does not implement makes `run` raise `UnsupportedOp` before anything executes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .blobs import BlobError
+from .mil_ops import CONSTEXPR, NP_DTYPES, OPS, Args, OpError, cast_to
+from .program import (Function, ProgramError, TensorDesc, WeightFiles, decode_value, load_model, model_file,
+                      op_name, tensor_desc)
+
+__all__ = ["BlobError", "Interpreter", "ProgramError", "RunResult", "UnsupportedOp", "dequantized_weights"]
+# coreml_update_state is saved as write_state + read_state (coremltools backend/mil/load.py).
+STATE_OPS = frozenset({"read_state", "write_state"})
+KNOWN = frozenset(OPS) | STATE_OPS | {"const"}
+
+
+class UnsupportedOp(Exception):
+    """The program uses op types this interpreter does not implement (named with their ops)."""
+
+
+@dataclass
+class RunResult:
+    """Outputs and states after one call (fp16 arrays for fp16 values in fp16 emulation, else
+    float32), and `op_type:op_name` of every op whose output held inf or NaN, in program order."""
+
+    outputs: dict[str, np.ndarray]
+    states: dict[str, np.ndarray]
+    nonfinite: list[str] = field(default_factory=list)
+
+
+def _nonfinite(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype.kind == "f" and not bool(np.isfinite(value).all())
+
+
+class Interpreter:
+    def __init__(self, package: Path, *, fp16: bool = False):
+        self.package = Path(package)
+        self.fp16 = fp16
+        path = model_file(self.package)
+        self.spec = load_model(path)
+        self._weights = WeightFiles(path.parent)
+        self._functions = {name: Function.parse(name, fn) for name, fn in self.spec.mlProgram.functions.items()}
+        if not self._functions:
+            raise ProgramError(f"{self.package}: the ML program has no functions")
+        self.functions: list[str] = sorted(self._functions)
+        default = self.spec.description.defaultFunctionName
+        self.default_function: str = default or ("main" if "main" in self._functions else self.functions[0])
+        self._consts: dict[tuple[str, int], list[tuple[Any, bool]]] = {}
+
+    def function(self, name: str) -> Function:
+        if name not in self._functions:
+            raise ValueError(f"{self.package.name} has no function {name!r}; it has {self.functions}")
+        return self._functions[name]
+
+    def unsupported_ops(self, function: str) -> list[str]:
+        return sorted(t for t in self.function(function).op_types() if t not in KNOWN)
+
+    def _check_supported(self, fn: Function) -> None:
+        types = fn.op_types()
+        missing = sorted(t for t in types if t not in KNOWN)
+        if missing:
+            detail = "; ".join(f"{t} (ops {', '.join(types[t][:5])}{', ...' if len(types[t]) > 5 else ''})" for t in missing)
+            raise UnsupportedOp(f"function {fn.name!r} of {self.package.name} uses op types the reference interpreter "
+                                f"does not implement: {detail}. Add them to runtime/verify/mil_ops.py (per the MIL op "
+                                f"definitions) or change the conversion so it does not emit them.")
+
+    # --- values ---------------------------------------------------------------------------------
+
+    def _store(self, value: Any, desc: TensorDesc, where: str) -> Any:
+        """`value` checked against its declared type: shape, dtype (floats as float32, rounded
+        to fp16 in fp16 emulation when declared fp16)."""
+        if isinstance(value, str):
+            return value
+        arr = np.asarray(value)
+        if not desc.fits(arr.shape):
+            raise ProgramError(f"{where}: computed shape {list(arr.shape)}, the program declares "
+                               f"{[d if d is not None else '?' for d in desc.shape]}")
+        if desc.dtype == "string":
+            return arr
+        if desc.is_float:
+            arr = arr.astype(np.float32, copy=False)
+            if self.fp16 and desc.dtype == "fp16":
+                with np.errstate(over="ignore"):
+                    arr = arr.astype(np.float16).astype(np.float32)
+            return arr
+        if arr.dtype.kind == "b" and desc.dtype != "bool":
+            arr = arr.astype(np.int32)
+        try:
+            return cast_to(arr, desc.dtype, Args("store", where, {}))
+        except OpError as e:
+            raise ProgramError(str(e)) from e
+
+    def _export(self, value: np.ndarray, desc: TensorDesc) -> np.ndarray:
+        return value.astype(np.float16) if self.fp16 and desc.dtype == "fp16" else np.array(value, copy=True)
+
+    def _inputs(self, fn: Function, given: dict[str, np.ndarray], declared: dict[str, TensorDesc], what: str) -> dict[str, Any]:
+        missing, extra = sorted(set(declared) - set(given)), sorted(set(given) - set(declared))
+        if missing or extra:
+            raise ValueError(f"function {fn.name!r}: {what} missing {missing}, unexpected {extra}; "
+                             f"it takes {what} {sorted(declared)}")
+        out = {}
+        for name, desc in declared.items():
+            arr = np.asarray(given[name])
+            if not desc.fits(arr.shape):
+                raise ValueError(f"function {fn.name!r}: {what[:-1]} {name!r} has shape {list(arr.shape)}, "
+                                 f"expected {[d if d is not None else '?' for d in desc.shape]}")
+            if desc.is_float != (arr.dtype.kind == "f"):
+                raise ValueError(f"function {fn.name!r}: {what[:-1]} {name!r} is {arr.dtype}, expected {desc.dtype}")
+            try:
+                out[name] = self._store(arr, desc, f"{what[:-1]} {name!r}")
+            except OpError as e:
+                raise ValueError(f"function {fn.name!r}: {what[:-1]} {name!r}: {e}") from e
+        return out
+
+    def _const(self, fn: Function, index: int, op: Any, env: dict[str, Any]) -> list[tuple[Any, bool]]:
+        """A const's or constexpr's outputs (and whether each is non-finite), computed once."""
+        key = (fn.name, index)
+        if key not in self._consts:
+            where = f"function {fn.name!r} {op.type} {op_name(op)!r}"
+            if op.type == "const":
+                results = [decode_value(op.attributes["val"], self._weights, where)]
+            else:
+                results = self._compute(fn, op, env, where)
+            stored = [self._store(v, tensor_desc(o.type, where), where) for v, o in zip(results, op.outputs)]
+            self._consts[key] = [(v, _nonfinite(v)) for v in stored]
+        return self._consts[key]
+
+    def _args(self, fn: Function, op: Any, env: dict[str, Any], where: str) -> Args:
+        values: dict[str, list[Any]] = {}
+        for param, arg in op.inputs.items():
+            vals = []
+            for binding in arg.arguments:
+                if binding.HasField("value"):
+                    vals.append(decode_value(binding.value, self._weights, f"{where} input {param!r}"))
+                elif binding.name in env:
+                    vals.append(env[binding.name])
+                else:
+                    raise ProgramError(f"{where}: input {param!r} reads {binding.name!r}, which no earlier op produced")
+            values[param] = vals
+        return Args(op.type, op_name(op), values, fn.opset)
+
+    def _compute(self, fn: Function, op: Any, env: dict[str, Any], where: str) -> list[Any]:
+        args = self._args(fn, op, env, where)
+        try:
+            with np.errstate(all="ignore"):
+                result = OPS[op.type](args)
+        except OpError as e:
+            raise ProgramError(f"function {fn.name!r}: {e}") from e
+        results = list(result) if isinstance(result, tuple) else [result]
+        if len(results) != len(op.outputs):
+            raise ProgramError(f"{where}: computed {len(results)} outputs, the program declares {len(op.outputs)}")
+        return results
+
+    # --- execution -------------------------------------------------------------------------------
+
+    def run(self, function: str, inputs: dict[str, np.ndarray],
+            states: dict[str, np.ndarray] | None = None) -> RunResult:
+        """Execute `function` once; `states` default to zeros and come back updated."""
+        fn = self.function(function)
+        self._check_supported(fn)
+        env = self._inputs(fn, inputs, fn.inputs, "inputs")
+        if states is None:
+            states = {n: self._zeros(fn, n) for n in fn.states}
+        state = self._inputs(fn, states, fn.states, "states")
+        nonfinite: list[str] = []
+        for index, op in enumerate(fn.ops):
+            where = f"function {fn.name!r} {op.type} {op_name(op)!r}"
+            if op.type == "const" or op.type in CONSTEXPR:
+                results = self._const(fn, index, op, env)
+                for o, (value, bad) in zip(op.outputs, results):
+                    env[o.name] = value
+                    if bad:
+                        nonfinite.append(f"{op.type}:{op_name(op)}")
+                continue
+            if op.type in STATE_OPS:
+                results = self._state_op(fn, op, env, state, where)
+            else:
+                results = self._compute(fn, op, env, where)
+            for o, value in zip(op.outputs, results):
+                env[o.name] = self._store(value, tensor_desc(o.type, where), f"{where} output {o.name!r}")
+            if any(_nonfinite(env[o.name]) for o in op.outputs):
+                nonfinite.append(f"{op.type}:{op_name(op)}")
+        missing = [n for n in fn.outputs if n not in env]
+        if missing:
+            raise ProgramError(f"function {fn.name!r}: outputs {missing} are never computed")
+        outputs = {n: self._export(env[n], self._output_desc(fn, n)) for n in fn.outputs}
+        return RunResult(outputs, {n: self._export(state[n], d) for n, d in fn.states.items()}, nonfinite)
+
+    def _output_desc(self, fn: Function, name: str) -> TensorDesc:
+        for op in reversed(fn.ops):
+            for o in op.outputs:
+                if o.name == name:
+                    return tensor_desc(o.type, name)
+        return fn.inputs[name]
+
+    def _zeros(self, fn: Function, name: str) -> np.ndarray:
+        desc = fn.states[name]
+        if any(d is None for d in desc.shape):
+            raise ValueError(f"function {fn.name!r}: state {name!r} has unknown dimensions {desc.shape}; pass it in `states`")
+        return np.zeros([int(d or 0) for d in desc.shape], np.float32 if desc.is_float else NP_DTYPES[desc.dtype])
+
+    def _state_op(self, fn: Function, op: Any, env: dict[str, Any], state: dict[str, Any], where: str) -> list[Any]:
+        """read_state copies the state; write_state stores `data` into it."""
+        bindings = op.inputs["input"].arguments if "input" in op.inputs else []
+        if len(bindings) != 1 or bindings[0].name not in state:
+            raise ProgramError(f"{where}: 'input' must name one state of the function ({sorted(state)})")
+        name = bindings[0].name
+        if op.type == "read_state":
+            return [np.array(state[name], copy=True)]
+        data = self._args(fn, op, {**env, name: state[name]}, where)["data"]
+        state[name] = self._store(np.array(data, copy=True), fn.states[name], f"{where} (state {name!r})")
+        return []
+
+    def close(self) -> None:
+        """Unmap the weight files (arrays already returned stay valid: they are copies)."""
+        self._weights.close()
+
+    def __enter__(self) -> Interpreter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def dequantized_weights(package: Path) -> dict[str, np.ndarray]:
+    """Output name of every constexpr_* op in any function -> its dense float32 value (reference mode)."""
+    interp = Interpreter(package)
+    out: dict[str, np.ndarray] = {}
+    try:
+        for name in interp.functions:
+            fn = interp.function(name)
+            env: dict[str, Any] = {}
+            for index, op in enumerate(fn.ops):
+                if op.type == "const" or op.type in CONSTEXPR:
+                    for o, (value, _) in zip(op.outputs, interp._const(fn, index, op, env)):
+                        env[o.name] = value
+                        if op.type in CONSTEXPR:
+                            if o.name in out and not np.array_equal(out[o.name], value):
+                                raise ProgramError(f"constexpr output {o.name!r} differs between functions")
+                            out[o.name] = np.asarray(value, dtype=np.float32)
+                elif op.type.startswith("constexpr_"):
+                    raise UnsupportedOp(f"function {name!r}: {op.type} {op_name(op)!r} is not implemented")
+    finally:
+        interp.close()
+    return dict(sorted(out.items()))

@@ -1,0 +1,205 @@
+"""The ML program of an .mlpackage as the interpreter reads it: the Model proto found through the
+Manifest, value types, and const values decoded from immediates or weight blobs.
+
+A package is untrusted input. Its Manifest may only name a model file inside the package's
+`Data` folder, and a blob reference may only name a file under the model's folder through
+`@model_path/...`: absolute paths, `..` and links that lead elsewhere are refused (ProgramError),
+and blob reads are bounds-checked by `runtime.verify.blobs`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from coremltools.proto import MIL_pb2, Model_pb2
+
+from .blobs import BYTE_TYPES, SUB_BYTE, BlobError, BlobFile, bf16_to_fp32, element_count, unpack_bits
+from .mil_ops import FLOAT_DTYPES, NP_DTYPES
+
+MODEL_PATH = "@model_path/"
+
+
+class ProgramError(Exception):
+    """The package's program cannot be read or executed as written; the message says where."""
+
+
+@dataclass(frozen=True)
+class TensorDesc:
+    """A declared tensor type: MIL dtype name and shape (None for an unknown dimension)."""
+
+    dtype: str
+    shape: tuple[int | None, ...]
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.shape) and all(d is None or d == s for d, s in zip(self.shape, shape))
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+
+def dtype_name(code: int) -> str:
+    name = MIL_pb2.DataType.Name(code).lower()
+    return {"bfloat16": "bf16"}.get(name, name.replace("float", "fp"))
+
+
+def tensor_desc(value_type: Any, where: str) -> TensorDesc:
+    """The tensor type of a ValueType (a state's wrapped tensor type for stateType)."""
+    kind = value_type.WhichOneof("type")
+    if kind == "stateType":
+        return tensor_desc(value_type.stateType.wrappedType, where)
+    if kind != "tensorType":
+        raise ProgramError(f"{where}: {kind} values are not supported (tensors only)")
+    t = value_type.tensorType
+    dims = tuple(int(d.constant.size) if d.WhichOneof("dimension") == "constant" else None for d in t.dimensions)
+    return TensorDesc(dtype_name(t.dataType), dims)
+
+
+def model_file(package: Path) -> Path:
+    """The package's model.mlmodel, as its Manifest's root item names it (inside `Data`)."""
+    package = Path(package)
+    try:
+        manifest = json.loads((package / "Manifest.json").read_text(encoding="utf-8"))
+        rel = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ProgramError(f"{package}: no readable Manifest.json naming the root model ({e!r}); is it an .mlpackage?") from e
+    data = (package / "Data").resolve()
+    path = (package / "Data" / str(rel)).resolve()
+    if Path(str(rel)).is_absolute() or ".." in Path(str(rel)).parts or not path.is_relative_to(data) or not path.is_file():
+        raise ProgramError(f"{package}: Manifest root item {rel!r} is not a file inside the package's Data folder")
+    return path
+
+
+def load_model(path: Path) -> Any:
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(path.read_bytes())
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ProgramError(f"{path}: not a CoreML Model protobuf ({e})") from e
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise ProgramError(f"{path}: a {spec.WhichOneof('Type')} model; only ML programs (mlprogram) can be interpreted")
+    return spec
+
+
+class WeightFiles:
+    """Blob files named `@model_path/...`, resolved only inside the model's folder."""
+
+    def __init__(self, model_dir: Path):
+        self.root = Path(model_dir).resolve()
+        self._open: dict[str, BlobFile] = {}
+
+    def get(self, file_name: str) -> BlobFile:
+        if file_name in self._open:
+            return self._open[file_name]
+        rel = file_name[len(MODEL_PATH):] if file_name.startswith(MODEL_PATH) else None
+        path = (self.root / rel).resolve() if rel else None
+        if rel is None or Path(rel).is_absolute() or ".." in Path(rel).parts or path is None \
+                or not path.is_relative_to(self.root):
+            raise ProgramError(f"weight file {file_name!r} is not an '@model_path/...' file inside the package")
+        if not path.is_file():
+            raise ProgramError(f"weight file {file_name!r} does not exist in the package")
+        self._open[file_name] = BlobFile(path)
+        return self._open[file_name]
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+
+def decode_value(value: Any, weights: WeightFiles, where: str) -> Any:
+    """A proto Value as numpy (floats as float32, sub-byte ints widened) or a str for a string scalar."""
+    desc = tensor_desc(value.type, where)
+    if any(d is None for d in desc.shape):
+        raise ProgramError(f"{where}: a constant with unknown dimensions {desc.shape}")
+    shape = tuple(int(d) for d in desc.shape if d is not None)
+    kind = value.WhichOneof("value")
+    if kind == "blobFileValue":
+        try:
+            arr = weights.get(value.blobFileValue.fileName).read(value.blobFileValue.offset, desc.dtype, shape)
+        except BlobError as e:
+            raise BlobError(f"{where}: {e}") from e
+    elif kind == "immediateValue" and value.immediateValue.WhichOneof("value") == "tensor":
+        arr = _immediate(value.immediateValue.tensor, desc, shape, where)
+        if isinstance(arr, str):
+            return arr
+    else:
+        raise ProgramError(f"{where}: {kind} values are not supported (tensor immediates and blob files only)")
+    return arr.astype(NP_DTYPES[desc.dtype], copy=False) if desc.dtype in NP_DTYPES else arr
+
+
+def _immediate(t: Any, desc: TensorDesc, shape: tuple[int, ...], where: str) -> Any:
+    count = element_count(shape)
+    field = t.WhichOneof("value")
+    if desc.dtype == "string":
+        strings = list(t.strings.values)
+        if len(strings) != count:
+            raise ProgramError(f"{where}: {len(strings)} strings for shape {list(shape)}")
+        return strings[0] if shape == () else np.array(strings, dtype=object).reshape(shape)
+    if field == "bytes":
+        raw = np.frombuffer(t.bytes.values, dtype=np.uint8)
+        if desc.dtype in SUB_BYTE:
+            nbits, signed = SUB_BYTE[desc.dtype]
+            if raw.size != -(-count * nbits // 8):
+                raise ProgramError(f"{where}: {raw.size} bytes for {count} {desc.dtype} elements")
+            return unpack_bits(raw, nbits, count, signed).reshape(shape)
+        np_dtype = BYTE_TYPES.get(desc.dtype) or np.dtype(NP_DTYPES.get(desc.dtype, np.uint8))
+        if raw.size != count * np_dtype.itemsize:
+            raise ProgramError(f"{where}: {raw.size} bytes for {count} {desc.dtype} elements")
+        arr = raw.view(np_dtype)
+        return (bf16_to_fp32(arr) if desc.dtype == "bf16" else arr).reshape(shape)
+    if field is None:
+        arr = np.zeros(0)
+    else:
+        arr = np.array(list(getattr(t, field).values))
+    if arr.size != count:
+        raise ProgramError(f"{where}: {arr.size} values for shape {list(shape)}")
+    return arr.reshape(shape)
+
+
+def op_name(op: Any) -> str:
+    """The op's `name` attribute, else its first output's name."""
+    if "name" in op.attributes:
+        values = op.attributes["name"].immediateValue.tensor.strings.values
+        if values:
+            return str(values[0])
+    return op.outputs[0].name if op.outputs else op.type
+
+
+@dataclass
+class Function:
+    """One function of the program: its typed inputs and states, outputs and operations."""
+
+    name: str
+    opset: int
+    inputs: dict[str, TensorDesc]
+    states: dict[str, TensorDesc]
+    outputs: list[str]
+    ops: list[Any]
+
+    @staticmethod
+    def parse(name: str, fn: Any) -> Function:
+        inputs, states = {}, {}
+        for nv in fn.inputs:
+            desc = tensor_desc(nv.type, f"function {name!r} input {nv.name!r}")
+            (states if nv.type.WhichOneof("type") == "stateType" else inputs)[nv.name] = desc
+        if fn.opset not in fn.block_specializations:
+            raise ProgramError(f"function {name!r}: no block for its opset {fn.opset!r}")
+        block = fn.block_specializations[fn.opset]
+        digits = "".join(c for c in fn.opset if c.isdigit())
+        return Function(name, int(digits) if digits else 8, inputs, states, list(block.outputs), list(block.operations))
+
+    def op_types(self) -> dict[str, list[str]]:
+        """Op type -> names of its ops, nested blocks included."""
+        out: dict[str, list[str]] = {}
+        todo = list(self.ops)
+        while todo:
+            op = todo.pop(0)
+            out.setdefault(op.type, []).append(op_name(op))
+            for block in op.blocks:
+                todo.extend(block.operations)
+        return out
