@@ -28,7 +28,8 @@ KINDS = ("tokenizer", "dataset", "teacher", "train", "qat", "export", "convert",
 
 # Bump a kind's version when its runtime code changes what it produces: every cached
 # output of that kind (and everything downstream) is then rebuilt.
-CODE_VERSIONS = {kind: 1 for kind in KINDS}
+# bumped when a kind's code changes its outputs: export/convert 2 = RoPE tables computed in fp32
+CODE_VERSIONS = {kind: 1 for kind in KINDS} | {"export": 2, "convert": 2}
 
 WHY = {
     "tokenizer": "Builds the transformers fast tokenizer with special tokens at exactly the spec's ids.",

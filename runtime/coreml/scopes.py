@@ -17,6 +17,9 @@ from coremltools.converters.mil.mil.scope import ScopeSource
 from torch.export import ExportedProgram
 
 WRAPPER_ATTRIBUTE = "model"  # runtime.export.wrappers keeps the Student here
+# Always fp32, whatever the spec says: the RoPE angle computation (runtime/model/student.py
+# RotaryEmbedding). Its cos/sin outputs are in [-1, 1] and cross into fp16 at the boundary.
+BUILTIN_FP32_MODULES = ("rotary_emb",)
 
 
 def canonical_module(path: str) -> str:
@@ -71,7 +74,7 @@ class PrecisionSelector:
         if op.op_type == "const":
             return True
         module = op_module(op, self.table)
-        island = in_island(module, self.island_modules)
+        island = in_island(module, [*self.island_modules, *BUILTIN_FP32_MODULES])
         if island is not None or op.op_type in self.island_ops:
             self.kept_fp32.append({"op": op.name, "type": op.op_type, "module": module or "",
                                    "reason": f"module:{island}" if island is not None else f"op:{op.op_type}"})

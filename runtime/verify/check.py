@@ -17,6 +17,7 @@ from compiler.params import FunctionP, TensorP, VerifyParams
 
 LARGE_DENSE_ELEMENTS = 1 << 14  # a dense float const this large must be a weight the recipe exempts
 META = "modelspec."
+ROPE_FP32_OPS = ("sin", "cos")  # only the RoPE tables use them in this architecture
 
 
 @dataclass
@@ -134,6 +135,10 @@ def _precision(params: VerifyParams, obs: dict[str, Any]) -> list[Mismatch]:
             bad = {k: v for k, v in dtypes.items() if k != "fp32"}
             if bad:
                 out.append(Mismatch("precision", f"function {name!r}: {op_kind} ops compute in", "fp32", bad, f"precision.islands[op={op_kind}]"))
+        for op_kind in ROPE_FP32_OPS:  # built-in island (runtime/coreml/scopes.py): RoPE angles
+            bad = {k: v for k, v in fo["op_output_dtypes"].get(op_kind, {}).items() if k != "fp32"}
+            if bad:
+                out.append(Mismatch("precision", f"function {name!r}: RoPE {op_kind} ops compute in", "fp32", bad, "precision.compute"))
         for module in params.precision.island_modules:
             region = fo["islands"].get(module)
             if not region:

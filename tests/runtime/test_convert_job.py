@@ -121,13 +121,15 @@ def test_precision_islands_compute_in_fp32_and_the_rest_in_fp16(converted: dict)
     for name, fn in converted["report"]["functions"].items():
         ops = {op_name(op): op for op in function_ops(spec, name)}
         kept = fn["fp32_ops"]
-        assert {k["module"] for k in kept if k["reason"].startswith("module:")} == set(ISLAND_MODULES)
+        # the spec's islands plus the built-in one: the RoPE angle computation (runtime/coreml/scopes.py)
+        assert {k["module"] for k in kept if k["reason"].startswith("module:")} == set(ISLAND_MODULES) | {"rotary_emb"}
         assert Counter(k["type"] for k in kept if k["reason"] == "op:softmax") == {"softmax": 2}
         for k in kept:
             assert op_dtype(ops[k["op"]]) == "fp32", k
         by_type = Counter((op.type, op_dtype(op)) for op in ops.values())
         assert by_type[("linear", "fp16")] == 15 and by_type[("linear", "fp32")] == 0
         assert by_type[("softmax", "fp32")] == 2 and by_type[("rsqrt", "fp32")] == 5 and by_type[("rsqrt", "fp16")] == 0
+        assert by_type[("cos", "fp32")] == by_type[("sin", "fp32")] == 1 and by_type[("cos", "fp16")] == 0
 
 
 @pytest.mark.slow
