@@ -27,6 +27,7 @@ import numpy as np
 from compiler.params import FunctionP
 
 from .interp import Interpreter, UnsupportedOp, dequantized_weights
+from .program import ProgramError
 from .observe import _Package, observe, weight_root
 
 CAUSAL_TOL = 1e-4  # max |Δlogit| / max |logit| at positions before the change (fp32 reference mode)
@@ -39,6 +40,9 @@ SNR_CAP_DB = 200.0  # identical outputs (keeps reports valid JSON)
 
 
 def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
+    """SNR of x against ref; a non-finite value anywhere in either is no signal at all (-200 dB)."""
+    if not (np.isfinite(ref).all() and np.isfinite(x).all()):
+        return -SNR_CAP_DB
     ref = ref.astype(np.float64)
     noise = float(((ref - x.astype(np.float64)) ** 2).sum())
     signal = float((ref ** 2).sum())
@@ -287,6 +291,16 @@ def measure(package: Path, fn: FunctionP, checkpoint: Path, *, samples: int, dec
                       "the package cannot be checked, so the parity gates cannot pass")
         return {**report, "checks": [check.as_json()], "passed": False, "metrics": {}}, {}
     checks = [Check("interpreter_covers_every_op", True, "every op is implemented"), weights_check(pkg_weights, ckpt)]
+    try:
+        return _measure(package, fn, parity, report, checks, vocab, samples, decode_steps, seed)
+    except (ValueError, ProgramError) as exc:  # the package's function does not take what the contract says
+        checks.append(Check("interpreter_runs_the_function", False, f"the interpreter could not run {fn.name!r} with the "
+                            f"contract's inputs: {exc}"))
+        return {**report, "checks": [c.as_json() for c in checks], "passed": False, "metrics": {}}, {}
+
+
+def _measure(package: Path, fn: FunctionP, parity: Parity, report: dict[str, Any], checks: list[Check], vocab: int,
+             samples: int, decode_steps: int, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     # every enumerated length of a prefill function is its own shape: each gets its samples and checks
     lengths = [int(n) for n in fn.seq_lens] if fn.role == "prefill" else [decode_steps]
     golden: dict[str, np.ndarray] = {}

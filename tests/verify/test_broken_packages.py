@@ -336,8 +336,6 @@ def test_an_fp16_inf_mask_yielding_nan_fails_nonfinite_intermediates(base: Simpl
     assert rep["metrics"]["nonfinite_intermediates"]["value"] == check["value"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug in runtime/verify/parity.py:snr_db: NaN in the compared logits makes the noise "
-                   "NaN and min(SNR_CAP_DB, nan) returns the 200 dB cap, so NaN logits read as a perfect SNR")
 def test_nan_logits_do_not_read_as_a_perfect_fp16_snr(nan_mask: tuple) -> None:
     _, rep, _ = nan_mask
     assert rep["metrics"]["fp16_snr_db"]["value"] < 55
@@ -388,9 +386,6 @@ def test_cli_refuses_a_path_that_is_not_a_package(base: SimpleNamespace, tmp_pat
     assert "is not an .mlpackage (no Manifest.json)" in out.stderr and not (tmp_path / "fake.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="bug in runtime/cli_gate.py verify (parity loop) / runtime/verify/parity.py measure: "
-                   "parity runs a function whose inputs are not the contract's; the interpreter's ValueError escapes, "
-                   "the CLI exits 3 'internal error' with a traceback and writes no JSON report instead of exit 1")
 def test_cli_reports_a_renamed_input_without_crashing_in_parity(base: SimpleNamespace, renamed_input: Path,
                                                                tmp_path: Path) -> None:
     out = _cli(*_cli_args(base, renamed_input, tmp_path / "renamed.json", tmp_path), cwd=tmp_path)
