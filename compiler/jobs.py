@@ -28,8 +28,9 @@ KINDS = ("tokenizer", "dataset", "teacher", "train", "qat", "export", "convert",
 
 # Bump a kind's version when its runtime code changes what it produces: every cached
 # output of that kind (and everything downstream) is then rebuilt.
-# bumped when a kind's code changes its outputs: export/convert 2 = RoPE tables computed in fp32
-CODE_VERSIONS = {kind: 1 for kind in KINDS} | {"export": 2, "convert": 2}
+# bumped when a kind's code changes its outputs: export/convert 2 = RoPE tables computed in fp32;
+# 3 (and student-running kinds 2) = RoPE inverse frequencies as theta ** -e (exactly folded by coremltools)
+CODE_VERSIONS = {kind: 1 for kind in KINDS} | {"export": 3, "convert": 3, "train": 2, "qat": 2, "eval": 2, "parity": 2}
 
 WHY = {
     "tokenizer": "Builds the transformers fast tokenizer with special tokens at exactly the spec's ids.",

@@ -65,7 +65,7 @@ class RMSNorm(nn.Module):
 def rope_cos_sin(positions: Tensor, d_head: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """cos/sin `[B|1, T, d_head]` from absolute positions `[B|1, T]`, computed in fp32 in-graph."""
     exponent = torch.arange(0, d_head, 2, dtype=torch.float32, device=positions.device) / d_head
-    inv_freq = 1.0 / (theta ** exponent)
+    inv_freq = theta ** -exponent  # not 1 / x: coremltools maps torch reciprocal to MIL inverse(epsilon=1e-4)
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
