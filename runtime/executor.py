@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .keys import JobKey, job_keys
 from .plan import Plan
+from . import faults
 from .store import Store
 
 
@@ -156,7 +157,9 @@ class Executor:
             "upstream_fingerprints": {n: self.keys[n].fingerprint for n in pj.needs},
             "metrics": result["metrics"], "seconds": round(result["seconds"], 3),
         }
+        faults.point("before_record", job_id)
         self.store.commit(self._staging.pop(job_id), k.kind, k.key, pj.outputs, record)
+        faults.point("before_index", job_id)
         self.store.drop_work(self.plan.name, job_id)
         self.store.update_index(self.plan.name, {job_id: {
             "key": k.key, "fingerprint": k.fingerprint, "params": k.params, "external": k.external, "upstream": k.upstream}})

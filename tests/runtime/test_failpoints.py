@@ -1,0 +1,67 @@
+"""SIGKILL at named points of a job's completion, then a rerun: no job is done with partial
+outputs, finished jobs are not redone, and the artifacts equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.faults import ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run(store: Path, failpoint: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    if failpoint:
+        env[ENV] = failpoint
+    return subprocess.run([sys.executable, "-m", "runtime.cli", "run", "specs/toy.yaml", "--until", "dataset",
+                           "--workdir", str(store), "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def records(store: Path) -> dict[str, dict]:
+    out = {}
+    for path in store.glob("jobs/*/*/_complete.json"):
+        rec = json.loads(path.read_text())
+        out[rec["job"]] = {name: o["sha256"] for name, o in rec["outputs"].items()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    store = tmp_path_factory.mktemp("reference") / "store"
+    assert run(store).returncode == 0
+    return records(store)
+
+
+def test_killed_after_outputs_before_the_record_reruns_that_job_only(tmp_path: Path, reference: dict) -> None:
+    store = tmp_path / "store"
+    died = run(store, "before_record:dataset")
+    assert died.returncode == -signal.SIGKILL
+    assert set(records(store)) == {"tokenizer"}, "the dataset's outputs without a record are not a done job"
+    again = run(store)
+    assert again.returncode == 0, again.stderr[-2000:]
+    actions = {j["id"]: j["action"] for j in json.loads(again.stdout)["jobs"]}
+    assert actions == {"tokenizer": "cached", "dataset": "ran"}
+    assert records(store) == reference
+    assert not any((store / "staging").iterdir())
+
+
+def test_killed_after_the_record_before_the_index_is_done(tmp_path: Path, reference: dict) -> None:
+    store = tmp_path / "store"
+    died = run(store, "before_index:dataset")
+    assert died.returncode == -signal.SIGKILL
+    index = json.loads((store / "index" / "toy-worker.json").read_text())
+    assert "dataset" not in index and "tokenizer" in index
+    again = run(store)
+    assert again.returncode == 0, again.stderr[-2000:]
+    actions = {j["id"]: j["action"] for j in json.loads(again.stdout)["jobs"]}
+    assert actions == {"tokenizer": "cached", "dataset": "cached"}, "the completion record is the truth"
+    assert records(store) == reference
