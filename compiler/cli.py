@@ -159,6 +159,9 @@ def _arg_problem(where: str, message: str, hint: str | None):
     return Problem("<command line>", 1, 1, where, message, hint)
 
 
+from . import cli_diff  # noqa: E402,F401
+
+
 def main() -> None:
     try:
         app(standalone_mode=True)
