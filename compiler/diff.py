@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,11 +60,15 @@ def parse_side(arg: str) -> Side:
     return Side(arg, path, ref, None)
 
 
-def _git(args: list[str], cwd: str) -> subprocess.CompletedProcess:
+def _git(args: list[str], cwd: str):
+    import subprocess  # only REF sides pay for it
+
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=60)
 
 
 def git_toplevel(cwd: str = ".") -> str:
+    import subprocess
+
     try:
         out = _git(["rev-parse", "--show-toplevel"], cwd)
     except (OSError, subprocess.SubprocessError) as exc:
