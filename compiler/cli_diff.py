@@ -43,12 +43,13 @@ def diff(
     if base is None:
         reports = [d.diff_sides(d.parse_side(specs[0]), d.parse_side(specs[1]))]
         new_specs: list[str] = []
+        removed_specs: list[str] = []
     else:
         if not specs:
             import glob
 
             specs = sorted(glob.glob("specs/*.yaml"))
-        pairs, new_specs = d.base_sides(base, specs)
+        pairs, new_specs, removed_specs = d.base_sides(base, specs)
         loaded, errs = [], []
         for old, new in pairs:  # every problem of every spec at once, then nothing printed
             try:
@@ -65,7 +66,7 @@ def diff(
     top = d.worst(r["class"] for r in reports)
     from .diff_render import render
 
-    typer.echo(render(reports, format_, multi=base is not None, new_specs=new_specs, top=top), nl=False)
+    typer.echo(render(reports, format_, multi=base is not None, new_specs=new_specs, removed_specs=removed_specs, top=top), nl=False)
     if any(r["errors"] for r in reports):
         if format_ != "text":  # text already printed them
             for r in reports:

@@ -8,6 +8,7 @@ Rendering lives in `diff_render.py`, the command in `cli_diff.py`; docs/diff.md 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -166,8 +167,12 @@ def _identity(item: Any, fields: tuple[str, ...]) -> tuple | None:
     return ident or None
 
 
+_PLAIN = re.compile(r"^[A-Za-z0-9_.*/-]+$")
+
+
 def _selector(ident: tuple) -> str:
-    return "[" + ",".join(f"{k}={v}" for k, v in ident) + "]"
+    """`[metric=eval.json_validity,op=">="]`: values other than plain names are JSON-quoted."""
+    return "[" + ",".join(f"{k}={v if _PLAIN.match(str(v)) else json.dumps(v)}" for k, v in ident) + "]"
 
 
 def tree_diff(old: Any, new: Any, keys: tuple[str, ...] = (), display: str = "") -> list[Change]:
@@ -367,8 +372,6 @@ def version_rule(old: str, new: str) -> dict:
 
 def diff_compiled(old, new, old_label: str, new_label: str) -> dict:
     """The JSON-ready report of two compiled specs (see docs/diff.md)."""
-    import json
-
     from .compile import contract_files
     from .jobs import KINDS, READS
 
@@ -432,11 +435,14 @@ def diff_sides(old: Side, new: Side) -> dict:
     return diff_compiled(a, b, old.source, new.source)
 
 
-def base_sides(ref: str, paths: list[str]) -> tuple[list[tuple[Side, Side]], list[str]]:
-    """(old, new) for every spec whose text differs at `ref`, and the specs that are new since `ref`."""
-    pairs, new_specs = [], []
+def base_sides(ref: str, paths: list[str]) -> tuple[list[tuple[Side, Side]], list[str], list[str]]:
+    """(old, new) for every spec whose text differs at `ref`; the specs new and removed since `ref`."""
+    pairs, new_specs, removed_specs, missing = [], [], [], []
     for path in paths:
         text = git_show(ref, path)
+        if not os.path.exists(path):
+            (missing if text is None else removed_specs).append(path)
+            continue
         if text is None:
             new_specs.append(path)
             continue
@@ -448,7 +454,10 @@ def base_sides(ref: str, paths: list[str]) -> tuple[list[tuple[Side, Side]], lis
         if current == text:
             continue
         pairs.append((Side(f"{ref}:{path}", path, ref, text), Side(path, path, None, None)))
-    return pairs, new_specs
+    if missing:
+        raise SpecError([Problem(p, 1, 1, "<root>", f"no such spec, neither in the working tree nor at {ref}", "check the path")
+                         for p in missing])
+    return pairs, new_specs, removed_specs
 
 
 def exceeds(report_class: str, fail_on: str | None) -> bool:

@@ -133,15 +133,19 @@ def markdown(r: dict) -> str:
     return "\n".join(out)
 
 
-def render(reports: list[dict], fmt: str, *, multi: bool, new_specs: list[str] = (), top: str = "COSMETIC") -> str:
+def render(reports: list[dict], fmt: str, *, multi: bool, new_specs: list[str] = (), removed_specs: list[str] = (),
+           top: str = "COSMETIC") -> str:
     if fmt == "json":
         if not multi:
             return json.dumps(reports[0], indent=2) + "\n"
-        return json.dumps({"class": top, "specs": reports, "new_specs": list(new_specs)}, indent=2) + "\n"
+        return json.dumps({"class": top, "specs": reports, "new_specs": list(new_specs),
+                           "removed_specs": list(removed_specs)}, indent=2) + "\n"
     one = text if fmt == "text" else markdown
     parts = [one(r) for r in reports]
     if multi and not reports:
-        parts.append("no spec changed" + ("\n" if fmt == "text" else "\n"))
+        parts.append("no spec changed\n")
     for path in new_specs:
         parts.append(f"new spec (not in the base): {path}\n")
+    for path in removed_specs:
+        parts.append(f"removed spec (only in the base): {path}\n")
     return ("\n" if fmt == "text" else "\n---\n\n").join(parts)

@@ -95,20 +95,20 @@ CATALOGUE = [
          "COSMETIC", W["NONE"], ("deployment.profiles[name=m3-pro-36g].context",)),
     # --- REVERIFY: gates, publish, verify ---------------------------------------------------
     Edit("gate-threshold", "toy", (R(TOY_GATE, TOY_GATE.replace("0.90", "0.85")),),
-         "REVERIFY", T["GATES"], ("gates[metric=eval.json_validity,op=>=].value",)),
+         "REVERIFY", T["GATES"], ('gates[metric=eval.json_validity,op=">="].value',)),
     Edit("gate-policy", "toy", (R(TOY_SIZE, TOY_SIZE.replace("2.0}", "2.0, policy: warn}")),),
-         "REVERIFY", T["GATES"], ("gates[metric=package.size_mb,op=<=].policy",)),
+         "REVERIFY", T["GATES"], ('gates[metric=package.size_mb,op="<="].policy',)),
     Edit("gate-added", "toy", (R(TOY_SPEED, TOY_SPEED + '  - {metric: parity.quant_snr_db, op: ">=", value: 40}\n'),),
-         "REVERIFY", T["GATES"], ("gates[metric=parity.quant_snr_db,op=>=]",)),
+         "REVERIFY", T["GATES"], ('gates[metric=parity.quant_snr_db,op=">="]',)),
     Edit("gate-removed", "toy", (R(TOY_SPEED, ""),), "REVERIFY", T["GATES"],
-         ("gates[metric=speed.ttft_p50_regression,op=<=]",)),
+         ('gates[metric=speed.ttft_p50_regression,op="<="]',)),
     # gates are evaluated and reported in spec order: a reorder is a (REVERIFY) change, not nothing
     Edit("gates-reordered", "toy", (R(TOY_SPEED, ""), R("gates:\n", "gates:\n" + TOY_SPEED)),
          "REVERIFY", T["GATES"], ("gates",)),
     # the size budget is also checked by verify (VerifyParams.size_budget_mb), but READS["verify"]
     # does not list "gates": the diff reports verify as changed by no listed change (a READS gap)
     Edit("size-budget", "toy", (R(TOY_SIZE, TOY_SIZE.replace("2.0}", "3.0}")),),
-         "REVERIFY", frozenset({"verify"}) | T["GATES"], ("gates[metric=package.size_mb,op=<=].value",),
+         "REVERIFY", frozenset({"verify"}) | T["GATES"], ('gates[metric=package.size_mb,op="<="].value',),
          unattributed=("verify",)),
     Edit("version-minor-bump", "toy", (R("version: 1.0.0", "version: 1.1.0"),), "REVERIFY", T["PUBLISH"], ("version",)),
     # disjoint rules: every module keeps its recipe; verify names the rule behind each module
@@ -118,7 +118,7 @@ CATALOGUE = [
             '      - {match: "lm_head", dtype: int8, granularity: per_channel}\n      - {match: "embed_tokens", dtype: none}\n')),
          "REVERIFY", frozenset({"verify"}) | T["GATES"], ("quantization.weights.rules",)),
     Edit("w9-gate-threshold", "w9", (R("value: 0.98, min_n: 500}", "value: 0.97, min_n: 500}"),),
-         "REVERIFY", W["GATES"], ("gates[metric=eval.json_validity,op=>=].value",)),
+         "REVERIFY", W["GATES"], ('gates[metric=eval.json_validity,op=">="].value',)),
     # --- REEXPORT: export, convert --------------------------------------------------------
     Edit("name", "toy", (R("name: toy-worker", "name: toy-worker-v2"),), "REEXPORT", T["FROM_CONVERT"], ("name",)),
     Edit("compute-units", "toy", (R("compute_units: all", "compute_units: cpu_and_ne"),), "REEXPORT", T["FROM_CONVERT"]),
@@ -294,7 +294,7 @@ def test_identity_lists_match_by_identity_not_index(workdir):
     new = apply(text, (R("gates:\n", 'gates:\n  - {metric: parity.quant_snr_db, op: ">=", value: 40}\n'),))
     r = diff_texts(workdir, text, new, "identity")
     kinds = {(c["path"], c["kind"]) for c in r["changes"]}
-    assert ("gates[metric=parity.quant_snr_db,op=>=]", "added") in kinds
+    assert ('gates[metric=parity.quant_snr_db,op=">="]', "added") in kinds
     assert ("gates", "reordered") not in kinds  # the common gates keep their relative order
     assert all(not c["path"].startswith("gates[metric=parity.snr_db") for c in r["changes"])
 
@@ -411,6 +411,13 @@ def test_base(run, repo):
     assert code == 0 and "no semantic change" in out and "toy-worker" not in out
     code, _, err = run("diff", "--base", "HEAD", "--fail-on", "retrain", cwd=repo)
     assert code == 1 and "RETRAIN" in err
+    (repo / "specs" / "worker-9b.yaml").unlink()
+    code, out, _ = run("diff", "--base", "HEAD", "specs/worker-9b.yaml", "--format", "json", cwd=repo)
+    assert code == 0 and json.loads(out)["removed_specs"] == ["specs/worker-9b.yaml"]
+    code, out, err = run("diff", "--base", "HEAD", "specs/typo.yaml", cwd=repo)
+    assert code == 2 and out == "" and "no such spec" in err
+    code, _, err = run("diff", "--base", "no-such-ref", cwd=repo)
+    assert code == 2 and "unknown git ref" in err
 
 
 MAJOR = R("version: 1.0.0", "version: 2.0.0")
