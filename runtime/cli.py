@@ -121,6 +121,7 @@ def status(
 
 
 from . import cli_gate  # noqa: E402,F401  (registers verify and publish)
+from compiler import cli_author  # noqa: E402,F401
 
 
 def main() -> None:
