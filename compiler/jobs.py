@@ -56,7 +56,7 @@ READS = {
     "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights"),
     "export": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache", "precision"),
     "convert": ("name", "architecture", "shapes", "quantization", "precision", "export", "tokenizer.special_tokens"),
-    "verify": ("name", "architecture", "shapes", "quantization", "precision", "export", "tokenizer.special_tokens"),
+    "verify": ("name", "architecture", "shapes", "quantization", "precision", "export", "tokenizer.special_tokens", "gates"),
     "parity": ("architecture", "shapes", "quantization.kv_cache", "export.coreml", "precision", "training.seed"),
     "eval": ("role", "architecture", "tokenizer.special_tokens"),
     "gates": ("gates",),

@@ -109,7 +109,7 @@ CATALOGUE = [
     # does not list "gates": the diff reports verify as changed by no listed change (a READS gap)
     Edit("size-budget", "toy", (R(TOY_SIZE, TOY_SIZE.replace("2.0}", "3.0}")),),
          "REVERIFY", frozenset({"verify"}) | T["GATES"], ('gates[metric=package.size_mb,op="<="].value',),
-         unattributed=("verify",)),
+         ),
     Edit("version-minor-bump", "toy", (R("version: 1.0.0", "version: 1.1.0"),), "REVERIFY", T["PUBLISH"], ("version",)),
     # disjoint rules: every module keeps its recipe; verify names the rule behind each module
     Edit("quant-rules-reordered", "toy",
