@@ -7,7 +7,8 @@ and blank lines are found in the text (a `#` outside every scalar's span, at a l
 after whitespace) and attached to the entry they belong to:
 
 - a full-line comment leads the next key or list item (so it moves with that key when keys are
-  reordered); comments after the last entry trail the document;
+  reordered); comments before the first key stay on top, comments after the last entry trail
+  the document;
 - an end-of-line comment belongs to the outermost key or list item that starts on its line.
 
 The tree is re-emitted in the canonical form (docs/authoring.md):
@@ -132,6 +133,7 @@ class _Source:
     root: Node
     trailing: list[str]
     comments: list[str]  # every comment text, in order
+    header: list[str] = field(default_factory=list)  # comments before the first key: they stay on top
 
 
 def _parse(text: str) -> _Source:
@@ -234,9 +236,13 @@ def _parse(text: str) -> _Source:
             leads.setdefault(i, []).append(text_)
         else:
             trailing.append(text_)
+    header = _tidy(leads.pop(0, [])) if root.kind == "map" and root.items and entries and entries[0][1] is root.items[0][0] else []
     for i, lines in leads.items():
         entries[i][1].leading = _tidy(lines)
-    return _Source(root, _tidy(trailing), all_comments)
+    trailing = _tidy(trailing)
+    while trailing and trailing[-1] == "":
+        trailing.pop()
+    return _Source(root, trailing, all_comments, header)
 
 
 def _strip(node: Node) -> Node:
@@ -486,8 +492,9 @@ class _Writer:
         return indent + prefix + len(_flow(node, model, spath)) > WIDTH
 
 
-def emit(root: Node, model: Any, trailing: list[str] = ()) -> str:
+def emit(root: Node, model: Any, trailing: list[str] = (), header: list[str] = ()) -> str:
     w = _Writer()
+    w.comments(list(header), 0)
     w.mapping(root, model, "", 0, top=True)
     if trailing:
         w.comments(list(trailing), 0)
@@ -519,7 +526,7 @@ def format_text(text: str, file: str = "<text>", spec_dir: str = ".") -> str:
     """Canonical text of a spec; SpecError if it does not load and validate, FmtRefused if meaning would change."""
     doc, spec = _validated(text, file, spec_dir)
     source = _parse(text)
-    out = emit(source.root, spec, source.trailing)
+    out = emit(source.root, spec, source.trailing, source.header)
     check_same(doc, spec, out, file, spec_dir, source.comments)
     return out
 
