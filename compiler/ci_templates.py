@@ -82,7 +82,9 @@ def render_ci(paths: list[str], install: str = DEFAULT_INSTALL, python: str = DE
         "group": "modelspec-${{ github.event.pull_request.number }}",
         "if_not_cancelled": "${{ !cancelled() }}",
         "base_ref": "${{ github.base_ref }}",
-        "if_comment": ("${{ !cancelled() && steps.diff.outcome == 'success' && "
+        # posted whenever the report was written: diff exits 1 on an unversioned breaking change,
+        # which is exactly when reviewers need the comment
+        "if_comment": ("${{ !cancelled() && hashFiles('modelspec-diff.md') != '' && "
                        "github.event.pull_request.head.repo.full_name == github.repository }}"),
     }
     env = environment()
