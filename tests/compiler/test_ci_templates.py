@@ -5,12 +5,9 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
-import pytest
 
-from compiler import cli, cli_author  # noqa: F401  (registers ci)
 from compiler.ci_templates import FOLDER, PRE_COMMIT, WORKFLOW, render_ci
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,18 +24,6 @@ def uninert(text: str) -> str:
     return text.replace("${{ '${{' }}", "${{")
 
 
-@pytest.fixture()
-def run(monkeypatch, capsys):
-    def run_(*args: str, cwd: Path = REPO) -> tuple[int, str, str]:
-        monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["modelspec", *args])
-        monkeypatch.setattr(cli, "_debug", False)
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        out, err = capsys.readouterr()
-        return (0 if exc.value.code is None else exc.value.code), out, err
-
-    return run_
 
 
 def steps(workflow: dict) -> list[dict]:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from compiler import cli
 from compiler import diff as d
 
 REPO = Path(__file__).resolve().parents[2]
@@ -321,21 +320,6 @@ def test_version_rule():
 
 # --- the command -------------------------------------------------------------------------
 
-@pytest.fixture()
-def run(monkeypatch, capsys):
-    """run(*args, cwd=...) -> (exit status, stdout, stderr), through the console entry point."""
-
-    def run_(*args: str, cwd: Path = REPO) -> tuple[int, str, str]:
-        monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["modelspec", *args])
-        monkeypatch.setattr(cli, "_debug", False)
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        out, err = capsys.readouterr()
-        code = exc.value.code
-        return (0 if code is None else code), out, err
-
-    return run_
 
 
 def _git(repo: Path, *args: str) -> str:

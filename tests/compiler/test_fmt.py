@@ -5,12 +5,10 @@ from __future__ import annotations
 import io
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from compiler import cli, cli_author  # noqa: F401  (registers fmt)
 from compiler import fmt as fmt_mod
 from compiler.canonical import canonical_json
 from compiler.errors import SpecError
@@ -68,18 +66,6 @@ def blockify(value):
     return value
 
 
-@pytest.fixture()
-def run(monkeypatch, capsys):
-    def run_(*args: str, cwd: Path = REPO) -> tuple[int, str, str]:
-        monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["modelspec", *args])
-        monkeypatch.setattr(cli, "_debug", False)
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        out, err = capsys.readouterr()
-        return (0 if exc.value.code is None else exc.value.code), out, err
-
-    return run_
 
 
 @pytest.fixture()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
+import functools
+
 from pathlib import Path
 
 import pytest
 
-from compiler import cli, cli_author  # noqa: F401  (registers new)
 from compiler.build import compile_one
 from compiler.derived import derive
 from compiler.errors import SpecError
@@ -24,17 +24,8 @@ def validated(text: str):
 
 
 @pytest.fixture()
-def run(monkeypatch, capsys, tmp_path):
-    def run_(*args: str) -> tuple[int, str, str]:
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setattr(sys, "argv", ["modelspec", *args])
-        monkeypatch.setattr(cli, "_debug", False)
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        out, err = capsys.readouterr()
-        return (0 if exc.value.code is None else exc.value.code), out, err
-
-    return run_
+def run(run, tmp_path):  # noqa: F811  (the shared runner, in a scratch folder)
+    return functools.partial(run, cwd=tmp_path)
 
 
 @pytest.mark.parametrize("role", ["worker", "judge", "drafter"])

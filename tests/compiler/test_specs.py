@@ -62,12 +62,16 @@ def test_spec_names_are_unique():
 
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory) -> Path:
-    """Every spec compiled as `modelspec compile specs/*.yaml` would, written to a scratch root."""
+    """Every spec compiled as `modelspec compile specs/*.yaml` (and `modelspec ci specs/*.yaml`) would, written to a scratch root."""
     out = tmp_path_factory.mktemp("regenerated")
     outputs = build_outputs([str(p) for p in SPECS], [], str(GENERATED))
     write_file(str(out), SCHEMA_FILE, schema_text())
     for name, files in sorted(outputs.items()):
         write_folder(str(out), name, files)
+    # and `modelspec ci specs/*.yaml`: the PR workflow and pre-commit config for these specs
+    from compiler.ci_templates import FOLDER, render_ci
+
+    write_folder(str(out), FOLDER, render_ci([f"specs/{p.name}" for p in SPECS]))
     return out
 
 
