@@ -56,7 +56,11 @@ class Store:
         return self.root / "jobs" / kind / key
 
     def record(self, kind: str, key: str) -> dict | None:
+        """The completion record, or None. A job folder or record that is a symlink is never
+        trusted (something planted it: the job reruns and the link is quarantined on commit)."""
         path = self.job_dir(kind, key) / RECORD
+        if self.job_dir(kind, key).is_symlink() or path.is_symlink():
+            return None
         try:
             with open(path, encoding="utf-8") as fh:
                 return json.load(fh)
@@ -68,7 +72,11 @@ class Store:
         bad = []
         base = self.job_dir(kind, key)
         for name, meta in record["outputs"].items():
-            path = base / meta["path"]
+            rel = Path(str(meta.get("path", "")))
+            if not rel.parts or rel.is_absolute() or ".." in rel.parts:  # a tampered record
+                bad.append(name)
+                continue
+            path = base / rel
             try:
                 if not path.exists() or tree_sha256(path) != meta["sha256"]:
                     bad.append(name)
@@ -110,7 +118,7 @@ class Store:
         os.rename(tmp, staging / RECORD)
         target = self.job_dir(kind, key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():  # a corrupt earlier copy: keep it for inspection
+        if target.exists() or target.is_symlink():  # a corrupt earlier copy or a planted link: keep it for inspection
             self.quarantine(kind, key)
         os.rename(staging, target)
         return record

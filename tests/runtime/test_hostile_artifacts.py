@@ -70,3 +70,33 @@ def test_crafted_safetensors_headers_are_refused(tmp_path: Path, blob: bytes) ->
     with pytest.raises(Exception) as info:  # whichever check trips first, nothing is loaded
         load_student(folder)
     assert not isinstance(info.value, MemoryError)
+
+
+@pytest.mark.slow
+def test_a_symlink_planted_at_a_job_folder_is_not_trusted(tmp_path: Path) -> None:
+    """A forged job folder (a symlink to a folder with a made-up completion record) is neither
+    taken as done nor written through: the job reruns and the link is moved to quarantine."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "runtime.cli", "run", "specs/toy.yaml", "--until", "tokenizer", "--workdir", str(store), "--json"]
+    first = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (job,) = list((store / "jobs" / "tokenizer").iterdir())
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / "report.json").write_text("{}")
+    record = json.loads((job / "_complete.json").read_text())
+    record["outputs"] = {"report": {"path": "report.json", "sha256": "0" * 64, "bytes": 2}}
+    (forged / "_complete.json").write_text(json.dumps(record))
+    real = tmp_path / "real-output"
+    job.rename(real)
+    job.symlink_to(forged, target_is_directory=True)
+    again = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [j["action"] for j in json.loads(again.stdout)["jobs"]] == ["ran"]
+    assert job.is_dir() and not job.is_symlink(), "the job's folder is real again"
+    assert sorted(p.name for p in forged.iterdir()) == ["_complete.json", "report.json"], "nothing written through the link"
+    assert any(p.is_symlink() for p in (store / "quarantine").iterdir())
