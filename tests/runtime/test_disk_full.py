@@ -1,0 +1,78 @@
+"""Disk full while a job writes (simulated with RLIMIT_FSIZE: a write past the limit fails with
+EFBIG, as it would with ENOSPC): the run fails cleanly, nothing partial counts as done, and a
+rerun with room completes with the same artifacts as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LIMIT = 2 << 20  # 2 MiB: the tokenizer (32 KB) fits, the dataset (8 MB of tensors) does not
+pytestmark = pytest.mark.slow
+
+
+def _limited() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+
+def run(store: Path, limited: bool) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runtime.cli", "run", "specs/toy.yaml", "--until", "dataset", "--workdir",
+                           str(store), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          preexec_fn=_limited if limited else None)
+
+
+def records(store: Path) -> dict[str, dict]:
+    out = {}
+    for path in store.glob("jobs/*/*/_complete.json"):
+        rec = json.loads(path.read_text())
+        out[rec["job"]] = {n: o["sha256"] for n, o in rec["outputs"].items()}
+    return out
+
+
+def test_a_full_disk_fails_the_job_cleanly_and_the_rerun_completes(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    assert run(reference, limited=False).returncode == 0
+    store = tmp_path / "store"
+    full = run(store, limited=True)
+    assert full.returncode == 1, full.stderr[-2000:]
+    actions = {j["id"]: j["action"] for j in json.loads(full.stdout)["jobs"]}
+    assert actions == {"tokenizer": "ran", "dataset": "failed"}
+    assert set(records(store)) == {"tokenizer"}, "the dataset's partial outputs are not a done job"
+    assert not any((store / "staging").iterdir()), "the failed job's staging is removed"
+    again = run(store, limited=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {j["id"]: j["action"] for j in json.loads(again.stdout)["jobs"]} == {"tokenizer": "cached", "dataset": "ran"}
+    assert records(store) == records(reference)
+
+
+def test_a_full_disk_while_writing_a_checkpoint_leaves_no_checkpoint(tmp_path: Path) -> None:
+    code = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from runtime.train import checkpoints\n"
+        "work = Path(sys.argv[1])\n"
+        "try:\n"
+        "    checkpoints.save(work, 10, {'w': torch.zeros(1 << 20)}, {'state': {}, 'param_groups': []}, {'key': 'k'})\n"
+        "except Exception as exc:  # OSError, or safetensors' wrapper of it\n"
+        "    print('failed:', exc)\n"
+        "    sys.exit(7)\n"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, "-c", code, str(work)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, preexec_fn=_limited, env={**os.environ})
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    assert not list(work.glob("ckpt-*")), "no checkpoint counts as written"
+    from runtime.train import checkpoints
+
+    assert checkpoints.load_latest(work, "k", {}, {}, False, "train") is None  # the partial .ckpt-tmp is cleared
+    assert not list(work.glob(".ckpt-tmp-*"))
