@@ -76,3 +76,29 @@ def test_a_full_disk_while_writing_a_checkpoint_leaves_no_checkpoint(tmp_path: P
 
     assert checkpoints.load_latest(work, "k", {}, {}, False, "train") is None  # the partial .ckpt-tmp is cleared
     assert not list(work.glob(".ckpt-tmp-*"))
+
+
+def test_a_full_disk_while_writing_the_package_keeps_the_old_one(tmp_path: Path) -> None:
+    """A forced reconversion that runs out of room (the weight file is 0.5 MB, the limit 256 KB)
+    fails; the package already in the store stays complete and verified; with room again the
+    reconversion gives the same canonical package hash."""
+    store = tmp_path / "store"
+    base = [sys.executable, "-m", "runtime.cli", "run", "specs/toy.yaml", "--until", "convert", "--workdir", str(store), "--json"]
+    first = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = records(store)["convert"]
+
+    def tiny() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+
+    full = subprocess.run([*base, "--force", "convert"], cwd=ROOT, capture_output=True, text=True, timeout=900, preexec_fn=tiny)
+    assert full.returncode == 1, full.stderr[-2000:]
+    assert {j["id"]: j["action"] for j in json.loads(full.stdout)["jobs"]}["convert"] == "failed"
+    assert records(store)["convert"] == before, "the earlier package is untouched"
+    assert not any((store / "staging").iterdir())
+    again = subprocess.run([*base, "--force", "convert"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    report = next(j for j in json.loads(again.stdout)["jobs"] if j["id"] == "convert")["outputs"]["report"]
+    assert records(store)["convert"]["package"] == before["package"], "the same package, byte for byte"
+    assert json.loads(Path(report).read_text())["canonical_hash"]
