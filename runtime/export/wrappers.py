@@ -111,7 +111,7 @@ class StatePrefill(StateCache):
                 return k, v
             return write
 
-        logits = self.model._run(input_ids, pos, allowed_mask(pos, pos), [writer(i) for i in range(len(self.model.layers))])
+        logits = self.model.run_layers(input_ids, pos, allowed_mask(pos, pos), [writer(i) for i in range(len(self.model.layers))])
         return logits.to(self.logits_dtype)
 
 
@@ -132,7 +132,7 @@ class StateDecode(StateCache):
                 return self.key_cache[i], self.value_cache[i]
             return write
 
-        logits = self.model._run(input_ids, q_pos, allowed_mask(q_pos, k_pos[None]),
+        logits = self.model.run_layers(input_ids, q_pos, allowed_mask(q_pos, k_pos[None]),
                                  [writer(i) for i in range(len(self.model.layers))])
         return logits.to(self.logits_dtype)
 
@@ -155,7 +155,7 @@ class ExplicitPrefill(_Function):
             values.append(v.to(self.kv_dtype))
             return k, v
 
-        logits = self.model._run(input_ids, pos, allowed_mask(pos, pos), [collect] * len(self.model.layers))
+        logits = self.model.run_layers(input_ids, pos, allowed_mask(pos, pos), [collect] * len(self.model.layers))
         return logits.to(self.logits_dtype), torch.stack(keys), torch.stack(values)
 
 

@@ -198,8 +198,11 @@ class Student(nn.Module):
             return F.linear(h, self.embed_tokens.weight)
         return self.lm_head(h)
 
-    def _run(self, input_ids: Tensor, positions: Tensor, allowed: Tensor,
-             kv_fns: list[KVFn] | None = None) -> Tensor:
+    def run_layers(self, input_ids: Tensor, positions: Tensor, allowed: Tensor,
+                   kv_fns: list[KVFn] | None = None) -> Tensor:
+        """Logits for `input_ids` at `positions` under the `allowed` attention mask; `kv_fns[i]`
+        maps layer i's new (k, v) to the (k, v) it attends to (a cache write and read). The one
+        forward every caller shares: training, KV-cache decode and the export wrappers."""
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(positions, h.dtype)
         for i, layer in enumerate(self.layers):
@@ -211,7 +214,7 @@ class Student(nn.Module):
         """Logits `[B, T, V]`; attention_mask (1 real, 0 pad) hides padded keys."""
         t = input_ids.shape[1]
         pos = position_ids if position_ids is not None else torch.arange(t, device=input_ids.device)[None]
-        return self._run(input_ids, pos, allowed_mask(pos, pos, attention_mask))
+        return self.run_layers(input_ids, pos, allowed_mask(pos, pos, attention_mask))
 
     def prefill(self, input_ids: Tensor, key_cache: Tensor, value_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Run T tokens at positions 0..T-1, writing them to cache positions 0..T-1."""
@@ -229,7 +232,7 @@ class Student(nn.Module):
                 return k, v
             return write
 
-        logits = self._run(input_ids, pos, allowed_mask(pos, pos), [writer(i) for i in range(len(self.layers))])
+        logits = self.run_layers(input_ids, pos, allowed_mask(pos, pos), [writer(i) for i in range(len(self.layers))])
         return logits, torch.stack(new_k), torch.stack(new_v)
 
     def decode(self, input_ids: Tensor, position: Tensor, key_cache: Tensor,
@@ -252,7 +255,7 @@ class Student(nn.Module):
             return write
 
         allowed = allowed_mask(q_pos, k_pos[None])
-        logits = self._run(input_ids, q_pos, allowed, [writer(i) for i in range(len(self.layers))])
+        logits = self.run_layers(input_ids, q_pos, allowed, [writer(i) for i in range(len(self.layers))])
         return logits, torch.stack(new_k), torch.stack(new_v)
 
     def empty_cache(self, batch: int, cache_len: int | None = None) -> tuple[Tensor, Tensor]:

@@ -261,7 +261,7 @@ def cacheless_decode(student: Any, fn: Any, decode_cache: Any) -> Any:
                     return k, v  # the bug: the fresh k/v only, the cache is never read back
                 return write
 
-            logits = self.model._run(input_ids, q_pos, allowed_mask(q_pos, q_pos),
+            logits = self.model.run_layers(input_ids, q_pos, allowed_mask(q_pos, q_pos),
                                      [writer(i) for i in range(len(self.model.layers))])
             return logits.to(self.logits_dtype)
 
