@@ -20,3 +20,14 @@ def Ctx(spec_dir: Path = SPECS, work_dir: Path | None = None, cache_dir: Path | 
                      emit=lambda event: events.append((event[0], *event[2:])))
     ctx.events = events  # type: ignore[attr-defined]
     return ctx
+
+
+def store_records(store: Path) -> dict[str, dict[str, str]]:
+    """job id -> {output name: sha256} for every completion record in a store."""
+    import json
+
+    out = {}
+    for path in Path(store).glob("jobs/*/*/_complete.json"):
+        rec = json.loads(path.read_text())
+        out[rec["job"]] = {name: o["sha256"] for name, o in rec["outputs"].items()}
+    return out

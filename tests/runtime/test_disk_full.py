@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.runtime.helpers import store_records as records
+
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 2 << 20  # 2 MiB: the tokenizer (32 KB) fits, the dataset (8 MB of tensors) does not
 pytestmark = pytest.mark.slow
@@ -28,14 +30,6 @@ def run(store: Path, limited: bool) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "runtime.cli", "run", "specs/toy.yaml", "--until", "dataset", "--workdir",
                            str(store), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           preexec_fn=_limited if limited else None)
-
-
-def records(store: Path) -> dict[str, dict]:
-    out = {}
-    for path in store.glob("jobs/*/*/_complete.json"):
-        rec = json.loads(path.read_text())
-        out[rec["job"]] = {n: o["sha256"] for n, o in rec["outputs"].items()}
-    return out
 
 
 def test_a_full_disk_fails_the_job_cleanly_and_the_rerun_completes(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.runtime.helpers import store_records as records
+
 from runtime.faults import ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,14 +26,6 @@ def run(store: Path, failpoint: str | None = None) -> subprocess.CompletedProces
         env[ENV] = failpoint
     return subprocess.run([sys.executable, "-m", "runtime.cli", "run", "specs/toy.yaml", "--until", "dataset",
                            "--workdir", str(store), "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def records(store: Path) -> dict[str, dict]:
-    out = {}
-    for path in store.glob("jobs/*/*/_complete.json"):
-        rec = json.loads(path.read_text())
-        out[rec["job"]] = {name: o["sha256"] for name, o in rec["outputs"].items()}
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.runtime.helpers import store_records as records
+
 from runtime.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 CMD = [sys.executable, "-m", "runtime.cli", "run", "specs/toy.yaml", "--until", "dataset", "--json", "--workdir"]
 KILLS = 20
 pytestmark = pytest.mark.slow
-
-
-def records(store: Path) -> dict[str, dict]:
-    out = {}
-    for path in store.glob("jobs/*/*/_complete.json"):
-        rec = json.loads(path.read_text())
-        out[rec["job"]] = {n: o["sha256"] for n, o in rec["outputs"].items()}
-    return out
 
 
 def every_record_verifies(store: Path) -> None:
