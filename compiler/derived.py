@@ -77,7 +77,7 @@ def derive(spec: Spec) -> Derived:
     tokens = 0
     start = 0
     for stage in tr.curriculum:
-        step_tokens = stage.seq_len * tr.micro_batch * tr.grad_accum * tr.resources.nproc
+        step_tokens = stage.seq_len * tr.micro_batch * tr.grad_accum * tr.resources.nproc * tr.resources.nodes
         per_step[stage.seq_len] = step_tokens
         tokens += step_tokens * max(0, stage.until_step - start)
         start = stage.until_step

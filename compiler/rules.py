@@ -149,6 +149,10 @@ def _training(spec: Spec) -> Iterator[Finding]:
             active += w > 0
     if not active:
         yield (base + ("losses",), "no loss term has a weight above 0", "enable at least kl or ce_ground_truth")
+    res = tr.resources
+    if res.device == "mps" and res.nproc * res.nodes > 1:
+        yield (base + ("resources", "nproc"), f"{res.nproc * res.nodes} processes on mps: torch.distributed has no mps backend",
+               "train on mps with nproc 1 and nodes 1, or use cuda")
     if tr.qat.enabled:
         kd_steps = math.floor(tr.steps * tr.qat.start_fraction)
         if kd_steps < 1 or kd_steps >= tr.steps:

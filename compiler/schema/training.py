@@ -118,8 +118,10 @@ class QatOff(SpecModel):
 
 
 class Resources(SpecModel):
-    device: Literal["cpu", "cuda", "mps"] = F("Device type for training jobs.")
-    nproc: PosInt = F("Processes (data-parallel ranks); the global batch is micro_batch x grad_accum x nproc.", unit="processes")
+    device: Literal["cpu", "cuda", "mps"] = F("Device type for training jobs (cpu ranks talk over gloo, cuda ranks over nccl).")
+    nproc: PosInt = F("Processes per node (one per GPU on cuda); the global batch is micro_batch x grad_accum x nproc x nodes.", unit="processes")
+    nodes: PosInt = F("Machines the training jobs span; above 1 the job is launched by torchrun on each node (docs/scale.md).", unit="nodes", default=1)
+    strategy: Literal["ddp", "fsdp2"] = F("ddp: every rank holds the whole model; fsdp2: parameters, gradients and optimizer state are sharded across ranks (for a model that does not fit one device).", default="ddp")
 
 
 class Training(SpecModel):
