@@ -43,6 +43,7 @@ class PlannedJob:
             "needs": list(j.needs),
             "params": j.params.model_dump(mode="json"),
             "outputs": dict(sorted(j.outputs.items())),
+            "resources": j.resources.model_dump(mode="json"),
             "fingerprint": self.fingerprint,
         }
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from .catalogue import CATALOGUE
 from .interface import default_function, functions
 from .params import (
-    ArchitectureP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
-    ModuleQuantP, Params, ParityParams, PrecisionP, PublishParams, QatParams, SpecialTokenP,
+    CPU_JOB, ArchitectureP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
+    ModuleQuantP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, SpecialTokenP,
     TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
 )
 from .resolve import precision_plan, quant_plan
@@ -74,6 +74,20 @@ class Job:
     needs: tuple[str, ...]
     params: Params
     outputs: dict[str, str] = field(default_factory=dict)
+    resources: ResourcesP = CPU_JOB  # placement only: not fingerprinted
+
+
+def training_resources(spec: Spec) -> ResourcesP:
+    """Placement of the training jobs (teacher when it trains, train, qat) from training.resources."""
+    r = spec.training.resources
+    return ResourcesP(device=r.device, nodes=r.nodes, nproc=r.nproc, strategy=r.strategy,
+                      cpus=r.nproc if r.device == "cpu" else max(1, r.nproc), gpus=r.nproc if r.device == "cuda" else 0)
+
+
+def _one_device(spec: Spec) -> ResourcesP:
+    """A single-process job on the training device (the teacher's top-k pass when it is not trained)."""
+    r = spec.training.resources
+    return ResourcesP(device=r.device, nodes=1, nproc=1, strategy="none", cpus=1, gpus=1 if r.device == "cuda" else 0)
 
 
 def architecture_params(a: Architecture) -> ArchitectureP:
@@ -150,15 +164,18 @@ def build_jobs(spec: Spec) -> list[Job]:
             train=spec.data.train, eval=spec.data.eval, tool_registry=spec.data.tool_registry, role=spec.role,
             max_seq_len=max(spec.shapes.prefill), special_tokens=special,
         ), {"data": "data", "report": "report.json"}),
-        Job("teacher", "teacher", ("tokenizer", "dataset"), _teacher(spec), {"model": "model", "targets": "targets", "report": "report.json"}),
+        Job("teacher", "teacher", ("tokenizer", "dataset"), _teacher(spec), {"model": "model", "targets": "targets", "report": "report.json"},
+            training_resources(spec) if isinstance(spec.teacher, TrainTeacher) else _one_device(spec)),
         Job("train", "train", ("dataset", "teacher"), TrainParams(training=_training(spec), start_step=0, end_step=kd_end),
-            {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"}),
+            {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
+            training_resources(spec)),
     ]
     student = "train"
     if tr.qat.enabled:
         jobs.append(Job("qat", "qat", ("train", "dataset", "teacher"), QatParams(
             training=_training(spec), start_step=kd_end, end_step=tr.steps, lr_scale=tr.qat.lr_scale, quantization=quant,
-        ), {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"}))
+        ), {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
+            training_resources(spec)))
         student = "qat"
     export_ids = []
     for fn in fns:

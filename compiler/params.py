@@ -15,6 +15,23 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class ResourcesP(Params):
+    """Where a job runs, not what it computes: not part of the job fingerprint (compiler/graph.py).
+
+    Executors read it to place the job (`--executor ray` asks for `cpus`/`gpus`; training jobs
+    with more than one process launch torchrun with `nodes` x `nproc`)."""
+
+    device: Literal["cpu", "cuda", "mps"]
+    nodes: int
+    nproc: int  # processes per node
+    strategy: Literal["none", "ddp", "fsdp2"]  # none: a single-process job
+    cpus: int  # CPU cores per node the job wants
+    gpus: int  # GPUs per node the job wants
+
+
+CPU_JOB = ResourcesP(device="cpu", nodes=1, nproc=1, strategy="none", cpus=1, gpus=0)
+
+
 class SpecialTokenP(Params):
     text: str
     id: int

@@ -14,11 +14,12 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-PLAN_CACHE_FORMAT = 1
+PLAN_CACHE_FORMAT = 2  # 2: jobs carry resources
+CPU_JOB = {"device": "cpu", "nodes": 1, "nproc": 1, "strategy": "none", "cpus": 1, "gpus": 0}
 _COMPILER = Path(__file__).resolve().parents[1] / "compiler"
 
 
@@ -30,6 +31,7 @@ class PlanJob:
     params: dict[str, Any]  # the typed params as JSON (what the fingerprint hashed)
     outputs: dict[str, str]
     fingerprint: str
+    resources: dict[str, Any] = field(default_factory=lambda: dict(CPU_JOB))  # placement (compiler.params.ResourcesP); not fingerprinted
 
 
 @dataclass(frozen=True)
@@ -61,17 +63,19 @@ class Plan:
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "spec_hash": self.spec_hash, "spec_dir": str(self.spec_dir),
                 "spec_file": self.spec_file, "jobs": [{"id": j.id, "kind": j.kind, "needs": list(j.needs), "params": j.params, "outputs": j.outputs,
-                          "fingerprint": j.fingerprint} for j in self.jobs]}
+                          "resources": j.resources, "fingerprint": j.fingerprint} for j in self.jobs]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Plan":
-        jobs = tuple(PlanJob(j["id"], j["kind"], tuple(j["needs"]), j["params"], j["outputs"], j["fingerprint"]) for j in data["jobs"])
+        jobs = tuple(PlanJob(j["id"], j["kind"], tuple(j["needs"]), j["params"], j["outputs"], j["fingerprint"],
+                             j.get("resources") or dict(CPU_JOB)) for j in data["jobs"])
         return cls(data["name"], data["version"], data["spec_hash"], Path(data["spec_dir"]), jobs, data.get("spec_file", ""))
 
     @classmethod
     def from_compiled(cls, compiled) -> "Plan":
         jobs = tuple(PlanJob(pj.id, pj.job.kind, tuple(pj.job.needs), pj.job.params.model_dump(mode="json"),
-                             dict(pj.job.outputs), pj.fingerprint) for pj in compiled.jobs)
+                             dict(pj.job.outputs), pj.fingerprint,
+                             pj.job.resources.model_dump(mode="json")) for pj in compiled.jobs)
         return cls(compiled.spec.name, compiled.spec.version, compiled.spec_hash, Path(compiled.validated.spec_dir).absolute(), jobs)
 
 
