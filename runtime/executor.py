@@ -58,8 +58,13 @@ def select(plan: Plan, until: list[str], only: list[str]) -> list[str]:
 
 
 class Executor:
-    def __init__(self, plan: Plan, store: Store, jobs: int = 1, force: tuple[str, ...] = (), reporter=None):
+    def __init__(self, plan: Plan, store: Store, jobs: int = 1, force: tuple[str, ...] = (), reporter=None,
+                 start_method: str = "spawn"):
+        """`start_method`: how worker processes start. spawn (the CLI) imports torch afresh in each
+        worker; fork reuses a parent that already imported it (the kill soak in tests/runtime/kill_soak.py
+        forks hundreds of runs from one warm process)."""
         self.plan = plan
+        self.start_method = start_method
         self.store = store
         self.max_jobs = max(1, jobs)
         self.force = set(force)
@@ -105,7 +110,7 @@ class Executor:
 
     def _pool_get(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
-            ctx = mp.get_context("spawn")
+            ctx = mp.get_context(self.start_method)
             self._queue = ctx.Queue()
             from .worker import init_worker
 
