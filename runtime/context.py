@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .plan import CPU_JOB
+
 
 @dataclass
 class JobContext:
@@ -17,6 +19,8 @@ class JobContext:
     force: bool = False
     spec_file: Path | None = None  # the spec file, to point report lines at file:line:col
     emit: Callable[[tuple], None] = field(default=lambda event: None)
+    # placement from the plan (compiler.params.ResourcesP as JSON): device, nodes, nproc, strategy
+    resources: dict[str, Any] = field(default_factory=lambda: dict(CPU_JOB))
 
     def progress(self, description: str, total: int | None = None) -> Callable[..., None]:
         """Start a progress bar; call the result with `advance=` and any fields (e.g. losses)."""

@@ -149,7 +149,7 @@ class Executor:
         }
         ctx = {"spec_dir": str(self.plan.spec_dir), "spec_file": self.plan.spec_file, "work_dir": str(self.store.work_dir(self.plan.name, job_id)),
                "cache_dir": str(self.store.cache_dir(k.kind)),
-               "provenance": provenance, "force": job_id in self.force}
+               "provenance": provenance, "force": job_id in self.force, "resources": dict(pj.resources)}
         self._say("job_start", job_id, k.kind)
         return self._pool_get().submit(run_job, k.kind, job_id, k.params, inputs, str(staging), ctx)
 

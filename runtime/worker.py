@@ -54,7 +54,8 @@ def run_job(kind: str, job_id: str, params_json: dict, inputs: dict[str, dict[st
     ctx = JobContext(job_id=job_id, spec_dir=Path(ctx_data["spec_dir"]), work_dir=Path(ctx_data["work_dir"]),
                      cache_dir=Path(ctx_data["cache_dir"]),
                      provenance=ctx_data["provenance"], force=ctx_data["force"], emit=_emit,
-                     spec_file=Path(ctx_data["spec_file"]) if ctx_data.get("spec_file") else None)
+                     spec_file=Path(ctx_data["spec_file"]) if ctx_data.get("spec_file") else None,
+                     resources=ctx_data["resources"])
     start = time.perf_counter()
     metrics = runner(kind)(params, {u: {n: Path(p) for n, p in outs.items()} for u, outs in inputs.items()}, Path(staging), ctx)
     return {"metrics": metrics or {}, "seconds": time.perf_counter() - start, "pid": os.getpid()}
