@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from compiler.params import TrainParams  # noqa: E402
+from runtime.distributed.world import accumulation, join  # noqa: E402
 from runtime.model.student import Student  # noqa: E402
 from runtime.train import losses  # noqa: E402
 from runtime.train.data import Split, make_batch  # noqa: E402
@@ -83,8 +84,9 @@ def bare(tp, split: Split, steps: int) -> float:
 
 def job_loop(tp, split: Split, steps: int, end_step: int) -> float:
     model = Student(tp.architecture, seed=tp.seed)
-    trainer = Trainer(tp=tp, model=model, optimizer=make_optimizer(model, tp), train=split, device=torch.device("cpu"),
-                      start_step=0, end_step=end_step)
+    world = join({"device": "cpu", "strategy": "none"})  # one process
+    trainer = Trainer(tp=tp, model=model, optimizer=make_optimizer(model, tp), train=split, world=world,
+                      grad_accum=accumulation(tp.global_batch, tp.micro_batch, world.size), start_step=0, end_step=end_step)
     events = []
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()

@@ -119,14 +119,21 @@ def _precision(spec: Spec) -> PrecisionP:
     return PrecisionP(compute=plan.compute, island_modules=modules, island_ops=plan.island_ops)
 
 
+def global_batch(spec: Spec) -> int:
+    """Sequences per optimizer step. What a training job computes depends on it, not on how many
+    processes share it: the runtime derives grad_accum from the world size it is launched with."""
+    tr = spec.training
+    return tr.micro_batch * tr.grad_accum * tr.resources.nproc * tr.resources.nodes
+
+
 def _training(spec: Spec) -> TrainingP:
     tr = spec.training
     return TrainingP(
         architecture=architecture_params(spec.architecture), seed=tr.seed, total_steps=tr.steps,
-        micro_batch=tr.micro_batch, grad_accum=tr.grad_accum, optimizer=tr.optimizer.model_dump(),
+        micro_batch=tr.micro_batch, global_batch=global_batch(spec), optimizer=tr.optimizer.model_dump(),
         lr_schedule=tr.lr_schedule.model_dump(), curriculum=[c.model_dump() for c in tr.curriculum],
         checkpoint_every=tr.checkpoint_every, losses=tr.losses.model_dump(exclude_none=True),
-        grad_balance=tr.grad_balance.model_dump(), device=tr.resources.device, nproc=tr.resources.nproc,
+        grad_balance=tr.grad_balance.model_dump(),
         special_token_ids={k: v.id for k, v in sorted(spec.tokenizer.special_tokens.items())},
     )
 

@@ -93,16 +93,14 @@ class TrainingP(Params):
     architecture: ArchitectureP
     seed: int
     total_steps: int
-    micro_batch: int
-    grad_accum: int
+    micro_batch: int  # sequences per process per forward pass (the unit each loss term averages over)
+    global_batch: int  # sequences per optimizer step: micro_batch x grad_accum x nproc x nodes of the spec
     optimizer: dict[str, Any]
     lr_schedule: dict[str, Any]
     curriculum: list[dict[str, int]]
     checkpoint_every: int
     losses: dict[str, Any]
     grad_balance: dict[str, Any]
-    device: str
-    nproc: int
     special_token_ids: dict[str, int]
 
 

@@ -24,22 +24,19 @@ val cross-entropy and next-token accuracy on target positions, cache hits and mi
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from runtime.distributed.launch import run_or_launch
+from runtime.distributed.world import World, join, pick_device
+
 from .teacher_targets import TargetCache, split_targets, weights_sha256
+from .teacher_train import BETAS, GRAD_CLIP, MIN_LR_FRACTION, WARMUP_FRACTION, WEIGHT_DECAY, masked_ce, rows_per_rank, train
 from .tokenizer import TokenizerJobError, load_tokenizer, write_report
 
-# Fixed optimizer choices of the "train" teacher (the spec sets lr, steps and batch only).
-BETAS = (0.9, 0.95)
-WEIGHT_DECAY = 0.1  # on matrices only; norm gains are not decayed
-GRAD_CLIP = 1.0
-WARMUP_FRACTION = 0.05  # of the steps, at least one step
-MIN_LR_FRACTION = 0.1  # cosine decays to this fraction of lr
 # Eager attention: deterministic and, at the toy's sizes, as fast as sdpa on CPU.
 ATTN = "eager"
 TARGET_SPLITS = ("train", "val")
@@ -49,10 +46,6 @@ LOSS_WINDOW = 10  # steps averaged for the first and final train loss
 
 class TeacherJobError(RuntimeError):
     """A teacher or input the job cannot use; the message names the file and the fix."""
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _load_split(data: Path, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -130,59 +123,6 @@ def _check_vocab(model, where: str, tok, tok_report: Path | None, arrays: dict[s
                               "or shorter data (shapes.prefill sets the dataset's max_seq_len)")
 
 
-def _lr_at(step: int, steps: int, lr: float) -> float:
-    warmup = max(1, round(WARMUP_FRACTION * steps))
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _masked_ce(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(summed CE, correct next-token predictions, counted positions) over target positions."""
-    logits = model(input_ids=ids).logits[:, :-1].float()
-    targets, weights = ids[:, 1:], mask[:, 1:].float()
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    correct = (logits.argmax(-1) == targets).float()
-    return (ce * weights.reshape(-1)).sum(), (correct * weights).sum(), weights.sum()
-
-
-def _train(model, params, arrays: dict[str, np.ndarray], lengths: np.ndarray, device, ctx) -> list[float]:
-    rows = len(lengths)
-    if rows == 0:
-        raise TeacherJobError("the dataset's train split is empty: nothing to train the teacher on; the dataset "
-                              "job's report.json says why samples were dropped")
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=params.lr, betas=BETAS)
-    gen = torch.Generator().manual_seed(params.seed)
-    order: list[int] = []
-    ids_all, mask_all = torch.from_numpy(arrays["input_ids"]), torch.from_numpy(arrays["loss_mask"])
-    update = ctx.progress("teacher: training", total=params.steps)
-    losses = []
-    model.train()
-    for step in range(params.steps):
-        while len(order) < params.micro_batch:
-            order += torch.randperm(rows, generator=gen).tolist()
-        batch, order = order[:params.micro_batch], order[params.micro_batch:]
-        crop = min(params.seq_len, int(lengths[batch].max()))
-        ids = ids_all[batch, :crop].to(device, torch.long)
-        mask = mask_all[batch, :crop].to(device)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, params.steps, params.lr)
-        ce, _, count = _masked_ce(model, ids, mask)
-        loss = ce / count.clamp_min(1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        opt.step()
-        losses.append(float(loss.detach()))
-        update(1, loss=losses[-1])
-    model.eval()
-    return losses
-
-
 @torch.no_grad()
 def _evaluate(model, arrays: dict[str, np.ndarray], lengths: np.ndarray, device) -> dict[str, float]:
     ce = correct = count = 0.0
@@ -191,7 +131,7 @@ def _evaluate(model, arrays: dict[str, np.ndarray], lengths: np.ndarray, device)
         n = int(lengths[sl].max())
         ids = torch.from_numpy(arrays["input_ids"][sl, :n]).to(device, torch.long)
         mask = torch.from_numpy(arrays["loss_mask"][sl, :n]).to(device)
-        c, k, m = _masked_ce(model, ids, mask)
+        c, k, m = masked_ce(model, ids, mask)
         ce, correct, count = ce + float(c), correct + float(k), count + float(m)
     return {"val_ce": ce / count if count else None, "val_accuracy": correct / count if count else None,
             "val_target_tokens": int(count)}  # None: an empty val split
@@ -214,9 +154,26 @@ def _write_targets(model, folder: Path, splits, top_k: int, teacher_sha: str, ca
 
 
 def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
+    if params.kind == "train":  # training runs on training.resources (several processes: runtime.distributed)
+        return run_or_launch("teacher", params, inputs, out, ctx, check=lambda size: rows_per_rank(params.micro_batch, size),
+                             body=lambda: _run(params, inputs, out, ctx))
+    return _run(params, inputs, out, ctx)
+
+
+def _run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
+    world = join(ctx.resources) if params.kind == "train" else None
+    try:
+        return _teacher(params, inputs, Path(out), ctx, world)
+    finally:
+        if world is not None:
+            world.close()
+
+
+def _teacher(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, world: World | None) -> dict:
     from transformers import LlamaForCausalLM
 
-    start, out, device = time.perf_counter(), Path(out), _device()
+    start = time.perf_counter()
+    device = world.device if world else pick_device(ctx.resources["device"])
     try:
         tok = load_tokenizer(inputs["tokenizer"]["tokenizer"])
         data = Path(inputs["dataset"]["data"])
@@ -242,7 +199,15 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         raise TeacherJobError(f"teacher.top_k {params.top_k} exceeds the teacher's vocab_size "
                               f"{model.config.vocab_size}; lower teacher.top_k")
 
-    losses = _train(model, params, *splits["train"], device, ctx) if params.kind == "train" else []
+    losses = []
+    if world is not None:
+        if len(splits["train"][1]) == 0:
+            raise TeacherJobError("the dataset's train split is empty: nothing to train the teacher on; the "
+                                  "dataset job's report.json says why samples were dropped")
+        losses, model = train(model, params, *splits["train"], world, ctx)
+        world.close()  # rank 0 goes on alone
+        if not world.main:
+            return {}
     train_seconds = time.perf_counter() - start
     model.eval()
     metrics = _evaluate(model, *splits["val"], device)
@@ -260,7 +225,8 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         "cache_hits": cache.hits, "cache_misses": cache.misses, "cache_rejected": cache.rejected,
         "seconds": round(time.perf_counter() - start, 3),
     })
-    report = {**metrics, "kind": params.kind, "device": device.type, "provenance": ctx.provenance,
+    report = {**metrics, "kind": params.kind, "device": device.type, "world_size": world.size if world else 1,
+              "strategy": world.strategy if world else "none", "provenance": ctx.provenance,
               "optimizer": {"name": "adamw", "betas": list(BETAS), "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP,
                             "warmup_fraction": WARMUP_FRACTION, "min_lr_fraction": MIN_LR_FRACTION} if losses else None,
               "attn_implementation": ATTN}

@@ -1,9 +1,11 @@
 """Training batches: dataset tensors plus teacher top-k targets, in a stateless order.
 
 The order is a pure function of (seed, global step): epoch `e` visits the rows in
-`randperm(rows, seed=seed * 1_000_003 + e)`, and step `s` takes the next
-`micro_batch * grad_accum` positions of that endless stream. Resuming at step `s` therefore
-needs no sampler state (the "data cursor" recorded in checkpoints is derived, for people).
+`randperm(rows, seed=seed * 1_000_003 + e)`, and step `s` takes the next `global_batch`
+positions of that endless stream, cut into micro-batches of `micro_batch` that the ranks share
+out in order. It does not depend on the world size, so N ranks see the samples one process
+would, and resuming at step `s` (with any world size) needs no sampler state (the "data
+cursor" recorded in checkpoints is derived, for people).
 
 A batch is cropped to min(curriculum seq_len, the longest real row in it); rows longer than
 the stage's seq_len are cut at seq_len (their remaining targets are simply not trained on in
@@ -59,9 +61,9 @@ def epoch_order(rows: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(rows, generator=g)
 
 
-def batch_rows(rows: int, seed: int, step: int, micro: int, micro_batch: int, grad_accum: int) -> list[int]:
-    """Row indices of micro-batch `micro` of optimizer step `step`."""
-    start = (step * grad_accum + micro) * micro_batch
+def batch_rows(rows: int, seed: int, step: int, micro: int, micro_batch: int, micros_per_step: int) -> list[int]:
+    """Row indices of micro-batch `micro` (0 .. micros_per_step - 1, counted over all ranks) of step `step`."""
+    start = (step * micros_per_step + micro) * micro_batch
     out, cache = [], {}
     for pos in range(start, start + micro_batch):
         epoch, offset = divmod(pos, rows)
@@ -71,8 +73,8 @@ def batch_rows(rows: int, seed: int, step: int, micro: int, micro_batch: int, gr
     return out
 
 
-def cursor(rows: int, step: int, micro_batch: int, grad_accum: int) -> dict[str, int]:
-    epoch, offset = divmod(step * grad_accum * micro_batch, rows)
+def cursor(rows: int, step: int, global_batch: int) -> dict[str, int]:
+    epoch, offset = divmod(step * global_batch, rows)
     return {"epoch": epoch, "offset": offset}
 
 

@@ -1,4 +1,9 @@
-"""What the `train` and `qat` jobs share: load data, build the model, run the loop, write outputs."""
+"""What the `train` and `qat` jobs share: load data, build the model, run the loop, write outputs.
+
+Every rank of a distributed run executes `_train_here`; rank 0 alone evaluates and writes the
+job's outputs, from the whole model gathered onto it (runtime.distributed.launch says who
+starts the ranks).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,15 @@ from typing import Any
 import torch
 
 from compiler.params import QatParams, TrainParams
+from runtime.distributed.launch import run_or_launch
+from runtime.distributed.parallel import full_state, wrap
+from runtime.distributed.world import World, accumulation, join
 from runtime.model.checkpoint import load_student, save_student
 from runtime.model.fakequant import attach_fake_quant, remove_fake_quant
 from runtime.model.student import Student
 
 from .data import load_split
-from .loop import Trainer, evaluate, make_optimizer, pick_device, seed_everything
+from .loop import Trainer, evaluate, make_optimizer, seed_everything
 
 
 def _write_report(out: Path, report: dict) -> None:
@@ -25,26 +33,57 @@ def _write_report(out: Path, report: dict) -> None:
 
 def run_stage(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any, stage: str) -> dict:
     tp = params.training
-    started = time.perf_counter()
-    device = pick_device(tp.device)
-    seed_everything(tp.seed)
-    train = load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "train")
-    val = load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "val")
-    if stage == "qat":
-        model = load_student(inputs["train"]["checkpoint"], arch=tp.architecture, device=device)
-    else:
-        model = Student(tp.architecture, seed=tp.seed, device=device)
-    model.train()
-    optimizer = make_optimizer(model, tp)  # before fake quant: parameter order matches the model's own
-    quantized = 0
+    return run_or_launch(stage, params, inputs, out, ctx, check=lambda size: accumulation(tp.global_batch, tp.micro_batch, size),
+                         body=lambda: _train_here(params, inputs, out, ctx, stage))
+
+
+def _student(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]], device: torch.device) -> tuple[Student, int]:
+    """The model to train (the KD checkpoint with fake quantization attached for QAT) and the fake-quantized count."""
+    tp = params.training
     if isinstance(params, QatParams):
-        quantized = attach_fake_quant(model, params.quantization)
-    trainer = Trainer(tp=tp, model=model, optimizer=optimizer, train=train, device=device,
-                      start_step=params.start_step, end_step=params.end_step,
-                      lr_scale=params.lr_scale if isinstance(params, QatParams) else 1.0, stage=stage)
-    loop = trainer.run(Path(ctx.work_dir), params.model_dump(mode="json"), ctx.provenance, ctx.force, ctx.job_id,
-                       ctx.progress, ctx.log)
-    val_metrics = evaluate(model, val, tp, device)  # with fake quant attached: what will ship
+        model = load_student(inputs["train"]["checkpoint"], arch=tp.architecture, device=device)
+        return model, attach_fake_quant(model, params.quantization)
+    return Student(tp.architecture, seed=tp.seed, device=device), 0
+
+
+def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any, stage: str) -> dict:
+    tp = params.training
+    started = time.perf_counter()
+    world = join(ctx.resources)
+    try:
+        grad_accum = accumulation(tp.global_batch, tp.micro_batch, world.size)
+        seed_everything(tp.seed)
+        train = load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "train")
+        model, quantized = _student(params, inputs, world.device)
+        model.train()
+        model = wrap(model, model.layers, world)
+        optimizer = make_optimizer(model, tp)
+        trainer = Trainer(tp=tp, model=model, optimizer=optimizer, train=train, world=world, grad_accum=grad_accum,
+                          start_step=params.start_step, end_step=params.end_step,
+                          lr_scale=params.lr_scale if isinstance(params, QatParams) else 1.0, stage=stage)
+        loop = trainer.run(Path(ctx.work_dir), params.model_dump(mode="json"), ctx.provenance, ctx.force, ctx.job_id,
+                           ctx.progress, ctx.log)
+        state = full_state(model, world)
+    finally:
+        world.close()
+    if not world.main:
+        return {}
+    placement = {"world_size": world.size, "strategy": world.strategy, "grad_accum": grad_accum,
+                 "global_batch": tp.global_batch, "micro_batch": tp.micro_batch}
+    return _outputs(params, inputs, out, ctx, stage, world, state, quantized, loop, placement, started, train.rows)
+
+
+def _outputs(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any, stage: str,
+             world: World, state: dict[str, torch.Tensor], quantized: int, loop: dict, placement: dict,
+             started: float, train_rows: int) -> dict:
+    """Rank 0: validation on the whole model (fake quantization attached: what will ship), then the outputs."""
+    tp = params.training
+    model = Student(tp.architecture, seed=tp.seed, device=world.device)
+    if isinstance(params, QatParams):
+        attach_fake_quant(model, params.quantization)
+    model.load_state_dict(state)
+    val = load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "val")
+    val_metrics = evaluate(model, val, tp, world.device)
     if quantized:
         remove_fake_quant(model, bake=True)
     save_student(out / "checkpoint", model.state_dict(), tp.architecture, params.end_step, quantized=bool(quantized),
@@ -53,15 +92,16 @@ def run_stage(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]
     shutil.copytree(Path(ctx.work_dir) / "tensorboard", out / "tensorboard")
     last = loop.pop("last")
     report = {
-        "stage": stage, "steps": [params.start_step, params.end_step], "device": str(device),
+        "stage": stage, "steps": [params.start_step, params.end_step], "device": str(world.device),
         "fake_quantized_modules": quantized, "final_loss": last.get("loss", {}), "final_lr": last.get("lr"),
-        **loop, **val_metrics, "seconds": time.perf_counter() - started, "provenance": ctx.provenance,
-        "train_rows": train.rows, "val_rows": val.rows,
+        **loop, **val_metrics, **placement, "seconds": time.perf_counter() - started, "provenance": ctx.provenance,
+        "train_rows": train_rows, "val_rows": val.rows,
     }
     _write_report(out, report)
-    metrics = {k: v for k, v in val_metrics.items()}
+    metrics = dict(val_metrics)
     metrics.update({"final_loss": last.get("loss", {}).get("total"), "seconds_per_step": loop["seconds_per_step"],
-                    "grad_balance_alerts": loop["grad_balance_alerts"], "steps_run": loop["steps_run"]})
+                    "grad_balance_alerts": loop["grad_balance_alerts"], "steps_run": loop["steps_run"],
+                    "world_size": world.size})
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return metrics

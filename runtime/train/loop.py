@@ -1,12 +1,15 @@
 """The training loop shared by the KD (`train`) and QAT (`qat`) jobs.
 
-One optimizer step = `grad_accum` micro-batches; the loss is the weighted sum of the terms in
-`training.losses` (weights follow their schedules by global step); gradients are clipped to
+One optimizer step = `global_batch / micro_batch` micro-batches, split evenly over the ranks
+(rank r runs the step's micro-batches r x grad_accum ... (r + 1) x grad_accum - 1, whatever the
+world size); the loss is the weighted sum of the terms in `training.losses` (weights follow
+their schedules by global step); gradients are averaged over ranks and clipped to
 `optimizer.grad_clip`; the learning rate follows `lr_schedule` by global step (times
 `lr_scale` in QAT). Steps run from `start_step` to `end_step` of the global schedule, so KD
 and QAT together follow one schedule. Every `checkpoint_every` global steps a resumable
-checkpoint is written; a rerun resumes from the newest one and reproduces an uninterrupted
-run exactly (stateless data order, restored optimizer and RNG states).
+checkpoint is written; a rerun resumes from the newest one (at any world size) and, at the
+same world size, reproduces an uninterrupted run exactly (stateless data order, restored
+optimizer and RNG states).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from compiler.params import TrainingP
+from runtime.distributed.parallel import accumulating, clip_grads
+from runtime.distributed.world import World
 
 from . import checkpoints, losses
 from .data import Split, batch_rows, cursor, make_batch
@@ -41,41 +45,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("training.resources.device is 'cuda' but no CUDA device is visible to this process")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise TrainingError("training.resources.device is 'mps' but MPS is not available on this machine")
-    return torch.device(name)
-
-
-def latent_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Canonical-name weights; a fake-quantized weight contributes its latent (unquantized) value."""
-    out = {}
-    for key, value in model.state_dict().items():
-        out[key.replace(".parametrizations.weight.original", ".weight")] = value
-    return out
-
-
-def load_latent(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    for name, module in model.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            key = f"{name}.weight"
-            with torch.no_grad():
-                module.parametrizations["weight"].original.copy_(state.pop(key))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if ".parametrizations.weight.original" not in m]
-    if missing or unexpected:
-        raise TrainingError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
-
-
 @dataclass
 class Trainer:
     tp: TrainingP
     model: nn.Module
     optimizer: torch.optim.Optimizer
     train: Split
-    device: torch.device
+    world: World
+    grad_accum: int  # micro-batches per rank per optimizer step (world.accumulation)
     start_step: int
     end_step: int
     lr_scale: float = 1.0
@@ -92,54 +69,66 @@ class Trainer:
         return {name: loss_weight(cfg["weight"], step) for name, cfg in self.tp.losses.items()}
 
     def step(self, step: int, measure: bool) -> dict[str, Any]:
-        tp = self.tp
+        tp, world, accum = self.tp, self.world, self.grad_accum
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         weights = self.weights_at(step)
         seq_len = curriculum_seq_len(step, tp.curriculum)
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
+        names = list(tp.losses) + ["total"]
+        sums = dict.fromkeys(names, 0.0)
         norms: dict[str, float] = {}
         tokens = 0
-        for micro in range(tp.grad_accum):
-            rows = batch_rows(self.train.rows, tp.seed, step, micro, tp.micro_batch, tp.grad_accum)
-            batch = make_batch(self.train, rows, seq_len, self.device)
-            logits = self.model(batch["input_ids"], batch["attention_mask"])
-            terms = losses.compute(logits, batch, tp.losses, tp.special_token_ids)
-            weighted = {n: weights[n] * v for n, v in terms.items()}
-            total = sum(weighted.values()) / tp.grad_accum
-            if measure and micro == 0:
-                norms = grad_norms(weighted, logits)
-            total.backward()
+        for micro in range(accum):
+            rows = batch_rows(self.train.rows, tp.seed, step, world.rank * accum + micro, tp.micro_batch,
+                              tp.global_batch // tp.micro_batch)
+            batch = make_batch(self.train, rows, seq_len, world.device)
+            with accumulating(self.model, last=micro == accum - 1):
+                logits = self.model(batch["input_ids"], batch["attention_mask"])
+                terms = losses.compute(logits, batch, tp.losses, tp.special_token_ids)
+                total = sum(weights[n] * v for n, v in terms.items()) / accum
+                total.backward()
+            if measure and micro == 0 and world.main:  # the step's first micro-batch, at any world size
+                norms = self._grad_norms(logits, batch, weights)
             for n, v in terms.items():
-                sums[n] = sums.get(n, 0.0) + float(v.detach()) / tp.grad_accum
-            sums["total"] = sums.get("total", 0.0) + float(total.detach())
+                sums[n] += float(v.detach()) / accum
+            sums["total"] += float(total.detach())
             tokens += int(batch["attention_mask"].sum())
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tp.optimizer["grad_clip"]))
+        *reduced, tokens = world.sum([sums[n] for n in names] + [tokens])  # means over ranks of per-rank means
+        sums = {n: v / world.size for n, v in zip(names, reduced)}
+        grad_norm = clip_grads(self.model, tp.optimizer["grad_clip"])
         if not np.isfinite(grad_norm) or not np.isfinite(sums["total"]):
             raise TrainingError(f"step {step}: non-finite loss or gradient (loss {sums['total']}, grad norm {grad_norm}); "
                                 "lower optimizer.lr or check the data")
         self.optimizer.step()
-        row = {"step": step, "stage": self.stage, "lr": lr, "seq_len": seq_len, "tokens": tokens, "grad_norm": grad_norm,
+        row = {"step": step, "stage": self.stage, "lr": lr, "seq_len": seq_len, "tokens": int(tokens), "grad_norm": grad_norm,
                "loss": {n: round(v, 6) for n, v in sums.items()}, "weight": weights}
         if norms:
             row["grad_norm_by_loss"] = norms
         return row
 
+    def _grad_norms(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, float]:
+        """Per-term gradient norms at the logits, on a detached copy: no backward reaches the (wrapped) model."""
+        probe = logits.detach().requires_grad_()
+        terms = losses.compute(probe, batch, self.tp.losses, self.tp.special_token_ids)
+        return grad_norms({n: weights[n] * v for n, v in terms.items()}, probe)
+
     def run(self, work: Path, params_json: dict, provenance: dict, force: bool, job_id: str,
             progress: Callable[..., Any], log: Callable[[str], None]) -> dict[str, Any]:
+        """Collective: every rank runs it; rank 0 alone logs metrics and reports progress."""
         job = provenance.get("job", {})
         upstream = {u: v.get("key") for u, v in provenance.get("upstream", {}).items()}
-        resumed = checkpoints.load_latest(work, job.get("key", ""), params_json, upstream, force, job_id)
+        main = self.world.main
+        resumed = checkpoints.load_latest(work, self.model, self.optimizer, self.world, job.get("key", ""), params_json,
+                                          upstream, force, job_id)
         step = self.start_step
         if resumed is not None:
-            load_latent(self.model, dict(resumed.model))
-            self.optimizer.load_state_dict(resumed.optimizer)
-            checkpoints.set_rng_state(resumed.rng)
             step = resumed.step
-            log(f"resuming from the checkpoint at step {step}")
-        metrics = MetricsLog(work, step)
+            was = resumed.record.get("world_size", 1)
+            log(f"resuming from the checkpoint at step {step}" + (f" (written by {was} processes, now {self.world.size})"
+                                                                  if was != self.world.size else ""))
+        metrics = MetricsLog(work, step) if main else None
         update = progress(f"{self.stage}: steps {self.start_step}-{self.end_step}", self.end_step - self.start_step)
         if step > self.start_step:
             update(step - self.start_step)
@@ -155,19 +144,24 @@ class Trainer:
                     log(f"grad_balance: '{alert['loss']}' gradient norm is {alert['ratio']}x the median of the others "
                         f"(max_ratio {alert['max_ratio']}) at step {step}")
                 alerting = alert is not None
-            metrics.write(row)
+            if metrics:
+                metrics.write(row)
             step += 1
             steps_run += 1
             last_row = row
             update(1, loss=row["loss"]["total"], **{k: v for k, v in row["loss"].items() if k in ("kl", "ce_ground_truth")})
             if step % self.tp.checkpoint_every == 0 and step < self.end_step:
-                metrics.flush()
-                checkpoints.save(work, step, latent_state_dict(self.model), self.optimizer.state_dict(), {
+                if metrics:
+                    metrics.flush()
+                checkpoints.save(work, step, self.model, self.optimizer, self.world, {
                     "key": job.get("key"), "fingerprint": job.get("fingerprint"), "params": params_json, "upstream": upstream,
-                    "stage": self.stage, "cursor": cursor(self.train.rows, step, self.tp.micro_batch, self.tp.grad_accum)})
-        metrics.close()
+                    "stage": self.stage, "cursor": cursor(self.train.rows, step, self.tp.global_batch)})
+        if metrics:
+            metrics.close()
         seconds = time.perf_counter() - start_time
-        return {"resumed_from": resumed.step if resumed else None, "steps_run": steps_run, "seconds": seconds,
+        return {"resumed_from": resumed.step if resumed else None,
+                "resumed_world_size": resumed.record.get("world_size", 1) if resumed else None,
+                "steps_run": steps_run, "seconds": seconds,
                 "seconds_per_step": seconds / steps_run if steps_run else None, "last": last_row,
                 "grad_balance_alerts": len(self.alerts.alerts), "grad_balance_first_alerts": self.alerts.alerts[:5]}
 

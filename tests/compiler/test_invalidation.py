@@ -117,6 +117,17 @@ EDITS = [
     Edit("learning-rate", ("training.optimizer.lr",),
          (R("lr: 3.0e-3,", "lr: 2.0e-3,"),),
          direct=frozenset({"train", "qat"}), changed=FROM_TRAIN),
+    # placement is not what a job computes: the same global batch on 2 processes (fsdp2) instead of
+    # 2 accumulated micro-batches on one keeps every fingerprint (docs/training.md)
+    Edit("placement-same-global-batch", ("training.grad_accum", "training.resources"),
+         (R("  grad_accum: 2\n", "  grad_accum: 1\n"),
+          R("resources: {device: cpu, nproc: 1}", "resources: {device: cpu, nproc: 2, strategy: fsdp2}")),
+         base=(R("  grad_accum: 1\n", "  grad_accum: 2\n"),),
+         direct=NONE, changed=NONE),
+    # more processes with the same micro_batch and grad_accum: a larger global batch, a retrain
+    Edit("nproc-grows-the-global-batch", ("training.resources.nproc",),
+         (R("resources: {device: cpu, nproc: 1}", "resources: {device: cpu, nproc: 2}"),),
+         direct=frozenset({"train", "qat"}), changed=FROM_TRAIN),
     Edit("training-seed", ("training.seed",),
          (R("seed: 1234", "seed: 4321"),),
          direct=frozenset({"teacher", "train", "qat"}) | PARITY, changed=FROM_TEACHER),

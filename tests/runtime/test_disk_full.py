@@ -55,7 +55,9 @@ def test_a_full_disk_while_writing_a_checkpoint_leaves_no_checkpoint(tmp_path: P
         "from runtime.train import checkpoints\n"
         "work = Path(sys.argv[1])\n"
         "try:\n"
-        "    checkpoints.save(work, 10, {'w': torch.zeros(1 << 20)}, {'state': {}, 'param_groups': []}, {'key': 'k'})\n"
+        "    from runtime.distributed.world import join\n"
+        "    model = torch.nn.Linear(1024, 1024)\n"
+        "    checkpoints.save(work, 10, model, torch.optim.AdamW(model.parameters()), join({'device': 'cpu', 'strategy': 'none'}), {'key': 'k'})\n"
         "except Exception as exc:  # OSError, or safetensors' wrapper of it\n"
         "    print('failed:', exc)\n"
         "    sys.exit(7)\n"
@@ -68,7 +70,14 @@ def test_a_full_disk_while_writing_a_checkpoint_leaves_no_checkpoint(tmp_path: P
     assert not list(work.glob("ckpt-*")), "no checkpoint counts as written"
     from runtime.train import checkpoints
 
-    assert checkpoints.load_latest(work, "k", {}, {}, False, "train") is None  # the partial .ckpt-tmp is cleared
+    import torch
+
+    from runtime.distributed.world import join
+
+    model = torch.nn.Linear(1024, 1024)
+    one = join({"device": "cpu", "strategy": "none"})
+    assert checkpoints.load_latest(work, model, torch.optim.AdamW(model.parameters()), one, "k", {}, {}, False,
+                                   "train") is None  # the partial .ckpt-tmp is cleared
     assert not list(work.glob(".ckpt-tmp-*"))
 
 

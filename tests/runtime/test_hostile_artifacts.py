@@ -24,21 +24,49 @@ class Evil:
         return (os.system, (f"touch {self.sentinel}",))
 
 
-def _checkpoint(work: Path) -> Path:
+def _one_process():
+    from runtime.distributed.world import join
+
+    return join({"device": "cpu", "strategy": "none"})
+
+
+def _model_and_optimizer():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def _checkpoint(work: Path) -> tuple[Path, torch.nn.Module, torch.optim.Optimizer]:
     work.mkdir(parents=True, exist_ok=True)
-    model = {"w": torch.ones(2, 2)}
-    return checkpoints.save(work, 10, model, {"state": {}, "param_groups": []},
-                            {"key": "k", "params": {}, "upstream": {}, "step": 10})
+    model, optimizer = _model_and_optimizer()
+    folder = checkpoints.save(work, 10, model, optimizer, _one_process(), {"key": "k", "params": {}, "upstream": {}})
+    return folder, model, optimizer
 
 
-def test_a_pickle_with_reduce_as_optimizer_state_is_refused_and_never_run(tmp_path: Path) -> None:
+def test_a_pickle_with_reduce_as_checkpoint_metadata_is_refused_and_never_run(tmp_path: Path) -> None:
+    """DCP's `.metadata` is a pickle: it is read by an allow-list unpickler, never by pickle.load."""
     sentinel = tmp_path / "pwned"
-    folder = _checkpoint(tmp_path / "work")
-    (folder / "optimizer.pt").write_bytes(pickle.dumps(Evil(sentinel)))
+    folder, _, _ = _checkpoint(tmp_path / "work")
+    (folder / ".metadata").write_bytes(pickle.dumps(Evil(sentinel)))
+    model, optimizer = _model_and_optimizer()
     with pytest.raises(checkpoints.CheckpointMismatch, match="unreadable checkpoint"):
-        checkpoints.load_latest(tmp_path / "work", "k", {}, {}, False, "train")
-    assert not sentinel.exists(), "torch.load(weights_only=True) must not run the pickle"
+        checkpoints.load_latest(tmp_path / "work", model, optimizer, _one_process(), "k", {}, {}, False, "train")
+    assert not sentinel.exists(), "the metadata unpickler must not run the pickle"
     assert not folder.exists(), "the unreadable checkpoint is removed, never resumed from"
+
+
+def test_a_checkpoint_loads_back_exactly(tmp_path: Path) -> None:
+    folder, saved, saved_opt = _checkpoint(tmp_path / "work")
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    assert not torch.equal(model.weight, saved.weight)
+    resumed = checkpoints.load_latest(tmp_path / "work", model, optimizer, _one_process(), "k", {}, {}, False, "train")
+    assert resumed is not None and resumed.step == 10 and folder.name == "ckpt-00000010"
+    assert torch.equal(model.weight, saved.weight) and torch.equal(model.bias, saved.bias)
+    state, want = optimizer.state[model.weight], saved_opt.state[saved.weight]
+    assert torch.equal(state["exp_avg_sq"], want["exp_avg_sq"]) and float(state["step"]) == 1.0
 
 
 def _safetensors(header: dict | bytes, length: int | None = None, body: bytes = b"") -> bytes:

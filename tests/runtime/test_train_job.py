@@ -24,7 +24,7 @@ STEPS = 12
 
 def params(**training) -> TrainParams:
     p = toy_params("train")
-    tr = p["training"] | {"total_steps": STEPS, "micro_batch": 4, "checkpoint_every": 4,
+    tr = p["training"] | {"total_steps": STEPS, "micro_batch": 4, "global_batch": 4, "checkpoint_every": 4,
                           "curriculum": [{"until_step": 6, "seq_len": 32}, {"until_step": STEPS, "seq_len": 64}],
                           "lr_schedule": {"warmup_steps": 2, "decay": "cosine", "min_lr": 1e-4}} | training
     return TrainParams.model_validate({"training": tr, "start_step": 0, "end_step": STEPS}, strict=False)

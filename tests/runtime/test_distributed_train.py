@@ -1,0 +1,195 @@
+"""The train and qat jobs on several processes (torchrun, gloo on CPU).
+
+Two processes with the same global batch take the same samples as one and match its losses up
+to float reduction order; a checkpoint written by two processes resumes in one; FSDP2 matches
+DDP; a batch that does not split and a multi-node placement under the local executor are
+errors that say what to do. The jobs run for real: torchrun starts real rank processes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from compiler.params import QatParams, TrainParams
+from runtime.distributed.world import DistributedError
+from runtime.jobs import qat as qatjob
+from runtime.jobs import train as trainjob
+from runtime.model.checkpoint import read_record
+from tests.runtime.conftest import toy_params
+from tests.runtime.helpers import Ctx
+from tests.runtime.train_fixtures import topk_targets
+
+STEPS = 8
+# Measured on this 2-core CPU: 2 ranks vs 1 differ by at most ~1e-6 in any loss term over the
+# 8 steps (fp32 gradient sums in another order, then AdamW); 1e-4 still fails on one wrong sample.
+LOSS_TOL = 1e-5
+WEIGHT_TOL = 1e-6
+
+
+def params(**training) -> TrainParams:
+    p = toy_params("train")
+    tr = p["training"] | {"total_steps": STEPS, "micro_batch": 2, "global_batch": 4, "checkpoint_every": 4,
+                          "curriculum": [{"until_step": 4, "seq_len": 32}, {"until_step": STEPS, "seq_len": 64}],
+                          "lr_schedule": {"warmup_steps": 2, "decay": "cosine", "min_lr": 1e-4}} | training
+    return TrainParams.model_validate({"training": tr, "start_step": 0, "end_step": STEPS}, strict=False)
+
+
+def resources(nproc: int, strategy: str = "ddp", nodes: int = 1) -> dict:
+    return {"device": "cpu", "nodes": nodes, "nproc": nproc, "strategy": strategy, "cpus": nproc, "gpus": 0}
+
+
+@pytest.fixture(scope="module")
+def inputs(toy_data, tmp_path_factory):
+    arch = params().training.architecture
+    targets = topk_targets(toy_data.data, tmp_path_factory.mktemp("targets"), arch, k=8)
+    return {"dataset": {"data": toy_data.data}, "teacher": {"targets": targets}}
+
+
+class Killed(Exception):
+    pass
+
+
+def context(root: Path, place: dict, key: str = "key-1", kill_after: int | None = None):
+    for sub in ("out", "work"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    ctx = Ctx(work_dir=root / "work", provenance={"job": {"key": key, "fingerprint": key}, "upstream": {}})
+    ctx.resources = place
+    if kill_after is not None:
+        advances = []
+
+        def emit(event):
+            if event[0] == "advance":
+                advances.append(event)
+                if len(advances) >= kill_after:
+                    raise Killed()
+        ctx.emit = emit
+    return ctx
+
+
+def run_train(p: TrainParams, inputs, root: Path, place: dict, **kw) -> dict:
+    ctx = context(root, place, **kw)
+    return trainjob.run(p, inputs, root / "out", ctx)
+
+
+def rows(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "out" / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(root: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(root / "out" / "checkpoint" / "model.safetensors"))
+
+
+def max_loss_diff(a: list[dict], b: list[dict]) -> float:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    return max(abs(x["loss"][n] - y["loss"][n]) for x, y in zip(a, b) for n in x["loss"])
+
+
+def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def one(inputs, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("one")
+    metrics = run_train(params(), inputs, root, resources(1))
+    assert metrics["world_size"] == 1 and metrics["steps_run"] == STEPS
+    return root
+
+
+@pytest.fixture(scope="module")
+def two(inputs, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("two")
+    metrics = run_train(params(), inputs, root, resources(2))
+    assert metrics["world_size"] == 2 and metrics["steps_run"] == STEPS
+    return root
+
+
+def test_two_processes_match_one_with_the_same_global_batch(one, two):
+    a, b = rows(one), rows(two)
+    assert [r["step"] for r in b] == list(range(STEPS))
+    assert [r["tokens"] for r in a] == [r["tokens"] for r in b], "the same samples in every step"
+    assert [r["seq_len"] for r in a] == [r["seq_len"] for r in b]
+    diff = max_loss_diff(a, b)
+    print(f"max loss difference 1 vs 2 processes: {diff:.3g}")
+    assert diff <= LOSS_TOL
+    assert max(abs(x["grad_norm"] - y["grad_norm"]) for x, y in zip(a, b)) <= LOSS_TOL * 10
+    assert a[-1]["loss"]["kl"] != a[0]["loss"]["kl"]  # the curve moves: matching it means something
+    wdiff = max_weight_diff(weights(one), weights(two))
+    print(f"max weight difference 1 vs 2 processes: {wdiff:.3g}")
+    assert wdiff <= WEIGHT_TOL
+    report = json.loads((two / "out" / "report.json").read_text())
+    assert (report["world_size"], report["strategy"], report["grad_accum"], report["global_batch"]) == (2, "ddp", 1, 4)
+    assert json.loads((one / "out" / "report.json").read_text())["grad_accum"] == 2
+    assert sorted(p.name for p in (two / "out").iterdir()) == ["checkpoint", "metrics.jsonl", "report.json", "tensorboard"]
+
+
+def test_a_different_batch_split_is_detected(one, inputs, tmp_path):
+    """The comparison above can fail: one process with micro_batch 4 (another loss normalisation) does not match."""
+    run_train(params(micro_batch=4), inputs, tmp_path, resources(1))
+    assert max_loss_diff(rows(one), rows(tmp_path)) > LOSS_TOL
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(one, two, inputs, tmp_path):
+    with pytest.raises(Killed):
+        run_train(params(), inputs, tmp_path, resources(2), kill_after=6)  # the checkpoint at step 4 is written
+    ckpts = sorted((tmp_path / "work").glob("ckpt-*"))
+    assert ckpts and json.loads((ckpts[0] / "record.json").read_text())["world_size"] == 2
+    assert len(list(ckpts[0].glob("*.distcp"))) == 2, "each rank wrote its part"
+    metrics = run_train(params(), inputs, tmp_path, resources(1))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["resumed_world_size"] == 2 and report["world_size"] == 1
+    assert metrics["steps_run"] == STEPS - report["resumed_from"] and report["resumed_from"] >= 4
+    resumed = rows(tmp_path)
+    assert [r["step"] for r in resumed] == list(range(STEPS)), "the loss curve continues where the checkpoint was"
+    diff, wdiff = max_loss_diff(rows(two), resumed), max_weight_diff(weights(one), weights(tmp_path))
+    print(f"resumed at another world size: max loss difference {diff:.3g}, max weight difference {wdiff:.3g}")
+    assert diff <= LOSS_TOL and wdiff <= WEIGHT_TOL
+
+
+def test_fsdp2_matches_one_process(one, inputs, tmp_path):
+    metrics = run_train(params(), inputs, tmp_path, resources(2, "fsdp2"))
+    assert metrics["world_size"] == 2
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["strategy"] == "fsdp2"
+    diff, wdiff = max_loss_diff(rows(one), rows(tmp_path)), max_weight_diff(weights(one), weights(tmp_path))
+    print(f"fsdp2 on 2 processes vs 1 process: max loss difference {diff:.3g}, max weight difference {wdiff:.3g}")
+    assert diff <= LOSS_TOL and wdiff <= WEIGHT_TOL
+
+
+def test_a_batch_that_does_not_split_is_refused_before_launching(inputs, tmp_path):
+    with pytest.raises(DistributedError) as err:
+        run_train(params(micro_batch=4), inputs, tmp_path, resources(2))
+    message = str(err.value)
+    assert "global batch of 4 sequences" in message and "2 processes x micro_batch 4" in message
+    assert "launch a world size that divides 1 (1)" in message
+    assert not list((tmp_path / "work").iterdir()), "nothing was started"
+
+
+def test_nodes_above_one_under_the_local_executor_name_the_command_to_run(inputs, tmp_path):
+    with pytest.raises(DistributedError) as err:
+        run_train(params(), inputs, tmp_path, resources(2, nodes=2))
+    message = str(err.value)
+    assert "torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint HOST:29500" in message
+    assert "-m runtime.cli launch" in message and "--job test" in message
+
+
+def test_qat_on_two_processes_matches_one(one, inputs, tmp_path):
+    plan = toy_params("qat")
+    q = QatParams.model_validate(plan | {"training": params().training.model_dump(), "start_step": STEPS - 4,
+                                         "end_step": STEPS}, strict=False)
+    qat_inputs = inputs | {"train": {"checkpoint": one / "out" / "checkpoint"}}
+    out = {}
+    for nproc in (1, 2):
+        root = tmp_path / str(nproc)
+        ctx = context(root, resources(nproc), key="q")
+        assert qatjob.run(q, qat_inputs, root / "out", ctx)["steps_run"] == 4
+        out[nproc] = root
+    assert read_record(out[2] / "out" / "checkpoint")["quantized"] is True
+    diff, wdiff = max_loss_diff(rows(out[1]), rows(out[2])), max_weight_diff(weights(out[1]), weights(out[2]))
+    print(f"qat on 2 processes vs 1: max loss difference {diff:.3g}, max weight difference {wdiff:.3g}")
+    assert diff <= LOSS_TOL and wdiff <= WEIGHT_TOL
