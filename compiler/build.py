@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from .compile import Compiled, compile_spec, contract_files
 from .errors import Problem, SpecError
+from .launch import launch_files
 from .render import render_files
+from .training_report import fit_warnings
 from .validate import validate_file
 
 
@@ -12,8 +14,11 @@ def compile_one(path: str, overrides: list[str], out_root: str = "generated") ->
     return compile_spec(validate_file(path, overrides), out_root)
 
 
-def build_outputs(paths: list[str], overrides: list[str], out_root: str) -> dict[str, dict[str, str]]:
-    """name -> {relative path: text} for every spec, or SpecError with every problem of every spec."""
+def build_outputs(paths: list[str], overrides: list[str], out_root: str,
+                  warnings: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """name -> {relative path: text} for every spec, or SpecError with every problem of every spec.
+
+    `warnings`, when given, receives what compiles but deserves a look (`training_report.fit_warnings`)."""
     problems: list[Problem] = []
     outputs: dict[str, dict[str, str]] = {}
     owners: dict[str, str] = {}
@@ -29,7 +34,13 @@ def build_outputs(paths: list[str], overrides: list[str], out_root: str) -> dict
                                                            "every spec needs its own name: it is its output folder"))
             continue
         owners[name] = path
-        outputs[name] = contract_files(compiled) | render_files(compiled)
+        try:
+            outputs[name] = contract_files(compiled) | render_files(compiled) | launch_files(compiled)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+            continue
+        if warnings is not None:
+            warnings.extend(f"{name}: {w}" for w in fit_warnings(compiled))
     if problems:
         raise SpecError(problems)
     return outputs

@@ -69,11 +69,12 @@ def compile_(
     set_: SetOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Compile specs into OUT/<name>/: plan.json, contracts/, README.md, graph.mmd."""
+    """Compile specs into OUT/<name>/: plan.json, contracts/, README.md, graph.mmd, launch/ (Slurm and Kubernetes)."""
     from .build import build_outputs
     from .emit import SCHEMA_FILE, schema_text, stale_files, stale_schema, write_file, write_folder
 
-    outputs = build_outputs(specs, set_ or [], out)
+    warnings: list[str] = []
+    outputs = build_outputs(specs, set_ or [], out, warnings)
     if check:
         stale = stale_schema(out)
         for name, files in outputs.items():
@@ -93,10 +94,12 @@ def compile_(
     for name, files in sorted(outputs.items()):
         write_folder(out, name, files)
     if json_:
-        _emit_json({"ok": True, "written": sorted(f"{out}/{n}" for n in outputs)})
+        _emit_json({"ok": True, "written": sorted(f"{out}/{n}" for n in outputs), "warnings": warnings})
     else:
         for name in sorted(outputs):
             typer.echo(f"compiled: {out}/{name}/ ({len(outputs[name])} files)")
+        for w in warnings:
+            typer.echo(f"warning: {w}", err=True)
 
 
 @app.command()

@@ -31,8 +31,15 @@ def explain_job(c: Compiled, job_id: str) -> dict:
         f"{', '.join(ancestors) or '-'}",
         f"  invalidates when it changes: {', '.join(descendants) or '-'}",
         f"  outputs: {', '.join(f'{k}={v}' for k, v in sorted(job.outputs.items()))}",
-        "  params:",
     ]
+    r = job.resources
+    result["resources"] = r.model_dump(mode="json")
+    lines.append(f"  placement: {r.nodes} node(s) x {r.nproc} process(es), {r.device}, {r.strategy} (not fingerprinted)")
+    if r.strategy != "none":
+        folder = f"generated/{c.spec.name}/launch"
+        result["launch"] = [f"{folder}/{job.id}.sbatch", f"{folder}/{job.id}.k8s.yaml"]
+        lines.append(f"  launch: {folder}/{job.id}.sbatch (Slurm), {folder}/{job.id}.k8s.yaml (Kubernetes); docs/scale.md")
+    lines.append("  params:")
     lines += ["    " + line for line in json.dumps(params, indent=2, sort_keys=True).splitlines()]
     result["text"] = "\n".join(lines) + "\n"
     return result

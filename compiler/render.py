@@ -49,6 +49,8 @@ def _mermaid_id(job_id: str) -> str:
 
 
 def render_files(c: Compiled) -> dict[str, str]:
+    from .training_report import training_context
+
     s, d = c.spec, c.derived
     a = s.architecture
     env = environment()
@@ -79,6 +81,7 @@ def render_files(c: Compiled) -> dict[str, str]:
         "training_tokens": human_count(d.training_tokens), "training_flops": f"{d.training_flops:.3g}",
         "profiles": profiles, "jobs": jobs, "edges": edges, "gates": gates,
         "prefill": ", ".join(str(t) for t in s.shapes.prefill),
+        "training": training_context(c),
     }
     return {
         "README.md": env.get_template("README.md.j2").render(context),

@@ -13,6 +13,7 @@ from typing import Iterator
 
 from .catalogue import CATALOGUE
 from .derived import derive
+from .estimates import RUNTIME, min_fsdp2_ranks
 from .errors import Path, did_you_mean
 from .modules import canonical_modules, matches
 from .resolve import quant_plan
@@ -254,6 +255,38 @@ def _deployment(spec: Spec) -> Iterator[Finding]:
                    "quantize more, lower sessions or context, or drop the profile")
 
 
+def _training_memory(spec: Spec) -> Iterator[Finding]:
+    """The model state per rank must fit `memory_gb`: no kernel or recomputation can shrink it.
+    Activations are an estimate that depends on the runtime's kernels: compile warns about them."""
+    res = spec.training.resources
+    if res.memory_gb is None:
+        return
+    have = res.memory_gb * (1 << 30)
+    derived = derive(spec)
+    world = res.nodes * res.nproc
+    for job, by_len in derived.rank_memory.items():
+        m = next(iter(by_len.values()))
+        if m.state <= have:
+            continue
+        dims = derived.teacher_dims if job == "teacher" else derived.student_dims
+        need = min_fsdp2_ranks(dims, have, qat=job == "qat")
+        unsharded = 2 * dims.largest_unit * RUNTIME.weights + m.qat_weights
+        if need is None:
+            hint = (f"what no number of ranks shards ({_size(unsharded)}: two gathered fsdp2 units"
+                    + (", QAT's fake-quantized weights" if m.qat_weights else "") + ") does not fit: use devices with more memory")
+        elif res.strategy == "ddp" and need <= world:
+            hint = f"use strategy: fsdp2, which shards it over the {world} ranks"
+        else:
+            hint = (f"fsdp2 needs at least {need} ranks: nodes: {math.ceil(need / res.nproc)} with nproc {res.nproc}"
+                    + ("" if res.strategy == "fsdp2" else " and strategy: fsdp2"))
+        what = f"weights, gradients and AdamW state of {dims.params:,} parameters"
+        if m.qat_weights:
+            what += f", and the fake-quantized copy of {dims.qat_params:,} that QAT keeps for the backward pass"
+        yield (("training", "resources", "memory_gb"),
+               f"the {job} job's model state is {_size(m.state)} per rank under {res.strategy} over {world} ranks "
+               f"({what}) but memory_gb is {res.memory_gb:g}", hint)
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -293,4 +326,4 @@ def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
             yield (path, f"'{value}' is {'a file' if folder else 'a folder'}; expected {'a folder' if folder else 'a file'}", None)
 
 
-RULES = [_architecture, _tokens, _shapes, _training, _quantization, _precision, _gates, _deployment, _teacher, _paths]
+RULES = [_architecture, _tokens, _shapes, _training, _quantization, _precision, _gates, _deployment, _training_memory, _teacher, _paths]

@@ -122,6 +122,7 @@ class Resources(SpecModel):
     nproc: PosInt = F("Processes per node (one per GPU on cuda); the global batch is micro_batch x grad_accum x nproc x nodes.", unit="processes")
     nodes: PosInt = F("Machines the training jobs span; above 1 the job is launched by torchrun on each node (docs/scale.md).", unit="nodes", default=1)
     strategy: Literal["ddp", "fsdp2"] = F("ddp: every rank holds the whole model; fsdp2: parameters, gradients and optimizer state are sharded across ranks (for a model that does not fit one device).", default="ddp")
+    memory_gb: PosFloat | None = F("Memory of one device (one GPU on cuda) in GiB. When given, the compiler checks the per-rank model state (weights, gradients, optimizer) against it and reports whether activations fit too (docs/scale.md).", unit="GiB", default=None)
 
 
 class Training(SpecModel):

@@ -158,7 +158,7 @@ CATALOGUE = [
     Edit("w9-teacher-path", "w9", (R("path: /mnt/models/teachers/worker-teacher-70b", "path: /mnt/models/teachers/worker-teacher-v2"),),
          "RETRAIN", W["FROM_TEACHER"], ("teacher.path",)),
     Edit("w9-teacher-top-k", "w9", (R("top_k: 32", "top_k: 64"),), "RETRAIN", W["FROM_TEACHER"]),
-    Edit("w9-nproc", "w9", (R("nproc: 8}", "nproc: 16}"),), "RETRAIN", W["FROM_TRAIN"], ("training.resources.nproc",)),
+    Edit("w9-nproc", "w9", (R("nproc: 8,", "nproc: 16,"),), "RETRAIN", W["FROM_TRAIN"], ("training.resources.nproc",)),
     Edit("w9-quant-default", "w9", (R("default: {dtype: int4, granularity: per_block, block_size: 32}", "default: {dtype: int8, granularity: per_channel}"),),
          "RETRAIN", W["FROM_QAT"], ("quantization.weights.default.dtype",)),
     # with the cache in states, a shallower model keeps every input and output a consumer sees;
