@@ -4,7 +4,9 @@
 reaches that point for that job. Points (runtime/executor.py):
   - `before_record`: the job's outputs are written in staging, its completion record is not;
   - `before_index`: the completion record is written and renamed into place, the index is not
-    updated.
+    updated;
+  - `after_swap` (runtime/store.py): a forced rerun's outputs were swapped into place, the old
+    copy still sits at the staging path, not yet quarantined.
 Unset (always, outside the fault tests), a point costs one dictionary lookup.
 """
 

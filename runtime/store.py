@@ -14,11 +14,17 @@ Layout of a store (default `.modelspec/`):
 
 A job is done only when its folder exists under `jobs/`: the folder is renamed into place in
 one step after every output and the completion record were written, so a killed run leaves
-either no folder or a complete one.
+either no folder or a complete one. A forced rerun replaces an existing folder by swapping the
+two atomically (Linux renameat2 RENAME_EXCHANGE) and then quarantining the old copy from the
+staging path, so a kill at any moment leaves a complete folder in place; where the exchange is
+not supported it falls back to quarantine-then-rename, whose gap leaves no folder (the job then
+reruns: nothing partial is ever done).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -29,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import faults
 from .hashing import tree_bytes, tree_sha256
 
 RECORD = "_complete.json"
@@ -36,6 +43,25 @@ RECORD = "_complete.json"
 
 class CorruptOutput(Exception):
     pass
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False where the OS or filesystem
+    cannot, and the caller falls back to two renames."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @dataclass
@@ -118,7 +144,13 @@ class Store:
         os.rename(tmp, staging / RECORD)
         target = self.job_dir(kind, key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists() or target.is_symlink():  # a corrupt earlier copy or a planted link: keep it for inspection
+        if target.is_symlink():  # a planted link: keep it for inspection
+            self.quarantine(kind, key)
+        elif target.exists():  # a forced rerun, or a corrupt earlier copy: swap, then keep the old one for inspection
+            if _exchange(staging, target):
+                faults.point("after_swap", str(record.get("job", "")))
+                os.rename(staging, self.root / "quarantine" / f"{key}-{time.time_ns()}")
+                return record
             self.quarantine(kind, key)
         os.rename(staging, target)
         return record

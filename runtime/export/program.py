@@ -90,8 +90,39 @@ def export_function(module: nn.Module, fn: FunctionP, vocab_size: int) -> Export
 
 
 def save_and_reload(ep: ExportedProgram, path: Path) -> ExportedProgram:
+    _stable_provenance(ep)
     torch.export.save(ep, str(path))
     return torch.export.load(str(path))
+
+
+def _stable_provenance(ep: ExportedProgram) -> None:
+    """Make the saved program byte-identical across processes.
+
+    Each node's provenance (`meta["from_node"]`) names the graphs it came from by `id(graph)`, a
+    memory address, and the archive's serialization id is derived from the records' contents:
+    graph ids renumbered in order of first appearance make the whole .pt2 deterministic (a
+    killed export that reruns writes exactly the bytes of an uninterrupted one)."""
+    numbers: dict[int, int] = {}
+    seen: set[int] = set()  # a source shared by several nodes is renumbered once
+
+    def renumber(source) -> None:
+        if id(source) in seen:
+            return
+        seen.add(id(source))
+        info = getattr(source, "node_info", None)
+        if info is not None:
+            info.graph_id = numbers.setdefault(info.graph_id, len(numbers))
+        source._dict = None  # to_dict() caches the old ids
+        for parent in getattr(source, "from_node", ()):
+            renumber(parent)
+
+    for module in ep.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        if not isinstance(graph, torch.fx.Graph):
+            continue
+        for node in graph.nodes:
+            for source in node.meta.get("from_node") or ():
+                renumber(source)
 
 
 def _val(node: torch.fx.Node) -> Tensor:

@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def run(store: Path, failpoint: str | None = None) -> subprocess.CompletedProcess:
+def run(store: Path, failpoint: str | None = None, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != ENV}
     if failpoint:
         env[ENV] = failpoint
     return subprocess.run([sys.executable, "-m", "runtime.cli", "run", "specs/toy.yaml", "--until", "dataset",
-                           "--workdir", str(store), "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                           "--workdir", str(store), "--json", *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +59,28 @@ def test_killed_after_the_record_before_the_index_is_done(tmp_path: Path, refere
     actions = {j["id"]: j["action"] for j in json.loads(again.stdout)["jobs"]}
     assert actions == {"tokenizer": "cached", "dataset": "cached"}, "the completion record is the truth"
     assert records(store) == reference
+
+
+def test_killed_in_a_forced_rerun_after_the_swap_keeps_a_complete_job(tmp_path: Path, reference: dict) -> None:
+    """The forced rerun's folder is swapped into place atomically; killed before the old copy
+    moved to quarantine, the job is complete (the new copy) and the old copy is staging litter."""
+    store = tmp_path / "store"
+    assert run(store).returncode == 0
+    died = run(store, "after_swap:dataset", "--force", "dataset")
+    assert died.returncode == -signal.SIGKILL
+    assert records(store) == reference, "the job folder is never missing or partial"
+    assert len(list((store / "staging").iterdir())) == 1, "the old copy waits at the staging path"
+    again = run(store)
+    assert again.returncode == 0, again.stderr[-2000:]
+    actions = {j["id"]: j["action"] for j in json.loads(again.stdout)["jobs"]}
+    assert actions == {"tokenizer": "cached", "dataset": "cached"}
+    assert not any((store / "staging").iterdir())
+
+
+def test_a_forced_rerun_quarantines_the_old_copy(tmp_path: Path, reference: dict) -> None:
+    store = tmp_path / "store"
+    assert run(store).returncode == 0
+    assert run(store, None, "--force", "dataset").returncode == 0
+    assert records(store) == reference
+    assert len(list((store / "quarantine").iterdir())) == 1
+    assert not any((store / "staging").iterdir())

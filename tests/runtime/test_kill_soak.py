@@ -1,0 +1,28 @@
+"""SIGKILL at seeded random moments of every job kind, then resume (tests/runtime/kill_soak.py).
+
+CI runs the soak with 4 landed kills per kind (about 2 minutes); the recorded 20-per-kind run
+is bench/results/kill_soak.json (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KINDS = {"tokenizer", "dataset", "teacher", "train", "qat", "export", "convert", "verify", "parity", "eval", "gates", "publish"}
+KILLS = 4
+pytestmark = pytest.mark.slow
+
+
+def test_every_kind_survives_seeded_kills(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tests.runtime.kill_soak", str(tmp_path), "--kills", str(KILLS)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["kinds"]) == KINDS
+    for kind, numbers in report["kinds"].items():
+        assert numbers["kills_landed"] >= KILLS, f"{kind}: {numbers}"
