@@ -15,7 +15,11 @@ d d_model, q = n_heads x d_head, m mlp.hidden, V vocab_size, H n_heads.
                       decoder layer, or the root: embedding, final norm and lm_head)
   qat          + the fake-quantized copy of every quantized linear weight, which the
                  linear layer keeps for its backward (never sharded)
-  activations  b s L (4d + 4q + 4m) x activation bytes (recompute: b s L d + one layer's)
+  activations  b s (L (6d + 4q + 4m) + 3d) x activation bytes: per layer each RMSNorm keeps
+                 its input, the normalized input and its output (3d, twice), attention its
+                 rotated queries and the keys and values expanded to every head (3q) and its
+                 output (q), the MLP gate, silu(gate), up and their product (4m); the final
+                 norm 3d (recompute: the layers' inputs b s L d, one layer's, the final norm)
   scores       b L H s^2 x (4 + the cast copy when the compute dtype is not fp32)
   logits       b s V x (activation bytes + 2 x 4): the logits, the fp32 log-probs and
                  the tempered log-probs of the KL term
@@ -102,8 +106,10 @@ def rank_memory(d: Dims, strategy: str, world: int, micro_batch: int, seq_len: i
     held = math.ceil(d.params / world) if sharded else d.params
     q = d.n_heads * d.d_head
     tokens = micro_batch * seq_len
-    per_layer = tokens * (4 * d.d_model + 4 * q + 4 * d.mlp_hidden) * precision.activations
-    activations = (tokens * d.n_layers * d.d_model * precision.activations + per_layer) if recompute else d.n_layers * per_layer
+    per_layer = tokens * (6 * d.d_model + 4 * q + 4 * d.mlp_hidden) * precision.activations
+    final_norm = tokens * 3 * d.d_model * precision.activations
+    kept = tokens * d.n_layers * d.d_model * precision.activations + per_layer if recompute else d.n_layers * per_layer
+    activations = kept + final_norm
     score_bytes = SCORE_BYTES + (precision.activations if precision.activations != SCORE_BYTES else 0)
     per_layer_scores = micro_batch * d.n_heads * seq_len * seq_len * score_bytes if eager_attention else 0
     return RankMemory(

@@ -27,11 +27,11 @@ def test_ddp_fp32_by_hand():
     m = rank_memory(TINY, "ddp", world=4, micro_batch=2, seq_len=16, precision=FP32)
     assert (m.weights, m.grads, m.master, m.optimizer, m.gathered, m.qat_weights) == (6816, 6816, 0, 13632, 0, 0)
     assert m.state == 1704 * 16 == 27264  # ddp: every rank holds everything, whatever the world size
-    # 32 tokens x 2 layers x (4x8 + 4x(2x4) + 4x16 = 128 elements) x 4 bytes
-    assert m.activations == 32 * 2 * 128 * 4 == 32768
+    # 32 tokens x (2 layers x (6x8 + 4x(2x4) + 4x16 = 144 elements) + the final norm's 3x8) x 4 bytes
+    assert m.activations == 32 * (2 * 144 + 24) * 4 == 39936
     assert m.attention_scores == 2 * 2 * 2 * 16 * 16 * 4 == 8192  # b x L x H x s^2 x fp32
     assert m.logits == 32 * 32 * (4 + 8) == 12288
-    assert m.total == 27264 + 32768 + 8192 + 12288
+    assert m.total == 27264 + 39936 + 8192 + 12288
 
 
 def test_fsdp2_shards_the_state_and_adds_two_gathered_layers():
@@ -55,14 +55,14 @@ def test_bf16_mixed_keeps_an_fp32_master_and_halves_activations():
     m = rank_memory(TINY, "ddp", world=1, micro_batch=2, seq_len=16, precision=BF16_MIXED)
     assert (m.weights, m.grads, m.master, m.optimizer) == (3408, 3408, 6816, 13632)
     assert m.state == 27264  # 16 bytes per parameter either way
-    assert m.activations == 32 * 2 * 128 * 2
+    assert m.activations == 32 * (2 * 144 + 24) * 2
     assert m.attention_scores == 2 * 2 * 2 * 256 * (4 + 2)  # fp32 softmax plus its bf16 cast
     assert m.logits == 32 * 32 * (2 + 8)
 
 
 def test_recompute_and_memory_efficient_attention():
     m = rank_memory(TINY, "ddp", world=1, micro_batch=2, seq_len=16, recompute=True)
-    assert m.activations == 32 * 2 * 8 * 4 + 32 * 128 * 4  # every layer's input + one layer's activations
+    assert m.activations == (32 * 2 * 8 + 32 * 144 + 32 * 24) * 4  # every layer's input, one layer's, the final norm
     assert m.attention_scores == 2 * 2 * 256 * 4  # one layer's
     assert rank_memory(TINY, "ddp", world=1, micro_batch=2, seq_len=16, eager_attention=False).attention_scores == 0
 
