@@ -17,8 +17,11 @@ def F(description: str, *, unit: str | None = None, **kwargs: Any) -> Any:
     return Field(description=description, json_schema_extra=extra, **kwargs)
 
 
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
+# Counts above 2**53 are not exact as floats (JSON tools, the float arithmetic of schedules and
+# estimates): the loader's fuzzer found `training.steps` = 10**400 overflowing a float product.
+MAX_INT = 2**53
+PosInt = Annotated[int, Field(gt=0, le=MAX_INT)]
+NonNegInt = Annotated[int, Field(ge=0, le=MAX_INT)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
