@@ -44,6 +44,26 @@ def _check_jobs(plan, names: list[str], option: str) -> None:
         raise SpecError([_arg_problem(option, f"no job '{b}'", did_you_mean(b, ids) or f"jobs: {', '.join(ids)}") for b in bad])
 
 
+def _backend(executor: str, address: str | None):
+    """None for local workers; a Ray backend, connected now when --address names a cluster."""
+    if executor not in ("local", "ray"):
+        raise SpecError([_arg_problem("--executor", f"unknown executor '{executor}'", "local or ray")])
+    if executor == "local":
+        if address:
+            raise SpecError([_arg_problem("--address", "--address needs --executor ray", None)])
+        return None
+    from .ray_backend import ClusterUnreachable, RayBackend
+
+    backend = RayBackend(address)
+    if address:
+        try:
+            backend.connect()
+        except ClusterUnreachable as exc:
+            raise SpecError([_arg_problem("--address", f"cannot reach a Ray cluster: {exc}",
+                                          "start one with `ray start --head`, or leave --address out for a local cluster")])
+    return backend
+
+
 @app.command()
 def run(
     spec: Annotated[str, typer.Argument(help="Spec file.")],
@@ -52,7 +72,12 @@ def run(
     force: Annotated[JobList, typer.Option("--force", help="Rerun this job even if cached.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would run; run nothing.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Print why each job is stale before running.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", help="Independent jobs run in parallel, each in a long-lived worker.")] = 1,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", help="Independent jobs run in parallel (local: each in a long-lived "
+                                                   "worker, default 1; ray: default no limit, the cluster places them).")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="Where jobs run: local worker processes, or ray (one Ray task "
+                                          "per job with its CPUs and GPUs; docs/executors.md).")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="With --executor ray: the cluster's HOST:PORT or auto; "
+                                                   "without it a local Ray cluster starts.")] = None,
     workdir: WorkdirOpt = ".modelspec",
     allow_stale: Annotated[bool, typer.Option("--allow-stale", help="Run even if generated/ is out of date.")] = False,
     set_: SetOpt = None,
@@ -64,6 +89,7 @@ def run(
     from .progress import Reporter
     from .store import Store
 
+    backend = _backend(executor, address)  # a bad executor or an unreachable cluster writes nothing
     plan = _plan(spec, set_ or [], allow_stale, workdir)  # an invalid spec writes nothing, not even the store
     store = Store(workdir)
     for option, names in (("--until", until or []), ("--only", only or []), ("--force", force or [])):
@@ -74,11 +100,13 @@ def run(
             for state in job_states(plan, store):
                 if state.id in selected and state.state != "up_to_date":
                     typer.echo(f"{state.id}: {state.state}: " + "; ".join(state.reasons), err=True)
-        executor = Executor(plan, store, jobs=jobs, force=tuple(force or ()))
+        if jobs is None:
+            jobs = len(selected) if backend is not None else 1
+        runner = Executor(plan, store, jobs=jobs, force=tuple(force or ()), backend=backend)
         try:
             with Reporter(quiet=json_) as reporter:
-                executor.reporter = reporter
-                results = executor.run(selected, dry_run=dry_run)
+                runner.reporter = reporter
+                results = runner.run(selected, dry_run=dry_run)
         except Interrupted as exc:
             typer.echo(f"interrupted ({exc}); staging removed, the next run resumes", err=True)
             raise typer.Exit(130 if exc.signum == 2 else 143)

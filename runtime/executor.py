@@ -1,6 +1,7 @@
-"""Run a compiled plan: cached jobs are verified and skipped, the rest run in worker processes.
+"""Run a compiled plan: cached jobs are verified and skipped, the rest run through a backend.
 
-Jobs run in topological order, independent ones in parallel up to `jobs`. A job's outputs are
+Jobs run in topological order, independent ones in parallel up to `jobs`, in local worker
+processes or as tasks on a Ray cluster (runtime.backends, runtime.ray_backend). A job's outputs are
 staged and committed by the store only when the job succeeded; Ctrl-C / SIGTERM remove the
 staging folders, release the lock and exit 130 / 143; the next run resumes.
 """
@@ -8,15 +9,13 @@ staging folders, release the lock and exit 130 / 143; the next run resumes.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import multiprocessing as mp
-import os
-import queue as queue_mod
 import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends import Backend, LocalBackend
 from .keys import JobKey, job_keys
 from .plan import Plan
 from . import faults
@@ -37,11 +36,14 @@ class JobResult:
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    worker: dict | None = None  # where a job that ran ran: host, pid (and Ray node and worker ids)
 
     def as_json(self) -> dict:
         out = {"id": self.id, "kind": self.kind, "action": self.action, "seconds": round(self.seconds, 3), "outputs": self.outputs}
         if self.error:
             out["error"] = self.error
+        if self.worker:
+            out["worker"] = self.worker
         return out
 
 
@@ -59,20 +61,18 @@ def select(plan: Plan, until: list[str], only: list[str]) -> list[str]:
 
 class Executor:
     def __init__(self, plan: Plan, store: Store, jobs: int = 1, force: tuple[str, ...] = (), reporter=None,
-                 start_method: str = "spawn"):
-        """`start_method`: how worker processes start. spawn (the CLI) imports torch afresh in each
+                 start_method: str = "spawn", backend: Backend | None = None):
+        """`start_method`: how local worker processes start. spawn (the CLI) imports torch afresh in each
         worker; fork reuses a parent that already imported it (the kill soak in tests/runtime/kill_soak.py
-        forks hundreds of runs from one warm process)."""
+        forks hundreds of runs from one warm process). `backend`: where jobs run (default: local workers)."""
         self.plan = plan
-        self.start_method = start_method
         self.store = store
         self.max_jobs = max(1, jobs)
         self.force = set(force)
         self.reporter = reporter
         self.keys: dict[str, JobKey] = job_keys(plan)
         self.results: dict[str, JobResult] = {}
-        self._pool: cf.ProcessPoolExecutor | None = None
-        self._queue = None
+        self.backend: Backend = backend or LocalBackend(self.max_jobs, start_method)
         self._staging: dict[str, Path] = {}
 
     # -- helpers ----------------------------------------------------------------------------
@@ -108,35 +108,22 @@ class Executor:
             return False
         return True
 
-    def _pool_get(self) -> cf.ProcessPoolExecutor:
-        if self._pool is None:
-            ctx = mp.get_context(self.start_method)
-            self._queue = ctx.Queue()
-            from .worker import init_worker
-
-            self._pool = cf.ProcessPoolExecutor(max_workers=self.max_jobs, mp_context=ctx, initializer=init_worker,
-                                                 initargs=(self._queue, self._threads_per_worker()))
-        return self._pool
-
-    def _threads_per_worker(self) -> int | None:
-        """With several workers, split the cores between them: oversubscribed torch threads thrash."""
-        if self.max_jobs == 1:
-            return None
-        return max(1, (os.cpu_count() or 1) // self.max_jobs)
-
     def _drain(self) -> None:
-        if self._queue is None:
-            return
-        while True:
-            try:
-                event = self._queue.get_nowait()
-            except queue_mod.Empty:
-                return
+        for event in self.backend.events():
             self._say(*event)
 
-    def _submit(self, job_id: str) -> cf.Future:
-        from .worker import run_job
+    def _refused(self, selected: list[str]) -> dict[str, str]:
+        """Jobs that will run but whose resources the backend can never provide (checked before anything runs)."""
+        out = {}
+        for job_id in selected:
+            k = self.keys[job_id]
+            if job_id in self.force or self.store.record(k.kind, k.key) is None:
+                why = self.backend.refuse(dict(self.plan.job(job_id).resources))
+                if why:
+                    out[job_id] = why
+        return out
 
+    def _submit(self, job_id: str) -> cf.Future:
         k = self.keys[job_id]
         pj = self.plan.job(job_id)
         staging = self.store.new_staging(k.key)
@@ -151,7 +138,7 @@ class Executor:
                "cache_dir": str(self.store.cache_dir(k.kind)),
                "provenance": provenance, "force": job_id in self.force, "resources": dict(pj.resources)}
         self._say("job_start", job_id, k.kind)
-        return self._pool_get().submit(run_job, k.kind, job_id, k.params, inputs, str(staging), ctx)
+        return self.backend.submit(job_id, dict(pj.resources), (k.kind, job_id, k.params, inputs, str(staging), ctx))
 
     def _commit(self, job_id: str, result: dict) -> None:
         k = self.keys[job_id]
@@ -179,6 +166,11 @@ class Executor:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.store.clear_staging()
+            for job_id, why in ({} if dry_run else self._refused(selected)).items():
+                self.results[job_id] = JobResult(job_id, self.keys[job_id].kind, "failed", error=why)
+                self._say("job_done", self.results[job_id])
+                pending.remove(job_id)
+                failed = True  # nothing starts: a job that cannot be placed would fail the run later anyway
             while pending or running:
                 for job_id in list(pending):
                     needs = [n for n in self.plan.job(job_id).needs]
@@ -226,7 +218,7 @@ class Executor:
                         self._commit(job_id, result)
                         verdict = self._verdict(job_id)
                         self.results[job_id] = JobResult(job_id, kind, "failed" if verdict else "ran", time.perf_counter() - start,
-                                                         self._outputs(job_id), error=verdict)
+                                                         self._outputs(job_id), error=verdict, worker=result.get("worker"))
                         if verdict:
                             failed = True
                         else:
@@ -245,20 +237,14 @@ class Executor:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self._drain()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+            self.backend.close()
         return [self.results[j] for j in selected if j in self.results]
 
     def _on_signal(self, signum, frame) -> None:
         raise Interrupted(signum)
 
     def _abort(self) -> None:
-        if self._pool is not None:
-            procs = list(getattr(self._pool, "_processes", {}).values())
-            for proc in procs:
-                proc.kill()
-            for proc in procs:  # dead before their staging folders go, so nothing is written after
-                proc.join(timeout=10)
+        self.backend.abort()  # every job stopped before its staging folder goes, so nothing is written after
         for staging in self._staging.values():
             shutil.rmtree(staging, ignore_errors=True)
         self._staging.clear()

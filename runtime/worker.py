@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ def init_worker(queue, threads: int | None = None) -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def report_to(events) -> None:
+    """Send progress events to `events` (anything with `put`): a Ray task's queue instead of the pool's."""
+    global _events
+    _events = events
 
 
 def _emit(event: tuple) -> None:
@@ -58,4 +65,5 @@ def run_job(kind: str, job_id: str, params_json: dict, inputs: dict[str, dict[st
                      resources=ctx_data["resources"])
     start = time.perf_counter()
     metrics = runner(kind)(params, {u: {n: Path(p) for n, p in outs.items()} for u, outs in inputs.items()}, Path(staging), ctx)
-    return {"metrics": metrics or {}, "seconds": time.perf_counter() - start, "pid": os.getpid()}
+    return {"metrics": metrics or {}, "seconds": time.perf_counter() - start,
+            "worker": {"host": socket.gethostname(), "pid": os.getpid()}}
