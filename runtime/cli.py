@@ -149,6 +149,7 @@ def status(
 
 
 from . import cli_gate  # noqa: E402,F401  (registers verify and publish)
+from . import cli_launch  # noqa: E402,F401  (registers launch: multi-node training ranks)
 from compiler import cli_author  # noqa: E402,F401
 
 

@@ -71,13 +71,26 @@ def job_file(kind: str, params: Any, inputs: dict[str, dict[str, Path]], out: Pa
                     "resources": ctx.resources}}
 
 
-def _die_with_parent() -> None:
+def _rank_env(device: str, nproc: int) -> dict[str, str]:
+    """CPU ranks share this worker's cores (torchrun's own default is 1 thread per rank)."""
+    env = dict(os.environ)
+    if device == "cpu":
+        cores = int(env.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+        env["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+    return env
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that only calls an already resolved C function: the child of a threaded parent
+    must not import or take locks between fork and exec (an import there can deadlock)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: torchrun stops its ranks on SIGTERM
+        prctl = ctypes.CDLL("libc.so.6").prctl
     except OSError:
-        pass
+        return None
+    deathsig = int(signal.SIGTERM)  # PR_SET_PDEATHSIG (1): torchrun stops its ranks on SIGTERM
+    return lambda: prctl(1, deathsig)
 
 
 def launch(kind: str, params: Any, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any, nproc: int) -> dict:
@@ -93,7 +106,7 @@ def launch(kind: str, params: Any, inputs: dict[str, dict[str, Path]], out: Path
     tail: collections.deque[str] = collections.deque(maxlen=60)
     failures: list[str] = []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=_die_with_parent(), env=_rank_env(ctx.resources["device"], nproc))
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

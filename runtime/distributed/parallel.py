@@ -21,7 +21,7 @@ from .world import World
 def wrap(model: nn.Module, layers: Iterable[nn.Module], world: World) -> nn.Module:
     if world.strategy == "ddp":
         ids = [world.device.index] if world.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids)
     if world.strategy == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 

@@ -9,6 +9,7 @@ errors that say what to do. The jobs run for real: torchrun starts real rank pro
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,88 @@ def test_qat_on_two_processes_matches_one(one, inputs, tmp_path):
     diff, wdiff = max_loss_diff(rows(out[1]), rows(out[2])), max_weight_diff(weights(out[1]), weights(out[2]))
     print(f"qat on 2 processes vs 1: max loss difference {diff:.3g}, max weight difference {wdiff:.3g}")
     assert diff <= LOSS_TOL and wdiff <= WEIGHT_TOL
+
+
+# -- the command line: `modelspec run --set training.resources.nproc=2` and `modelspec launch` ----------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _record(store: Path, job: str, overrides: list[str]) -> dict | None:
+    from runtime.keys import job_keys
+    from runtime.plan import load
+    from runtime.store import Store
+
+    plan, _ = load(str(store.parent / "tiny.yaml"), overrides, None)
+    k = job_keys(plan)[job]
+    return Store(store).record(k.kind, k.key)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    """The tiny toy spec's tokenizer, dataset and teacher, built by `modelspec run` on one process."""
+    from tests.runtime.test_pipeline_resume import cli, tiny_spec
+
+    spec = tiny_spec(tmp_path_factory.mktemp("tiny"))
+    text = spec.read_text()  # --set can change a key the spec has, not add one: spell out the default nodes: 1
+    assert text.count("resources: {device: cpu, nproc: 1}") == 1
+    spec.write_text(text.replace("resources: {device: cpu, nproc: 1}", "resources: {device: cpu, nproc: 1, nodes: 1}"))
+    store = spec.parent / "store"
+    cli("run", str(spec), "--until", "teacher", "--allow-stale", workdir=store)
+    return store
+
+
+@pytest.mark.slow
+def test_cli_run_with_two_processes_writes_a_normal_completion_record(tiny_store):
+    from tests.runtime.test_pipeline_resume import cli
+
+    nproc2 = ["training.resources.nproc=2"]
+    proc = cli("run", str(tiny_store.parent / "tiny.yaml"), "--set", nproc2[0], "--until", "train", "--json",
+               workdir=tiny_store)
+    jobs = {j["id"]: j["action"] for j in json.loads(proc.stdout)["jobs"]}
+    assert jobs == {"tokenizer": "cached", "dataset": "cached", "teacher": "cached", "train": "ran"}, \
+        "placement is not in the teacher's fingerprint: the one-process teacher is reused"
+    record = _record(tiny_store, "train", nproc2)
+    assert record is not None and record["metrics"]["world_size"] == 2 and record["metrics"]["steps_run"] == 30
+    assert record["params"]["training"]["global_batch"] == 8 and set(record["outputs"]) == {
+        "checkpoint", "metrics", "tensorboard", "report"}
+    report = json.loads((tiny_store / "jobs" / "train" / record["key"] / "report.json").read_text())
+    assert (report["world_size"], report["grad_accum"], report["strategy"]) == (2, 1, "ddp")
+    assert not (tiny_store / "work" / "tiny-worker" / "train").exists(), "checkpoints and launch files are cleaned up"
+
+
+def _launch_two_nodes(store: Path, overrides: list[str]) -> list:
+    """Two torchrun agents on this machine, one process each, as two nodes would run them."""
+    import subprocess
+    import sys
+
+    port = _free_port()
+    sets = [a for o in overrides for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test", "-m", "runtime.cli", "launch",
+           str(store.parent / "tiny.yaml"), "--job", "train", "--workdir", str(store), *sets, "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # two "nodes" share this machine's cores (torchrun sets it only for nproc > 1)
+    procs = [subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    done = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, done):
+        assert p.returncode == 0, f"{out}\n{err[-3000:]}"
+    return [out for out, _ in done]
+
+
+@pytest.mark.slow
+def test_launch_on_two_nodes_runs_the_job_through_the_executor(tiny_store):
+    """`modelspec launch` under torchrun --nnodes 2 (both nodes on this machine): rank 0 commits the job."""
+    two_nodes = ["training.resources.nodes=2", "training.resources.nproc=1", "training.micro_batch=2"]
+    outs = _launch_two_nodes(tiny_store, two_nodes)
+    results = [json.loads(out[out.index("{"):]) for out in outs if "{" in out]
+    assert [[(j["id"], j["action"]) for j in r["jobs"]] for r in results] == [[("train", "ran")]], "rank 0 alone reports"
+    record = _record(tiny_store, "train", two_nodes)
+    assert record is not None and record["metrics"]["world_size"] == 2
+    assert record["params"]["training"]["global_batch"] == 4
+
