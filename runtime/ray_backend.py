@@ -16,6 +16,7 @@ import concurrent.futures as cf
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class RayBackend:
         self._events = None
         self._nodes: list[dict] = []
         self._running: dict[Any, cf.Future] = {}  # ObjectRef -> the future the executor waits on
+        self._stdout = None
 
     def connect(self) -> None:
         if self._ray is not None:
@@ -102,6 +104,9 @@ class RayBackend:
                         "only with RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token)")
             raise ClusterUnreachable(why) from None
         self._ray = ray
+        # Ray prints what tasks write to stdout, and the raylet's notices (a worker died), on the
+        # driver's sys.stdout; stdout holds `--json`, so while connected they go to stderr
+        self._stdout, sys.stdout = sys.stdout, sys.stderr
         from ray.util.queue import Queue
 
         self._events = Queue(actor_options={"num_cpus": 0})
@@ -170,3 +175,4 @@ class RayBackend:
         if self._ray is not None:
             self._ray.shutdown()  # a local cluster stops; on a shared one this driver's queue actor goes
             self._ray = None
+            sys.stdout, self._stdout = self._stdout, None

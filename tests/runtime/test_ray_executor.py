@@ -123,6 +123,49 @@ def test_ray_runs_the_plan_like_local_then_noop(tmp_path):
     assert {job: {n: on_ray[job][n] for n in outs} for job, outs in stable.items()} == stable
 
 
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def test_a_worker_lost_mid_job_fails_that_job_cleanly(tmp_path):
+    """As when a node goes: the task is not retried, the job fails, --json stays parseable, staging goes."""
+    spec, store = ray_spec(tmp_path), tmp_path / "store"
+    cmd = [sys.executable, "-m", "runtime.cli", "run", str(spec), "--executor", "ray", "--until", "teacher",
+           "--allow-stale", "--json", "--workdir", str(store)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the worker of this run's cluster whose process title names the teacher task
+        for pid in descendants(proc.pid):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::modelspec teacher"):
+                    victim = pid
+            except OSError:
+                pass
+    assert victim is not None, "the teacher task never started"
+    time.sleep(1)
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    jobs = {j["id"]: j for j in json.loads(out)["jobs"]}
+    assert (jobs["tokenizer"]["action"], jobs["dataset"]["action"]) == ("ran", "ran")
+    assert jobs["teacher"]["action"] == "failed" and jobs["teacher"]["error"].startswith("WorkerCrashedError"), jobs["teacher"]
+    assert not any((store / "staging").iterdir()) and not (store / "jobs" / "teacher").exists()
+
+
 def test_cuda_jobs_on_a_cpu_cluster_fail_before_anything_runs(tmp_path):
     spec = ray_spec(tmp_path)
     run, _ = modelspec("run", str(spec), "--executor", "ray", "--set", "training.resources.device=cuda",
@@ -160,3 +203,13 @@ def test_unreachable_address_is_an_error_with_nothing_written(tmp_path):
 
     local, _ = modelspec("run", "specs/toy.yaml", "--address", f"127.0.0.1:{port}", workdir=store)
     assert local.returncode == 2 and "--address needs --executor ray" in local.stderr and not store.exists()
+
+
+def test_a_local_run_never_imports_ray(tmp_path):
+    code = ("import sys\n"
+            f"sys.argv = ['modelspec', 'run', 'specs/toy.yaml', '--dry-run', '--allow-stale', '--workdir', {str(tmp_path)!r}]\n"
+            "from runtime.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
+            "assert 'ray' not in sys.modules and 'runtime.ray_backend' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
