@@ -9,7 +9,9 @@ milliseconds rather than the seconds a fresh `modelspec run` spends importing. A
 `killpg(SIGKILL)` of the child's whole group (executor and worker die together, as in an OOM
 kill or a lost machine) at a moment drawn uniformly from [0, 1.2 x the job's window], the
 window running from the executor's submit to its commit as the reference run measured it; a
-draw past the run's end lands on a finished run and does not count, so attempts >= kills.
+draw past the run's end lands on a finished run and does not count (attempts >= kills), and the
+window becomes that run's duration (the machine's pace changed, or the job resumed from a
+checkpoint).
 
 Outputs that record wall-clock timings (reports, per-step metrics, tensorboard files, and the
 release manifest's hashes of the shipped reports) are checked for integrity, not equality.
@@ -64,7 +66,6 @@ def soak_spec(folder: Path) -> Path:
 
 
 def warm_imports() -> None:
-    os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is imported: coremltools' pass bars stay quiet
     import torch  # noqa: F401
 
     import runtime.coreml  # noqa: F401  (imports coremltools, quietly: seconds, once, here)
@@ -96,8 +97,9 @@ def _child(spec: Path, store_root: Path, selected: list[str], force: list[str], 
 
 
 def run_child(spec: Path, store: Path, selected: list[str], force: list[str], kill_after: float | None,
-              scratch: Path) -> tuple[bool, list[dict] | None]:
-    """(killed while working, the run's job results when it finished)."""
+              scratch: Path) -> tuple[bool, list[dict] | None, float | None]:
+    """(killed while working, the run's job results when it finished, seconds from its job's
+    start to its end when it finished before the kill)."""
     rfd, wfd = os.pipe()
     result_file = scratch / "result.json"
     result_file.unlink(missing_ok=True)
@@ -123,12 +125,15 @@ def run_child(spec: Path, store: Path, selected: list[str], force: list[str], ki
         if not ready or os.read(rfd, 1) != b"S":
             _reap(pid)
             raise SoakFailure(f"{selected}: the run ended before its job started")
-        deadline = time.monotonic() + kill_after
+        started = time.monotonic()
+        deadline = started + kill_after
         while time.monotonic() < deadline:
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 os.close(rfd)
-                return False, _results(result_file)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    raise SoakFailure(f"run of {selected} (force {force}) exited with status {os.waitstatus_to_exitcode(status)}")
+                return False, _results(result_file), time.monotonic() - started
             time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -138,12 +143,12 @@ def run_child(spec: Path, store: Path, selected: list[str], force: list[str], ki
     status = _reap(pid)
     os.close(rfd)
     if killed:
-        return True, None
+        return True, None, None
     results = _results(result_file)
     failed = [r for r in results or [] if r["action"] not in ("ran", "cached")]
     if status != 0 or results is None or failed:
         raise SoakFailure(f"run of {selected} (force {force}) exited with status {status}: {failed}")
-    return False, results
+    return False, results, None
 
 
 def _reap(pid: int) -> int:
@@ -215,7 +220,7 @@ def soak(out: Path, kills: int, seed: int, kinds: set[str] | None = None) -> dic
     scratch.mkdir(exist_ok=True)
     reference_store = out / "reference"
     start = time.perf_counter()
-    _, ref_results = run_child(spec, reference_store, [j.id for j in plan.jobs], [], None, scratch)
+    _, ref_results, _ = run_child(spec, reference_store, [j.id for j in plan.jobs], [], None, scratch)
     reference = records(reference_store)
     # a job's window: from the executor's submit to its commit, as the reference run measured it
     window = {r["id"]: r["seconds"] for r in ref_results or []}
@@ -240,11 +245,13 @@ def soak(out: Path, kills: int, seed: int, kinds: set[str] | None = None) -> dic
                 raise SoakFailure(f"{j.id}: only {landed} of {attempts} kills landed while the job worked")
             before = records(store)
             force = [j.id] if j.id in before else []
-            killed, _ = run_child(spec, store, [j.id], force, rng.uniform(0.0, 1.2 * ref_seconds), scratch)
+            killed, _, took = run_child(spec, store, [j.id], force, rng.uniform(0.0, 1.2 * ref_seconds), scratch)
             landed += killed
+            if took is not None:  # the run beat the draw: the machine's pace changed, or the job resumed
+                ref_seconds = took
             check_store(store, reference, before, j.id)
         before = records(store)
-        _, results = run_child(spec, store, [j.id], [], None, scratch)
+        _, results, _ = run_child(spec, store, [j.id], [], None, scratch)
         after = check_store(store, reference, before, j.id)
         if j.id not in after or not results or results[-1]["action"] not in ("ran", "cached"):
             raise SoakFailure(f"{j.id} did not complete after its kills: {results}")
@@ -253,7 +260,7 @@ def soak(out: Path, kills: int, seed: int, kinds: set[str] | None = None) -> dic
         kind = report["kinds"].setdefault(j.kind, {"kills_landed": 0, "attempts": 0})
         kind["kills_landed"] += landed
         kind["attempts"] += attempts
-    _, results = run_child(spec, store, [j.id for j in plan.jobs], [], None, scratch)
+    _, results, _ = run_child(spec, store, [j.id for j in plan.jobs], [], None, scratch)
     ran = [r["id"] for r in results or [] if r["action"] != "cached"]
     if ran:
         raise SoakFailure(f"the final run of the whole plan was not a no-op: {ran}")
@@ -276,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20261121)
     ap.add_argument("--kind", action="append", help="soak only these kinds (the others just run)")
     args = ap.parse_args(argv)
+    os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is first imported: coremltools' pass bars stay quiet
     report = soak(args.out, args.kills, args.seed, set(args.kind) if args.kind else None)
     print(json.dumps({k: v for k, v in report.items() if k != "jobs"}, indent=2))
     return 0
