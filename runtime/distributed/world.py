@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -76,7 +77,17 @@ class World:
         return json.loads(bytes(buf.cpu().tolist()).decode())
 
     def close(self) -> None:
+        """Leave the process group without the gloo shutdown deadlock.
+
+        A gloo worker thread destroys each finished collective's work, which drops Python tensors
+        and so needs the GIL; the process group's destructor (run when the DDP reducer is freed)
+        joins those threads while the freeing thread holds the GIL. Seen here: a rank hung for
+        good in ~ProcessGroupGloo after training. So every rank first waits for all collectives
+        (barrier), then sleeps (GIL released) until the workers have dropped their finished work,
+        and only then is the group destroyed and the model freed."""
         if self.distributed:
+            dist.barrier()
+            time.sleep(0.2)
             dist.destroy_process_group()
 
 
