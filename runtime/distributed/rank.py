@@ -71,4 +71,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # no interpreter teardown: freeing a DDP model after its gloo group can deadlock (World.close)
+    os._exit(code)

@@ -76,7 +76,7 @@ class World:
         dist.broadcast(buf, 0)
         return json.loads(bytes(buf.cpu().tolist()).decode())
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
         """Leave the process group without the gloo shutdown deadlock.
 
         A gloo worker thread destroys each finished collective's work, which drops Python tensors
@@ -84,10 +84,12 @@ class World:
         joins those threads while the freeing thread holds the GIL. Seen here: a rank hung for
         good in ~ProcessGroupGloo after training. So every rank first waits for all collectives
         (barrier), then sleeps (GIL released) until the workers have dropped their finished work,
-        and only then is the group destroyed and the model freed."""
+        and only then is the group destroyed and the model freed. `clean=False` (a rank leaving on
+        an error, whose peers may be stuck in a collective it will never join) skips the barrier."""
         if self.distributed:
-            dist.barrier()
-            time.sleep(0.2)
+            if clean:
+                dist.barrier()
+                time.sleep(0.2)
             dist.destroy_process_group()
 
 

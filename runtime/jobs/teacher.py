@@ -166,7 +166,7 @@ def _run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         return _teacher(params, inputs, Path(out), ctx, world)
     finally:
         if world is not None:
-            world.close()
+            world.close(clean=False)  # after an error: leave without waiting for peers (a no-op once closed)
 
 
 def _teacher(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, world: World | None) -> dict:

@@ -64,8 +64,9 @@ def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Pat
         loop = trainer.run(Path(ctx.work_dir), params.model_dump(mode="json"), ctx.provenance, ctx.force, ctx.job_id,
                            ctx.progress, ctx.log)
         state = full_state(model, world)
-    finally:
         world.close()
+    finally:
+        world.close(clean=False)  # after an error: leave without waiting for peers (a no-op once closed)
     if not world.main:
         return {}
     placement = {"world_size": world.size, "strategy": world.strategy, "grad_accum": grad_accum,
