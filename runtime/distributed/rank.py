@@ -9,6 +9,7 @@ event and exits 1, and torchrun stops the others.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -54,6 +55,7 @@ def main(argv: list[str]) -> int:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive torchrun
     except OSError:
         pass
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: a hung rank's stacks on stderr
     rank = int(os.environ["RANK"])
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     try:
