@@ -58,7 +58,7 @@ class LocalBackend:
         return max(1, (os.cpu_count() or 1) // self.jobs)
 
     def refuse(self, resources: dict[str, Any]) -> str | None:
-        return None  # the job itself says when its device is missing (runtime.train.loop.pick_device)
+        return None  # the job itself says when its device is missing (runtime.distributed.world.pick_device)
 
     def submit(self, job_id: str, resources: dict[str, Any], args: tuple) -> cf.Future:
         from .worker import run_job
