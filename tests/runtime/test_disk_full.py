@@ -84,9 +84,13 @@ def test_a_full_disk_while_writing_a_checkpoint_leaves_no_checkpoint(tmp_path: P
 def test_a_full_disk_while_writing_the_package_keeps_the_old_one(tmp_path: Path) -> None:
     """A forced reconversion that runs out of room (the weight file is 0.5 MB, the limit 256 KB)
     fails; the package already in the store stays complete and verified; with room again the
-    reconversion gives the same canonical package hash."""
+    reconversion gives the same canonical package hash. The toy's student with a small teacher
+    and short training (test_pipeline_resume.tiny_spec): the same package size, minutes less."""
+    from tests.runtime.test_pipeline_resume import tiny_spec
+
     store = tmp_path / "store"
-    base = [sys.executable, "-m", "runtime.cli", "run", "specs/toy.yaml", "--until", "convert", "--workdir", str(store), "--json"]
+    spec = tiny_spec(tmp_path)
+    base = [sys.executable, "-m", "runtime.cli", "run", str(spec), "--until", "convert", "--allow-stale", "--workdir", str(store), "--json"]
     first = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     before = records(store)["convert"]
