@@ -23,7 +23,7 @@ from runtime.jobs import train as trainjob
 from runtime.model.checkpoint import read_record
 from tests.runtime.conftest import toy_params
 from tests.runtime.helpers import Ctx
-from tests.runtime.train_fixtures import topk_targets
+from tests.runtime.train_fixtures import Killed, kd_inputs
 
 STEPS = 8
 # Measured on a 2-core CPU over the 8 steps: 2 ranks vs 1 differ by at most 2e-6 in any logged
@@ -50,13 +50,7 @@ def resources(nproc: int, strategy: str = "ddp", nodes: int = 1) -> dict:
 
 @pytest.fixture(scope="module")
 def inputs(toy_data, tmp_path_factory):
-    arch = params().training.architecture
-    targets = topk_targets(toy_data.data, tmp_path_factory.mktemp("targets"), arch, k=8)
-    return {"dataset": {"data": toy_data.data}, "teacher": {"targets": targets}}
-
-
-class Killed(Exception):
-    pass
+    return kd_inputs(toy_data.data, tmp_path_factory.mktemp("targets"), params().training.architecture)
 
 
 def context(root: Path, place: dict, key: str = "key-1", kill_after: int | None = None):
@@ -99,20 +93,21 @@ def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def trained(inputs, tmp_path_factory, nproc: int) -> Path:
+    root = tmp_path_factory.mktemp(f"nproc{nproc}")
+    metrics = run_train(params(), inputs, root, resources(nproc))
+    assert metrics["world_size"] == nproc and metrics["steps_run"] == STEPS
+    return root
+
+
 @pytest.fixture(scope="module")
 def one(inputs, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("one")
-    metrics = run_train(params(), inputs, root, resources(1))
-    assert metrics["world_size"] == 1 and metrics["steps_run"] == STEPS
-    return root
+    return trained(inputs, tmp_path_factory, 1)
 
 
 @pytest.fixture(scope="module")
 def two(inputs, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("two")
-    metrics = run_train(params(), inputs, root, resources(2))
-    assert metrics["world_size"] == 2 and metrics["steps_run"] == STEPS
-    return root
+    return trained(inputs, tmp_path_factory, 2)
 
 
 def test_two_processes_match_one_with_the_same_global_batch(one, two):

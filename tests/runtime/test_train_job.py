@@ -17,7 +17,7 @@ from runtime.model.fakequant import quantize_dequantize
 from runtime.train.checkpoints import CheckpointMismatch
 from tests.runtime.conftest import toy_params
 from tests.runtime.helpers import Ctx
-from tests.runtime.train_fixtures import topk_targets
+from tests.runtime.train_fixtures import Killed, kd_inputs
 
 STEPS = 12
 
@@ -32,13 +32,7 @@ def params(**training) -> TrainParams:
 
 @pytest.fixture(scope="module")
 def inputs(toy_data, tmp_path_factory):
-    arch = params().training.architecture
-    targets = topk_targets(toy_data.data, tmp_path_factory.mktemp("targets"), arch, k=8)
-    return {"dataset": {"data": toy_data.data}, "teacher": {"targets": targets}}
-
-
-class Killed(Exception):
-    pass
+    return kd_inputs(toy_data.data, tmp_path_factory.mktemp("targets"), params().training.architecture)
 
 
 def run_train(p, inputs, root: Path, key="key-1", kill_after: int | None = None, force=False) -> dict:

@@ -38,3 +38,12 @@ def topk_targets(data_dir: Path, out_dir: Path, arch: ArchitectureP, k: int = 8,
 
 def training_params(base: TrainingP, **changes) -> TrainingP:
     return TrainingP.model_validate(base.model_dump() | changes, strict=False)
+
+
+class Killed(Exception):
+    """Raised from a test's progress hook to stop a training job as a kill would."""
+
+
+def kd_inputs(data_dir: Path, folder: Path, arch: ArchitectureP) -> dict[str, dict[str, Path]]:
+    """The train job's inputs: the toy dataset and top-8 teacher targets written into `folder`."""
+    return {"dataset": {"data": data_dir}, "teacher": {"targets": topk_targets(data_dir, folder, arch, k=8)}}
