@@ -49,7 +49,7 @@ def timed(cmd: list[str], runs: int) -> dict:
 
 def job_count(spec: str) -> int:
     sys.path.insert(0, ROOT)
-    from compiler.build import compile_one
+    from compiler.output.build import compile_one
 
     return len(compile_one(spec, []).jobs)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compiler.build import compile_one  # noqa: E402
+from compiler.output.build import compile_one  # noqa: E402
 from runtime.jobs import convert  # noqa: E402
 from tests.runtime.toy_exports import export_all, save_checkpoint  # noqa: E402
 from tests.runtime.helpers import Ctx  # noqa: E402

@@ -40,8 +40,8 @@ EDITS = (
     ("memory_gb: 24,", "memory_gb: 28,"),
 )
 GOAL_S = 1.0
-WATCH = ("compiler.schema", "pydantic", "typer", "click", "ruamel.yaml", "compiler.rules", "compiler.diff",
-         "compiler.diff_render", "compiler.cli_diff", "jinja2", "networkx", "torch")
+WATCH = ("compiler.schema", "pydantic", "typer", "click", "ruamel.yaml", "compiler.reading.rules", "compiler.review.diff",
+         "compiler.review.render", "compiler.cli.diff", "jinja2", "networkx", "torch")
 
 
 def edited() -> str:
@@ -88,13 +88,13 @@ def importtime(cmd: list[str], cwd: Path, top: int = 12) -> dict:
 BREAKDOWN = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from compiler import cli
-from compiler import diff as d
-from compiler.diff_render import render
+from compiler.cli import main as cli  # noqa: F401  (registers every command)
+from compiler.review import diff as d
+from compiler.review.render import render
 t1 = time.perf_counter()
 old_side, new_side = d.parse_side(sys.argv[1]), d.parse_side(sys.argv[2])
-from compiler.validate import validate_file
-from compiler.compile import compile_spec, contract_files
+from compiler.reading.validate import validate_file
+from compiler.planning.compile import compile_spec, contract_files
 t2 = time.perf_counter()
 va, vb = validate_file(old_side.path), validate_file(new_side.path)
 t3 = time.perf_counter()

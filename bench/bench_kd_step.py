@@ -23,7 +23,7 @@ probe runs at the job's cadence (every GRAD_NORM_EVERY steps), as in a real run.
 
 Measured: wall time of each optimizer step after --warmup steps (torch.cuda.synchronize
 before and after on cuda); tokens/s = micro_batch x grad_accum x seq_len / median step time.
-Model FLOPs per token come from compiler/estimates.py, the formula docs/scale.md uses:
+Model FLOPs per token come from compiler/analysis/estimates.py, the formula docs/scale.md uses:
 6 N (N all parameters, embedding included) + 12 L q s (attention's QK^T and PV, forward and
 backward, over the full s x s square eager attention computes). Achieved FLOP/s = tokens/s x
 FLOPs/token; MFU = achieved / the device's peak for the precision the step runs in.
@@ -55,8 +55,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from compiler.estimates import Dims, attention_flops_per_token, flops_per_token  # noqa: E402
-from compiler.params import TrainParams  # noqa: E402
+from compiler.analysis.estimates import Dims, attention_flops_per_token, flops_per_token  # noqa: E402
+from compiler.planning.params import TrainParams  # noqa: E402
 from runtime.distributed.world import accumulation, join  # noqa: E402
 from runtime.model.student import Student  # noqa: E402
 from runtime.train.data import Split  # noqa: E402
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         "top_k": TOP_K, "loss_terms": sorted(tp.losses), "warmup_steps": a.warmup, "measured_steps": a.steps,
         "step_s_median": median, "step_s_p90": p90, "step_s_mean": mean, "step_s_all": times,
         "tokens_per_s": tokens_per_s,
-        "flops_per_token": fpt, "flops_per_token_formula": "6 N + 12 L q s (compiler.estimates.flops_per_token)",
+        "flops_per_token": fpt, "flops_per_token_formula": "6 N + 12 L q s (compiler.analysis.estimates.flops_per_token)",
         "attention_flops_per_token": attention_flops_per_token(d, a.seq_len),
         "achieved_tflops": achieved / 1e12,
         "peak_tflops": peak, "peak_basis": ("--peak-tflops" if a.peak_tflops is not None

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from compiler.params import TrainParams  # noqa: E402
+from compiler.planning.params import TrainParams  # noqa: E402
 from runtime.distributed.world import accumulation, join  # noqa: E402
 from runtime.model.student import Student  # noqa: E402
 from runtime.train import losses  # noqa: E402

@@ -19,7 +19,7 @@ class JobContext:
     force: bool = False
     spec_file: Path | None = None  # the spec file, to point report lines at file:line:col
     emit: Callable[[tuple], None] = field(default=lambda event: None)
-    # placement from the plan (compiler.params.ResourcesP as JSON): device, nodes, nproc, strategy
+    # placement from the plan (compiler.planning.params.ResourcesP as JSON): device, nodes, nproc, strategy
     resources: dict[str, Any] = field(default_factory=lambda: dict(CPU_JOB))
 
     def progress(self, description: str, total: int | None = None) -> Callable[..., None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler.canonical import canonical_json, sha256_text
+from compiler.core.canonical import canonical_json, sha256_text
 
 from .diffing import diff
 from .hashing import tree_sha256

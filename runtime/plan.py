@@ -31,7 +31,7 @@ class PlanJob:
     params: dict[str, Any]  # the typed params as JSON (what the fingerprint hashed)
     outputs: dict[str, str]
     fingerprint: str
-    resources: dict[str, Any] = field(default_factory=lambda: dict(CPU_JOB))  # placement (compiler.params.ResourcesP); not fingerprinted
+    resources: dict[str, Any] = field(default_factory=lambda: dict(CPU_JOB))  # placement (compiler.planning.params.ResourcesP); not fingerprinted
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ def load(spec: str, overrides: list[str], store_root: Path | None) -> tuple[Plan
             return replace(Plan.from_json(data["plan"]), spec_file=spec), data["contracts"]
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    from compiler.build import compile_one
-    from compiler.compile import contract_files
+    from compiler.output.build import compile_one
+    from compiler.planning.compile import contract_files
 
     compiled = compile_one(spec, overrides)
     plan, contracts = replace(Plan.from_compiled(compiled), spec_file=spec), contract_files(compiled)

@@ -46,7 +46,7 @@ def _emit(event: tuple) -> None:
 
 def run_job(kind: str, job_id: str, params_json: dict, inputs: dict[str, dict[str, str]], staging: str,
             ctx_data: dict[str, Any]) -> dict:
-    from compiler import params as params_mod
+    from compiler.planning import params as params_mod
 
     from .context import JobContext
     from .jobs import runner

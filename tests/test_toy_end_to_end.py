@@ -92,7 +92,7 @@ def test_publish_copies_the_release_atomically_with_its_manifest(store: dict) ->
 
 
 def test_a_gate_the_model_does_not_meet_fails_the_run_and_blocks_publish(store: dict) -> None:
-    spec = json.loads(subprocess.run([sys.executable, "-c", "import json,sys; from compiler.loader import load_file; "
+    spec = json.loads(subprocess.run([sys.executable, "-c", "import json,sys; from compiler.reading.loader import load_file; "
                                       f"print(json.dumps(load_file('{SPEC}').data['gates']))"],
                                      cwd=ROOT, capture_output=True, text=True, check=True).stdout)
     index = next(i for i, g in enumerate(spec) if g["metric"] == "eval.integration_f1_lax")

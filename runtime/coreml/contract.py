@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compiler.params import FunctionP, TensorP
+from compiler.planning.params import FunctionP, TensorP
 
 
 def _tensor_problems(where: str, want: TensorP, got: dict[str, Any] | None, is_output: bool) -> list[str]:

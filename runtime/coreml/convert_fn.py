@@ -8,7 +8,7 @@ import coremltools as ct
 import numpy as np
 from torch.export import ExportedProgram
 
-from compiler.params import FunctionP, PrecisionP, TensorP
+from compiler.planning.params import FunctionP, PrecisionP, TensorP
 
 from .scopes import PrecisionSelector, tag_modules
 
@@ -58,7 +58,7 @@ def check_names(fn: FunctionP) -> None:
     shared = sorted({t.name for t in fn.inputs} & {t.name for t in fn.outputs})
     if shared:
         raise ConversionError(f"function {fn.name!r}: contracts/io.json names {shared} both as inputs and as outputs, "
-                              "which CoreML does not allow; the contract (compiler/interface.py) must give the updated "
+                              "which CoreML does not allow; the contract (compiler/planning/interface.py) must give the updated "
                               "cache outputs their own names")
 
 

@@ -17,7 +17,7 @@ import coremltools.optimize as cto
 from coremltools.converters.mil.mil.types import builtin_to_string
 from torch.export import ExportedProgram
 
-from compiler.params import ModuleQuantP
+from compiler.planning.params import ModuleQuantP
 
 from .scopes import canonical_module
 

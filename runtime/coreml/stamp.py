@@ -15,7 +15,7 @@ import coremltools as ct
 import numpy as np
 import torch
 
-from compiler.params import ConvertParams
+from compiler.planning.params import ConvertParams
 from runtime.hashing import tree_sha256
 
 PREFIX = "modelspec."

@@ -31,7 +31,7 @@ def _print_event(event: tuple) -> None:
 
 def run_rank(job: dict[str, Any], rank: int, emit=None) -> dict:
     """Run the job file's job as this rank; rank 0 writes into the job's staging folder."""
-    from compiler import params as params_mod
+    from compiler.planning import params as params_mod
     from runtime.context import JobContext
     from runtime.jobs import runner
 

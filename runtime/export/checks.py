@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compiler.params import FunctionP
+from compiler.planning.params import FunctionP
 from runtime.model.student import Student
 
 from .program import fn_cache_len

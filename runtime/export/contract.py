@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compiler.params import FunctionP, TensorP
+from compiler.planning.params import FunctionP, TensorP
 
 
 class ContractError(RuntimeError):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
 from torch.export.graph_signature import InputKind, OutputKind
 
-from compiler.params import FunctionP, TensorP
+from compiler.planning.params import FunctionP, TensorP
 
 from .wrappers import torch_dtype
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from compiler.params import FunctionP, TensorP
+from compiler.planning.params import FunctionP, TensorP
 from runtime.model.student import Student, allowed_mask
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "int32": torch.int32}

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compiler.params import ConvertParams, FunctionP
+from compiler.planning.params import ConvertParams, FunctionP
 
 
 class ConvertJobError(RuntimeError):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from compiler.params import ExportParams
+from compiler.planning.params import ExportParams
 from runtime.export.checks import Runner, decode_checks, prefill_checks
 from runtime.export.contract import ContractError, check_contract
 from runtime.export.program import describe, export_function, save_and_reload

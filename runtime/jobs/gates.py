@@ -1,6 +1,6 @@
 """The `gates` job: evaluates the spec's gates against what the upstream jobs measured.
 
-A gate's metric `<group>.<name>` (compiler/catalogue.py) is produced by jobs of one kind; its
+A gate's metric `<group>.<name>` (compiler/analysis/catalogue.py) is produced by jobs of one kind; its
 value is read from each producer's ``report.json``: ``report["metrics"][name]`` (a number or
 ``{"value", "n"}`` or ``{"not_run": reason}``), else ``report[name]``. Several producers of
 one metric (one parity job per function) are combined conservatively: the worst value counts
@@ -21,7 +21,7 @@ import operator
 from pathlib import Path
 from typing import Any
 
-from compiler.params import GateP, GatesParams
+from compiler.planning.params import GateP, GatesParams
 
 from .tokenizer import write_report
 

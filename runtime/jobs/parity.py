@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.params import ParityParams
+from compiler.planning.params import ParityParams
 
 
 def run(params: ParityParams, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any) -> dict[str, Any]:

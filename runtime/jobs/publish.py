@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compiler.params import PublishParams
+from compiler.planning.params import PublishParams
 
 
 class PublishRefused(RuntimeError):

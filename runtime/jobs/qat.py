@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compiler.params import QatParams
+from compiler.planning.params import QatParams
 from runtime.train.job import run_stage
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compiler.params import TrainParams
+from compiler.planning.params import TrainParams
 from runtime.train.job import run_stage
 
 

@@ -11,14 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compiler.params import VerifyParams
+from compiler.planning.params import VerifyParams
 
 
 def _doc(ctx: Any) -> Any:
     spec_file = getattr(ctx, "spec_file", None)
     if not spec_file or not Path(spec_file).is_file():
         return None
-    from compiler.loader import load_file
+    from compiler.reading.loader import load_file
 
     try:
         return load_file(str(spec_file))

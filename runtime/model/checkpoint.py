@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from compiler.params import ArchitectureP
+from compiler.planning.params import ArchitectureP
 
 from .student import Student
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from compiler.params import ModuleQuantP
+from compiler.planning.params import ModuleQuantP
 
 BITS = {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4}
 TINY = 1e-12  # floor for scales, so an all-zero group quantizes to zeros instead of NaN

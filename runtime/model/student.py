@@ -1,6 +1,6 @@
-"""The student: a Llama-compatible GQA transformer built from `compiler.params.ArchitectureP`.
+"""The student: a Llama-compatible GQA transformer built from `compiler.planning.params.ArchitectureP`.
 
-Parameter names are the canonical module names of `compiler.modules` (no `model.` prefix), so
+Parameter names are the canonical module names of `compiler.analysis.modules` (no `model.` prefix), so
 the quantization and precision plans address modules directly. Everything is export friendly:
 no data-dependent Python control flow and no `.item()`; masks and RoPE angles are computed
 in-graph from position tensors, and angles depend only on absolute positions (no scaling).
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compiler.modules import Module, canonical_modules
-from compiler.params import ArchitectureP
+from compiler.analysis.modules import Module, canonical_modules
+from compiler.planning.params import ArchitectureP
 from compiler.schema.architecture import Architecture, Mlp, Norm, Rope
 
 # Masked scores are replaced (not offset) by this: finite in fp16, and exp() of it underflows to 0.
@@ -44,7 +44,7 @@ def schema_architecture(arch: ArchitectureP) -> Architecture:
 
 
 def canonical(arch: ArchitectureP) -> list[Module]:
-    """`compiler.modules.canonical_modules` for job parameters."""
+    """`compiler.analysis.modules.canonical_modules` for job parameters."""
     return canonical_modules(schema_architecture(arch))
 
 

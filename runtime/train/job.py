@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from compiler.params import QatParams, TrainParams
+from compiler.planning.params import QatParams, TrainParams
 from runtime.distributed.launch import run_or_launch
 from runtime.distributed.parallel import full_state, wrap
 from runtime.distributed.world import World, accumulation, join

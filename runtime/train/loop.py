@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compiler.params import TrainingP
+from compiler.planning.params import TrainingP
 from runtime.distributed.parallel import accumulating, clip_grads
 from runtime.distributed.world import World
 

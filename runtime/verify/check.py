@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from compiler.params import FunctionP, TensorP, VerifyParams
+from compiler.planning.params import FunctionP, TensorP, VerifyParams
 
 LARGE_DENSE_ELEMENTS = 1 << 14  # a dense float const this large must be a weight the recipe exempts
 META = "modelspec."

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compiler.params import VerifyParams
+from compiler.planning.params import VerifyParams
 
 from .check import as_json, check, locate
 from .observe import observe

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.params import FunctionP
+from compiler.planning.params import FunctionP
 
 from .interp import Interpreter, UnsupportedOp, dequantized_weights
 from .program import ProgramError

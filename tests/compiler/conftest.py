@@ -13,14 +13,16 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture()
 def run(monkeypatch, capsys):
     """run(*args, cwd=REPO) -> (exit status, stdout, stderr), every command registered."""
-    from compiler import cli, cli_author, cli_diff  # noqa: F401  (importing registers diff, fmt, new, ci)
+    from compiler.cli import app as cli_app
+    from compiler.cli.main import main as cli_main
+    # importing compiler.cli.main registers every command (diff, fmt, new, ci)
 
     def run_(*args: str, cwd: Path = REPO) -> tuple[int, str, str]:
         monkeypatch.chdir(cwd)
         monkeypatch.setattr(sys, "argv", ["modelspec", *args])
-        monkeypatch.setattr(cli, "_debug", False)
+        monkeypatch.setattr(cli_app, "_debug", False)
         with pytest.raises(SystemExit) as exc:
-            cli.main()
+            cli_main()
         out, err = capsys.readouterr()
         return (0 if exc.value.code is None else exc.value.code), out, err
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 
-from compiler.ci_templates import FOLDER, PRE_COMMIT, WORKFLOW, render_ci
+from compiler.authoring.ci_templates import FOLDER, PRE_COMMIT, WORKFLOW, render_ci
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = [f"specs/{p.name}" for p in sorted((REPO / "specs").glob("*.yaml"))]

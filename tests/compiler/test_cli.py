@@ -1,6 +1,6 @@
 """The `modelspec` command line: exit codes, --json, explain, graph, schema, --set, atomicity, imports.
 
-Most commands run in-process through `compiler.cli.main()` (the console-script entry point);
+Most commands run in-process through `compiler.cli_main()` (the console-script entry point);
 subprocesses are used only where the process boundary matters (an internal error's exit
 status, and which modules a fresh interpreter imported).
 """
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from compiler import cli
-from compiler.build import compile_one
-from compiler.emit import schema_text
-from compiler.render import render_files
+from compiler.cli import app as cli_app
+from compiler.cli.main import main as cli_main
+from compiler.output.build import compile_one
+from compiler.output.emit import schema_text
+from compiler.output.render import render_files
 
 REPO = Path(__file__).resolve().parents[2]
 TOY = "specs/toy.yaml"
@@ -35,9 +36,9 @@ def run(monkeypatch, capsys):
 
     def run_(*args: str) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["modelspec", *args])
-        monkeypatch.setattr(cli, "_debug", False)
+        monkeypatch.setattr(cli_app, "_debug", False)
         with pytest.raises(SystemExit) as exc:
-            cli.main()
+            cli_main()
         out, err = capsys.readouterr()
         code = exc.value.code
         return (0 if code is None else code), out, err
@@ -121,12 +122,12 @@ def test_unknown_job_exits_2_with_suggestion(run):
 
 RAISE_IN_VALIDATE = """
 import sys
-import compiler.validate
+import compiler.reading.validate
 def boom(*args, **kwargs):
     raise RuntimeError("simulated internal failure")
-compiler.validate.validate_file = boom
+compiler.reading.validate.validate_file = boom
 sys.argv = ["modelspec", *{args!r}]
-from compiler.cli import main
+from compiler.cli.main import main
 main()
 """
 
@@ -316,7 +317,7 @@ def test_compile_with_one_invalid_spec_writes_nothing(run, tmp_path, bad_spec, e
 IMPORTS = """
 import json, sys
 sys.argv = ["modelspec", *{args!r}]
-from compiler.cli import main
+from compiler.cli.main import main
 try:
     main()
 except SystemExit as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler import diff as d
+from compiler.review import diff as d
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = {"toy": REPO / "specs" / "toy.yaml", "w9": REPO / "specs" / "worker-9b.yaml"}
@@ -482,7 +482,7 @@ def test_bad_arguments(run):
 
 
 def test_diff_imports_nothing_heavy():
-    code = ("import sys; from compiler.cli import main; sys.argv=['modelspec','diff','specs/toy.yaml','specs/worker-9b.yaml',"
+    code = ("import sys; from compiler.cli.main import main; sys.argv=['modelspec','diff','specs/toy.yaml','specs/worker-9b.yaml',"
             "'--allow-unversioned'];\ntry: main()\nexcept SystemExit: pass\n"
             "bad=[m for m in ('torch','transformers','coremltools','runtime','networkx') if m in sys.modules]; assert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

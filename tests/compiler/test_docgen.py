@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from compiler.docgen import BEGIN, END, splice
+from compiler.output.docgen import BEGIN, END, splice
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "spec.md"
 
@@ -10,7 +10,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "spec.md"
 def test_spec_reference_is_current():
     text = DOC.read_text(encoding="utf-8")
     assert BEGIN in text and END in text
-    assert splice(text) == text, "docs/spec.md is stale: run `modelspec schema --format markdown` and paste it, or splice with compiler.docgen.splice"
+    assert splice(text) == text, "docs/spec.md is stale: run `modelspec schema --format markdown` and paste it, or splice with compiler.output.docgen.splice"
 
 
 def test_every_field_is_documented():

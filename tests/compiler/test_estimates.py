@@ -1,4 +1,4 @@
-"""compiler/estimates.py and its use in derived.py and rules.py: per-rank training memory and FLOPs.
+"""compiler/analysis/estimates.py and its use in derived.py and rules.py: per-rank training memory and FLOPs.
 
 The numbers below are worked out by hand for a tiny architecture (docs/scale.md states the
 formulas): d_model 8, 2 layers, 2 heads of 4, 1 KV head, SwiGLU 16, vocabulary 32, untied.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from compiler.build import compile_one
-from compiler.errors import SpecError
-from compiler.estimates import BF16_MIXED, FP32, Dims, flops_per_token, min_fsdp2_ranks, rank_memory
-from compiler.training_report import fit_warnings
+from compiler.output.build import compile_one
+from compiler.core.errors import SpecError
+from compiler.analysis.estimates import BF16_MIXED, FP32, Dims, flops_per_token, min_fsdp2_ranks, rank_memory
+from compiler.output.training_report import fit_warnings
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Dims(params=1704, n_layers=2, d_model=8, n_heads=2, d_head=4, mlp_hidden=16, vocab_size=32, largest_unit=592,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from compiler import fmt as fmt_mod
-from compiler.canonical import canonical_json
-from compiler.errors import SpecError
-from compiler.fmt import FmtRefused, format_text
-from compiler.loader import load_text
+from compiler.authoring import fmt as fmt_mod
+from compiler.core.canonical import canonical_json
+from compiler.core.errors import SpecError
+from compiler.authoring.fmt import FmtRefused, format_text
+from compiler.reading.loader import load_text
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS_DIR = REPO / "specs"

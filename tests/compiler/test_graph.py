@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from compiler.build import build_outputs, compile_one
-from compiler.graph import GraphError, build_graph, plan_jobs, topo_order
-from compiler.interface import functions
-from compiler.jobs import CODE_VERSIONS, KINDS, READS, WHY, Job
-from compiler.params import PublishParams
+from compiler.output.build import build_outputs, compile_one
+from compiler.planning.graph import GraphError, build_graph, plan_jobs, topo_order
+from compiler.planning.interface import functions
+from compiler.planning.jobs import CODE_VERSIONS, KINDS, READS, WHY, Job
+from compiler.planning.params import PublishParams
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
 SPEC_IDS = [p.name for p in SPECS]
 _SCRIPT = Path(sys.executable).with_name("modelspec")
 # the installed console script; the same entry point through this interpreter if it is missing
-MODELSPEC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from compiler.cli import main; main()"]
+MODELSPEC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from compiler.cli.main import main; main()"]
 
 # Export jobs per shipped spec: one per package function (multifunction: one per prefill
 # shape; enumerated: one for all shapes), plus decode when it is enabled.

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from compiler.build import build_outputs, compile_one
-from compiler.compile import contract_files
-from compiler.errors import SpecError
+from compiler.output.build import build_outputs, compile_one
+from compiler.planning.compile import contract_files
+from compiler.core.errors import SpecError
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 HOSTILE = "{{ 7*7 }} {% for x in range(3) %}X{% endfor %} $(touch /tmp/pwned) `id` ; rm -rf / && echo \\\"q\\\""

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.errors import Problem, SpecError
-from compiler.validate import validate_file
+from compiler.core.errors import Problem, SpecError
+from compiler.reading.validate import validate_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = ROOT / "specs" / "toy.yaml"

@@ -2,7 +2,7 @@
 
 Every case edits `specs/toy.yaml` as text, compiles the original and the edited spec, and
 compares job fingerprints. The expected sets are written out literally: they follow from the
-params each builder in `compiler/jobs.py` fills in and from the needs of the DAG
+params each builder in `compiler/planning/jobs.py` fills in and from the needs of the DAG
 
     tokenizer -> dataset -> teacher -> train -> qat -> export-* -> convert -> verify
     convert + qat -> parity-*;  qat + dataset + tokenizer -> eval
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from compiler.build import compile_one
-from compiler.compile import contract_files
-from compiler.jobs import READS
+from compiler.output.build import compile_one
+from compiler.planning.compile import contract_files
+from compiler.planning.jobs import READS
 
 REPO = Path(__file__).resolve().parents[2]
 TOY = REPO / "specs" / "toy.yaml"

@@ -1,4 +1,4 @@
-"""compiler/launch.py: the Slurm script and the Kubernetes Job of every training job launch the
+"""compiler/output/launch.py: the Slurm script and the Kubernetes Job of every training job launch the
 same torchrun command with the spec's resources; hostile strings stay data.
 
 The sbatch scripts are checked with `bash -n` and then run for real with stub `scontrol` and
@@ -20,9 +20,9 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from compiler.build import build_outputs, compile_one
-from compiler.errors import SpecError
-from compiler.launch import K8S_NAME_MAX, k8s_name, launch_files
+from compiler.output.build import build_outputs, compile_one
+from compiler.core.errors import SpecError
+from compiler.output.launch import K8S_NAME_MAX, k8s_name, launch_files
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "specs").glob("*.yaml"))

@@ -12,9 +12,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.errors import SpecError
-from compiler.loader import load_text
-from compiler.validate import validate_doc
+from compiler.core.errors import SpecError
+from compiler.reading.loader import load_text
+from compiler.reading.validate import validate_doc
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 TOY = (SPECS / "toy.yaml").read_text().splitlines()

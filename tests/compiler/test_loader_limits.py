@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from compiler.errors import SpecError
-from compiler.loader import MAX_DEPTH, MAX_FILE_BYTES, MAX_SCALAR_CHARS, load_text
-from compiler.validate import validate_file
+from compiler.core.errors import SpecError
+from compiler.reading.loader import MAX_DEPTH, MAX_FILE_BYTES, MAX_SCALAR_CHARS, load_text
+from compiler.reading.validate import validate_file
 
 TOY = Path(__file__).resolve().parents[2] / "specs" / "toy.yaml"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from compiler.build import compile_one
+from compiler.output.build import compile_one
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 

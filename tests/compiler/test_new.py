@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from compiler.build import compile_one
-from compiler.derived import derive
-from compiler.errors import SpecError
-from compiler.fmt import format_text
-from compiler.loader import load_text
-from compiler.scaffold import SHAPES, TOLERANCE, parse_size, scaffold, size_architecture
-from compiler.validate import validate_doc, validate_file
+from compiler.output.build import compile_one
+from compiler.analysis.derived import derive
+from compiler.core.errors import SpecError
+from compiler.authoring.fmt import format_text
+from compiler.reading.loader import load_text
+from compiler.authoring.scaffold import SHAPES, TOLERANCE, parse_size, scaffold, size_architecture
+from compiler.reading.validate import validate_doc, validate_file
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.build import build_outputs, compile_one
-from compiler.emit import SCHEMA_FILE, schema_text, write_file, write_folder
+from compiler.output.build import build_outputs, compile_one
+from compiler.output.emit import SCHEMA_FILE, schema_text, write_file, write_folder
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
@@ -20,7 +20,7 @@ SPEC_IDS = [p.name for p in SPECS]
 GENERATED = REPO / "generated"
 _SCRIPT = Path(sys.executable).with_name("modelspec")
 # the installed console script; the same entry point through this interpreter if it is missing
-MODELSPEC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from compiler.cli import main; main()"]
+MODELSPEC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from compiler.cli.main import main; main()"]
 SCHEMA_LINE = "# yaml-language-server: $schema=../generated/modelspec.schema.json"
 REGENERATE = "generated/ is out of date: run `modelspec compile specs/*.yaml` and commit the result"
 
@@ -69,7 +69,7 @@ def regenerated(tmp_path_factory) -> Path:
     for name, files in sorted(outputs.items()):
         write_folder(str(out), name, files)
     # and `modelspec ci specs/*.yaml`: the PR workflow and pre-commit config for these specs
-    from compiler.ci_templates import FOLDER, render_ci
+    from compiler.authoring.ci_templates import FOLDER, render_ci
 
     write_folder(str(out), FOLDER, render_ci([f"specs/{p.name}" for p in SPECS]))
     return out
@@ -146,7 +146,8 @@ def test_cli_check_names_the_stale_file(scratch: Path):
 
 @pytest.mark.parametrize("damage", ["missing", "extra", "schema"])
 def test_check_finds_missing_extra_and_schema_files(scratch: Path, damage: str, monkeypatch, capsys):
-    from compiler import cli
+    from compiler.cli import app as cli_app
+    from compiler.cli.main import main as cli_main
 
     out = scratch / "generated"
     if damage == "missing":
@@ -162,6 +163,6 @@ def test_check_finds_missing_extra_and_schema_files(scratch: Path, damage: str, 
     monkeypatch.setattr(sys, "argv", ["modelspec", "compile", "--check", "--json", "--out", str(out),
                                       *(f"specs/{n}" for n in SPEC_IDS)])
     with pytest.raises(SystemExit) as exc:
-        cli.main()
+        cli_main()
     assert exc.value.code == 1
     assert json.loads(capsys.readouterr().out) == {"ok": False, "stale": [str(target)]}

@@ -15,9 +15,9 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from compiler.errors import SpecError
-    from compiler.loader import load_text
-    from compiler.validate import validate_doc
+    from compiler.core.errors import SpecError
+    from compiler.reading.loader import load_text
+    from compiler.reading.validate import validate_doc
 
 SPEC_DIR = str(Path(__file__).resolve().parents[2] / "specs")
 

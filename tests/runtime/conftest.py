@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from compiler.params import DatasetParams, TokenizerParams
+from compiler.planning.params import DatasetParams, TokenizerParams
 from runtime.jobs import dataset as dsjob
 from runtime.jobs import tokenizer as tokjob
 from tests.runtime.helpers import Ctx

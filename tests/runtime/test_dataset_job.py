@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from compiler.params import DatasetParams, SpecialTokenP, TokenizerParams
+from compiler.planning.params import DatasetParams, SpecialTokenP, TokenizerParams
 from runtime.hashing import tree_sha256
 from runtime.jobs import dataset as dsjob
 from runtime.jobs import tokenizer as tokjob

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compiler.params import QatParams, TrainParams
+from compiler.planning.params import QatParams, TrainParams
 from runtime.distributed.world import DistributedError
 from runtime.jobs import qat as qatjob
 from runtime.jobs import train as trainjob

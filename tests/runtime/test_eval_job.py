@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from compiler.catalogue import CATALOGUE
-from compiler.params import DatasetParams, EvalParams, TokenizerParams
+from compiler.analysis.catalogue import CATALOGUE
+from compiler.planning.params import DatasetParams, EvalParams, TokenizerParams
 from runtime.jobs import dataset as dsjob
 from runtime.jobs import eval as evjob
 from runtime.jobs import tokenizer as tokjob

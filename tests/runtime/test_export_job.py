@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compiler.params import FunctionP, TensorP
+from compiler.planning.params import FunctionP, TensorP
 from runtime.export.contract import ContractError, check_contract
 from runtime.export.program import describe
 from runtime.jobs import export

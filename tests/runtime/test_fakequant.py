@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compiler.params import ArchitectureP, ModuleQuantP
+from compiler.planning.params import ArchitectureP, ModuleQuantP
 from runtime.model.fakequant import (
     attach_fake_quant, dequantize, quantize, quantize_dequantize, remove_fake_quant,
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.params import GateP, GatesParams
+from compiler.planning.params import GateP, GatesParams
 from runtime.jobs import gates as gjob
 from tests.runtime.conftest import toy_params
 from tests.runtime.helpers import Ctx

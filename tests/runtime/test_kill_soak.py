@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.jobs import KINDS
+from compiler.planning.jobs import KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 4

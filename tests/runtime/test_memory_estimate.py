@@ -1,4 +1,4 @@
-"""The compiler's activation estimate (compiler/estimates.py) against what the runtime really keeps.
+"""The compiler's activation estimate (compiler/analysis/estimates.py) against what the runtime really keeps.
 
 One training forward of the student plus every loss term of the toy spec, on CPU: the bytes of
 the tensors autograd saves for the backward pass (parameters excluded, each storage counted
@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compiler.derived import dims
-from compiler.estimates import rank_memory
-from compiler.modules import canonical_modules
-from compiler.params import TrainParams
+from compiler.analysis.derived import dims
+from compiler.analysis.estimates import rank_memory
+from compiler.analysis.modules import canonical_modules
+from compiler.planning.params import TrainParams
 from runtime.model.student import Student, schema_architecture
 from runtime.train import losses
 from tests.runtime.conftest import toy_params

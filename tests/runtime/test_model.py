@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from compiler.params import ArchitectureP
+from compiler.planning.params import ArchitectureP
 from runtime.model.student import Student, canonical, from_hf_state_dict, to_hf_state_dict
 
 PLAN = Path(__file__).resolve().parents[2] / "generated" / "toy-worker" / "plan.json"

@@ -208,7 +208,7 @@ def test_unreachable_address_is_an_error_with_nothing_written(tmp_path):
 def test_a_local_run_never_imports_ray(tmp_path):
     code = ("import sys\n"
             f"sys.argv = ['modelspec', 'run', 'specs/toy.yaml', '--dry-run', '--allow-stale', '--workdir', {str(tmp_path)!r}]\n"
-            "from runtime.cli import main\n"
+            "from runtime.cli.main import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
             "assert 'ray' not in sys.modules and 'runtime.ray_backend' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

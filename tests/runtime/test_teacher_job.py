@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from compiler.params import ArchitectureP, DatasetParams, TeacherParams, TokenizerParams
+from compiler.planning.params import ArchitectureP, DatasetParams, TeacherParams, TokenizerParams
 from runtime.jobs import dataset as dsjob
 from runtime.jobs import teacher as tjob
 from runtime.jobs import tokenizer as tokjob

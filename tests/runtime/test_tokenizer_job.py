@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from compiler.params import SpecialTokenP, TokenizerParams
+from compiler.planning.params import SpecialTokenP, TokenizerParams
 from runtime.hashing import tree_sha256
 from runtime.jobs import tokenizer as tokjob
 from tests.runtime.helpers import Ctx

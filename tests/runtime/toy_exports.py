@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from compiler.build import compile_one
-from compiler.compile import Compiled
+from compiler.output.build import compile_one
+from compiler.planning.compile import Compiled
 from runtime.model.checkpoint import save_student
 from runtime.model.fakequant import attach_fake_quant, remove_fake_quant
 from runtime.model.student import Student

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from compiler.params import ArchitectureP, TrainingP
+from compiler.planning.params import ArchitectureP, TrainingP
 from runtime.model.student import Student
 
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from compiler.compile import Compiled
+from compiler.planning.compile import Compiled
 from tests.runtime.helpers import SPECS, Ctx
 from tests.runtime.toy_exports import save_checkpoint
 

@@ -32,8 +32,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from compiler.build import compile_one
-from compiler.loader import load_file
+from compiler.output.build import compile_one
+from compiler.reading.loader import load_file
 from runtime.verify.gate import verify
 from tests.verify import broken
 

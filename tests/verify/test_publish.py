@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.params import PublishParams
+from compiler.planning.params import PublishParams
 from runtime.hashing import file_sha256
 from runtime.jobs import publish
 from runtime.release import ReleaseError, install

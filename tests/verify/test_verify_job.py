@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.loader import load_file
+from compiler.reading.loader import load_file
 from runtime.coreml.package import function_ops, load_spec, write_spec
 from runtime.jobs import parity as parity_job
 from runtime.jobs import verify as verify_job

@@ -1,0 +1,110 @@
+"""`modelspec ci`: a GitHub Actions workflow and a pre-commit configuration for a set of specs.
+
+Rendered from `templates/github-workflow.yml.j2` and `templates/pre-commit-config.yaml.j2` into
+`OUT/_ci/` (a folder no spec can own: spec names start with a letter or digit) through
+`emit.write_folder`, so a failed render writes nothing; `--check` compares instead.
+
+Spec paths reach the files only as data, never as template source: each value is quoted here
+and the template inserts the finished scalar. Shell commands quote every path with
+`shlex.quote`; GitHub expression openers (`${{`) are neutralised; the result is written as a
+JSON string, which is a valid YAML double-quoted scalar. pre-commit gets the paths as `args`
+(no shell) and a `files` regex built with `re.escape`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+
+from compiler.core.errors import Problem, SpecError
+
+FOLDER = "_ci"
+WORKFLOW = "github-workflow.yml"
+PRE_COMMIT = "pre-commit-config.yaml"
+DIFF_FILE = "modelspec-diff.md"
+DEFAULT_INSTALL = "python -m pip install -e ."
+DEFAULT_PYTHON = "3.11"
+_BAD = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def inert(text: str) -> str:
+    """A string GitHub Actions will not evaluate: `${{` becomes an expression that yields `${{`."""
+    return text.replace("${{", "${{ '${{' }}")
+
+
+def yaml_str(text: str) -> str:
+    """A YAML double-quoted scalar (JSON strings are YAML), inert for GitHub expressions."""
+    return json.dumps(inert(text), ensure_ascii=True)
+
+
+def spec_paths(paths: list[str]) -> list[str]:
+    """Relative, forward-slash paths inside the current folder, or SpecError."""
+    problems = []
+    out = []
+    cwd = os.path.realpath(os.getcwd())
+    for p in paths:
+        full = os.path.realpath(p)
+        rel = os.path.relpath(full, cwd).replace(os.sep, "/")
+        if _BAD.search(p):
+            problems.append(Problem("<command line>", 1, 1, "SPECS", f"spec path {p!r} contains control characters",
+                                    "rename the file"))
+        elif os.path.commonpath([cwd, full]) != cwd or rel.startswith("../"):
+            problems.append(Problem("<command line>", 1, 1, "SPECS", f"spec path {p!r} is outside the current folder",
+                                    "run modelspec ci from the repository root; CI checks out the repository there"))
+        else:
+            out.append(rel)
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def render_ci(paths: list[str], install: str = DEFAULT_INSTALL, python: str = DEFAULT_PYTHON) -> dict[str, str]:
+    """{file name: text}; `paths` are already-validated relative spec paths."""
+    from compiler.output.text import environment
+
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    files_regex = "^(?:" + "|".join(re.escape(p) for p in paths) + ")$"
+    context = {
+        "count": len(paths),
+        "python_q": yaml_str(python),
+        "install_q": yaml_str(install),
+        "validate_q": yaml_str(f"modelspec validate {quoted}"),
+        "fmt_q": yaml_str(f"modelspec fmt --check {quoted}"),
+        "compile_q": yaml_str(f"modelspec compile --check {quoted}"),
+        "diff_q": yaml_str(f'modelspec diff --base "origin/$BASE_REF" --format markdown {quoted} > {DIFF_FILE}'),
+        "diff_file_q": yaml_str(DIFF_FILE),
+        "files_q": yaml_str(files_regex),
+        "args_q": ", ".join(yaml_str(p) for p in paths),
+    }
+    context |= {  # GitHub expressions: constants of this module, never user data
+        "group": "modelspec-${{ github.event.pull_request.number }}",
+        "if_not_cancelled": "${{ !cancelled() }}",
+        "base_ref": "${{ github.base_ref }}",
+        # posted whenever the report was written: diff exits 1 on an unversioned breaking change,
+        # which is exactly when reviewers need the comment
+        "if_comment": ("${{ !cancelled() && hashFiles('modelspec-diff.md') != '' && "
+                       "github.event.pull_request.head.repo.full_name == github.repository }}"),
+    }
+    env = environment()
+    return {
+        WORKFLOW: env.get_template("github-workflow.yml.j2").render(context),
+        PRE_COMMIT: env.get_template("pre-commit-config.yaml.j2").render(context),
+    }
+
+
+def ci_files(specs: list[str], install: str = DEFAULT_INSTALL, python: str = DEFAULT_PYTHON) -> dict[str, str]:
+    """Validate the specs (every problem at once), then render."""
+    from compiler.reading.validate import validate_file
+
+    paths = spec_paths(specs)
+    problems = []
+    for p in specs:
+        try:
+            validate_file(p)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SpecError(problems)
+    return render_ci(paths, install, python)

@@ -1,0 +1,78 @@
+"""Compile a validated spec into a plan (jobs with fingerprints) and the generated files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from compiler.planning import contracts
+from compiler.core.canonical import canonical_json, pretty_json, sha256_text
+from compiler.analysis.derived import Derived, derive
+from compiler.planning.graph import PlannedJob, build_graph, plan_jobs
+from compiler.planning.jobs import build_jobs
+from compiler.reading.validate import Validated
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+
+@dataclass(frozen=True)
+class Compiled:
+    validated: Validated
+    spec_hash: str
+    spec_path: str  # relative to the output root's parent, posix
+    jobs: list[PlannedJob]
+    derived: Derived
+
+    @cached_property
+    def graph(self) -> "nx.DiGraph":
+        """The plan as a networkx DiGraph (built on demand: compiling does not import networkx)."""
+        return build_graph([j.job for j in self.jobs])
+
+    @property
+    def spec(self):
+        return self.validated.spec
+
+    def job(self, job_id: str) -> PlannedJob:
+        for j in self.jobs:
+            if j.id == job_id:
+                return j
+        raise KeyError(job_id)
+
+    def plan(self) -> dict:
+        s = self.spec
+        return {
+            "spec": {"name": s.name, "version": s.version, "hash": self.spec_hash, "path": self.spec_path},
+            "overrides": list(self.validated.overrides),
+            "jobs": [j.as_json() for j in self.jobs],
+        }
+
+
+def spec_hash(validated: Validated) -> str:
+    return sha256_text(canonical_json(validated.spec.model_dump(mode="json")))
+
+
+def relative_spec_path(spec_path: str, out_root: str) -> str:
+    base = os.path.dirname(os.path.abspath(out_root))
+    rel = os.path.relpath(os.path.abspath(spec_path), base)
+    return rel.replace(os.sep, "/") if not rel.startswith("..") else os.path.basename(spec_path)
+
+
+def compile_spec(validated: Validated, out_root: str = "generated") -> Compiled:
+    jobs = plan_jobs(build_jobs(validated.spec))
+    return Compiled(validated, spec_hash(validated), relative_spec_path(validated.path, out_root), jobs, derive(validated.spec))
+
+
+def contract_files(c: Compiled) -> dict[str, str]:
+    s = c.spec
+    return {
+        "plan.json": pretty_json(c.plan()),
+        "contracts/io.json": pretty_json(contracts.io_contract(s)),
+        "contracts/tokens.json": pretty_json(contracts.tokens_contract(s)),
+        "contracts/quantization.json": pretty_json(contracts.quantization_contract(s)),
+        "contracts/precision.json": pretty_json(contracts.precision_contract(s)),
+        "contracts/gates.json": pretty_json(contracts.gates_contract(s)),
+        "contracts/budget.json": pretty_json(contracts.budget_contract(s, c.derived)),
+    }

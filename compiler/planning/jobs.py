@@ -1,0 +1,220 @@
+"""Job builders: pure functions from the validated spec to concrete jobs with typed params.
+
+One vocabulary of job kinds is used everywhere (plan, CLI, docs, runtime). `READS` says which
+spec key paths each kind reads; it feeds `explain` and docs/spec.md, and the invalidation
+tests check that params and READS agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from compiler.analysis.catalogue import CATALOGUE
+from compiler.planning.interface import default_function, functions
+from compiler.planning.params import (
+    CPU_JOB, ArchitectureP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
+    ModuleQuantP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, SpecialTokenP,
+    TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
+)
+from compiler.analysis.resolve import precision_plan, quant_plan
+from compiler.schema.architecture import Architecture
+from compiler.schema.spec import Spec
+from compiler.schema.teacher import TrainTeacher
+from compiler.schema.tokenizer import BpeSource
+
+KINDS = ("tokenizer", "dataset", "teacher", "train", "qat", "export", "convert",
+         "verify", "parity", "eval", "gates", "publish")
+
+# Bump a kind's version when its runtime code changes what it produces: every cached
+# output of that kind (and everything downstream) is then rebuilt.
+# bumped when a kind's code changes its outputs: export/convert 2 = RoPE tables computed in fp32;
+# 3 (and student-running kinds 2) = RoPE inverse frequencies as theta ** -e (exactly folded by coremltools)
+CODE_VERSIONS = {kind: 1 for kind in KINDS} | {"export": 3, "convert": 3, "train": 2, "qat": 2, "eval": 2, "parity": 2}
+
+WHY = {
+    "tokenizer": "Builds the transformers fast tokenizer with special tokens at exactly the spec's ids.",
+    "dataset": "Validates samples against the tool registry, splits them and tokenizes them with span masks.",
+    "teacher": "Provides the teacher and its top-k logits per sample for distillation.",
+    "train": "Distills the student from the teacher (the KD stage) with every loss term from the spec.",
+    "qat": "Continues training with fake quantization per the resolved recipe; export consumes its checkpoint.",
+    "export": "torch.export of one package function (a prefill shape or decode), checked against contracts/io.json.",
+    "convert": "Converts the exported programs to one CoreML ML program with the recipe, islands and metadata.",
+    "verify": "Reads the package and checks it against the compiled contracts.",
+    "parity": "Runs one function in a reference interpreter and compares it with torch.",
+    "eval": "Greedy generation on the eval split with the torch student; quality metrics.",
+    "gates": "Evaluates the spec's gates against the measured metrics.",
+    "publish": "Copies the package and its manifest to a release folder once every hard gate passed.",
+}
+
+READS = {
+    "tokenizer": ("tokenizer", "architecture.vocab_size"),
+    "dataset": ("data", "role", "shapes.prefill", "tokenizer.special_tokens"),
+    "teacher": ("teacher", "architecture.vocab_size", "architecture.norm", "architecture.rope", "architecture.max_context",
+                "architecture.tie_embeddings", "training.seed"),
+    "train": ("architecture", "training", "tokenizer.special_tokens"),
+    "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights"),
+    "export": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache", "precision"),
+    "convert": ("name", "architecture", "shapes", "quantization", "precision", "export", "tokenizer.special_tokens"),
+    "verify": ("name", "architecture", "shapes", "quantization", "precision", "export", "tokenizer.special_tokens", "gates"),
+    "parity": ("architecture", "shapes", "quantization.kv_cache", "export.coreml", "precision", "training.seed"),
+    "eval": ("role", "architecture", "tokenizer.special_tokens"),
+    "gates": ("gates",),
+    "publish": ("name", "version"),
+}
+
+PARITY_SAMPLES = 4
+PARITY_DECODE_STEPS = 8
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    needs: tuple[str, ...]
+    params: Params
+    outputs: dict[str, str] = field(default_factory=dict)
+    resources: ResourcesP = CPU_JOB  # placement only: not fingerprinted
+
+
+def training_resources(spec: Spec) -> ResourcesP:
+    """Placement of the training jobs (teacher when it trains, train, qat) from training.resources."""
+    r = spec.training.resources
+    return ResourcesP(device=r.device, nodes=r.nodes, nproc=r.nproc, strategy=r.strategy,
+                      cpus=r.nproc if r.device == "cpu" else max(1, r.nproc), gpus=r.nproc if r.device == "cuda" else 0)
+
+
+def _one_device(spec: Spec) -> ResourcesP:
+    """A single-process job on the training device (the teacher's top-k pass when it is not trained)."""
+    r = spec.training.resources
+    return ResourcesP(device=r.device, nodes=1, nproc=1, strategy="none", cpus=1, gpus=1 if r.device == "cuda" else 0)
+
+
+def architecture_params(a: Architecture) -> ArchitectureP:
+    return ArchitectureP(
+        vocab_size=a.vocab_size, d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads,
+        n_kv_heads=a.n_kv_heads, d_head=a.d_head, mlp_hidden=a.mlp.hidden, norm_eps=a.norm.eps,
+        rope_theta=a.rope.theta, max_context=a.max_context, tie_embeddings=a.tie_embeddings,
+    )
+
+
+def _special(spec: Spec) -> dict[str, SpecialTokenP]:
+    return {k: SpecialTokenP(text=v.text, id=v.id) for k, v in sorted(spec.tokenizer.special_tokens.items())}
+
+
+def _quant(spec: Spec) -> list[ModuleQuantP]:
+    return [ModuleQuantP(module=q.module, kind=q.kind, shape=list(q.shape), dtype=q.dtype, granularity=q.granularity,
+                         block_size=q.block_size) for q in quant_plan(spec)]
+
+
+def size_budget_mb(spec: Spec) -> float | None:
+    """The tightest upper bound the gates put on the package size, if any."""
+    bounds = [g.value for g in spec.gates if g.metric == "package.size_mb" and g.op in ("<=", "<")]
+    return min(bounds) if bounds else None
+
+
+def _precision(spec: Spec) -> PrecisionP:
+    plan = precision_plan(spec)
+    modules = sorted({m for matched in plan.island_modules.values() for m in matched})
+    return PrecisionP(compute=plan.compute, island_modules=modules, island_ops=plan.island_ops)
+
+
+def global_batch(spec: Spec) -> int:
+    """Sequences per optimizer step. What a training job computes depends on it, not on how many
+    processes share it: the runtime derives grad_accum from the world size it is launched with."""
+    tr = spec.training
+    return tr.micro_batch * tr.grad_accum * tr.resources.nproc * tr.resources.nodes
+
+
+def _training(spec: Spec) -> TrainingP:
+    tr = spec.training
+    return TrainingP(
+        architecture=architecture_params(spec.architecture), seed=tr.seed, total_steps=tr.steps,
+        micro_batch=tr.micro_batch, global_batch=global_batch(spec), optimizer=tr.optimizer.model_dump(),
+        lr_schedule=tr.lr_schedule.model_dump(), curriculum=[c.model_dump() for c in tr.curriculum],
+        checkpoint_every=tr.checkpoint_every, losses=tr.losses.model_dump(exclude_none=True),
+        grad_balance=tr.grad_balance.model_dump(),
+        special_token_ids={k: v.id for k, v in sorted(spec.tokenizer.special_tokens.items())},
+    )
+
+
+def _teacher(spec: Spec) -> TeacherParams:
+    t = spec.teacher
+    if isinstance(t, TrainTeacher):
+        student = spec.architecture
+        arch = student.model_copy(update=t.architecture.model_dump() | {"mlp": t.architecture.mlp})
+        return TeacherParams(kind="train", path=None, architecture=architecture_params(arch), steps=t.steps,
+                             micro_batch=t.micro_batch, seq_len=t.seq_len, lr=t.lr, seed=spec.training.seed, top_k=t.top_k)
+    return TeacherParams(kind="hf_local", path=t.path, architecture=None, steps=None, micro_batch=None, seq_len=None,
+                         lr=None, seed=spec.training.seed, top_k=t.top_k)
+
+
+def build_jobs(spec: Spec) -> list[Job]:
+    src = spec.tokenizer.source
+    special = _special(spec)
+    arch = architecture_params(spec.architecture)
+    tr = spec.training
+    fns = functions(spec)
+    cache_len = spec.shapes.decode.cache_len if spec.shapes.decode.enabled else None
+    decode_cache = spec.export.coreml.decode_cache if spec.shapes.decode.enabled else None
+    quant = _quant(spec)
+    precision = _precision(spec)
+    kd_end = math.floor(tr.steps * tr.qat.start_fraction) if tr.qat.enabled else tr.steps
+
+    jobs = [
+        Job("tokenizer", "tokenizer", (), TokenizerParams(
+            source_kind=src.kind, source_path=src.corpus if isinstance(src, BpeSource) else src.path,
+            trained_vocab_size=src.vocab_size if isinstance(src, BpeSource) else None,
+            model_vocab_size=spec.architecture.vocab_size, special_tokens=special,
+        ), {"tokenizer": "tokenizer", "report": "report.json"}),
+        Job("dataset", "dataset", ("tokenizer",), DatasetParams(
+            train=spec.data.train, eval=spec.data.eval, tool_registry=spec.data.tool_registry, role=spec.role,
+            max_seq_len=max(spec.shapes.prefill), special_tokens=special,
+        ), {"data": "data", "report": "report.json"}),
+        Job("teacher", "teacher", ("tokenizer", "dataset"), _teacher(spec), {"model": "model", "targets": "targets", "report": "report.json"},
+            training_resources(spec) if isinstance(spec.teacher, TrainTeacher) else _one_device(spec)),
+        Job("train", "train", ("dataset", "teacher"), TrainParams(training=_training(spec), start_step=0, end_step=kd_end),
+            {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
+            training_resources(spec)),
+    ]
+    student = "train"
+    if tr.qat.enabled:
+        jobs.append(Job("qat", "qat", ("train", "dataset", "teacher"), QatParams(
+            training=_training(spec), start_step=kd_end, end_step=tr.steps, lr_scale=tr.qat.lr_scale, quantization=quant,
+        ), {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
+            training_resources(spec)))
+        student = "qat"
+    export_ids = []
+    for fn in fns:
+        job_id = f"export-{fn.name.replace('_', '-')}"
+        export_ids.append(job_id)
+        jobs.append(Job(job_id, "export", (student,), ExportParams(
+            architecture=arch, function=fn, cache_len=cache_len, decode_cache=decode_cache, compute=spec.precision.compute,
+        ), {"program": "program.pt2", "report": "report.json"}))
+    cm = spec.export.coreml
+    jobs.append(Job("convert", "convert", tuple(export_ids) + ("tokenizer",), ConvertParams(
+        name=spec.name, target=cm.target, compute_units=cm.compute_units, packaging=cm.packaging,
+        default_function=default_function(spec), functions=fns, quantization=quant, precision=precision, special_tokens=special,
+    ), {"package": f"{spec.name}.mlpackage", "report": "report.json"}))
+    jobs.append(Job("verify", "verify", ("convert", "tokenizer"), VerifyParams(
+        name=spec.name, functions=fns, default_function=default_function(spec), quantization=quant, precision=precision,
+        special_tokens=special, quantization_sources={q.module: q.source for q in quant_plan(spec)},
+        size_budget_mb=size_budget_mb(spec),
+    ), {"report": "report.json"}))
+    parity_ids = []
+    for fn in fns:
+        job_id = f"parity-{fn.name.replace('_', '-')}"
+        parity_ids.append(job_id)
+        jobs.append(Job(job_id, "parity", ("convert", student), ParityParams(
+            architecture=arch, function=fn, cache_len=cache_len, samples=PARITY_SAMPLES,
+            decode_steps=PARITY_DECODE_STEPS, seed=tr.seed,
+        ), {"golden": "golden.npz", "report": "report.json"}))
+    jobs.append(Job("eval", "eval", (student, "dataset", "tokenizer"), EvalParams(
+        architecture=arch, role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,
+    ), {"report": "report.json", "samples": "samples.jsonl"}))
+    gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
+                   kind=CATALOGUE[g.metric].kind, producer=CATALOGUE[g.metric].producer) for g in spec.gates]
+    jobs.append(Job("gates", "gates", ("convert", "verify", *parity_ids, "eval"), GatesParams(gates=gates), {"report": "report.json"}))
+    jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids), PublishParams(name=spec.name, version=spec.version),
+                    {"manifest": "manifest.json"}))
+    return jobs

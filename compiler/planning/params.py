@@ -1,0 +1,206 @@
+"""Typed job parameters: exactly the values each job reads, flattened out of the spec.
+
+These are the second level of data (the spec as written is the first). Jobs receive these,
+never the spec tree; their canonical JSON is what the job fingerprint hashes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ResourcesP(Params):
+    """Where a job runs, not what it computes: not part of the job fingerprint (compiler/planning/graph.py).
+
+    Executors read it to place the job (`--executor ray` asks for `cpus`/`gpus`; training jobs
+    with more than one process launch torchrun with `nodes` x `nproc`)."""
+
+    device: Literal["cpu", "cuda", "mps"]
+    nodes: int
+    nproc: int  # processes per node
+    strategy: Literal["none", "ddp", "fsdp2"]  # none: a single-process job
+    cpus: int  # CPU cores per node the job wants
+    gpus: int  # GPUs per node the job wants
+
+
+CPU_JOB = ResourcesP(device="cpu", nodes=1, nproc=1, strategy="none", cpus=1, gpus=0)
+
+
+class SpecialTokenP(Params):
+    text: str
+    id: int
+
+
+class TokenizerParams(Params):
+    source_kind: Literal["bpe", "pretrained"]
+    source_path: str  # corpus (bpe) or folder (pretrained), as written in the spec
+    trained_vocab_size: int | None  # bpe only
+    model_vocab_size: int
+    special_tokens: dict[str, SpecialTokenP]
+
+
+class DatasetParams(Params):
+    train: str
+    eval: str
+    tool_registry: str
+    role: str
+    max_seq_len: int
+    special_tokens: dict[str, SpecialTokenP]
+
+
+class ArchitectureP(Params):
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    mlp_hidden: int
+    norm_eps: float
+    rope_theta: float
+    max_context: int
+    tie_embeddings: bool
+
+
+class TeacherParams(Params):
+    kind: Literal["train", "hf_local"]
+    path: str | None  # hf_local
+    architecture: ArchitectureP | None  # train
+    steps: int | None
+    micro_batch: int | None
+    seq_len: int | None
+    lr: float | None
+    seed: int
+    top_k: int
+
+
+class ModuleQuantP(Params):
+    module: str
+    kind: str
+    shape: list[int]
+    dtype: str
+    granularity: str | None
+    block_size: int | None
+
+
+class TrainingP(Params):
+    architecture: ArchitectureP
+    seed: int
+    total_steps: int
+    micro_batch: int  # sequences per process per forward pass (the unit each loss term averages over)
+    global_batch: int  # sequences per optimizer step: micro_batch x grad_accum x nproc x nodes of the spec
+    optimizer: dict[str, Any]
+    lr_schedule: dict[str, Any]
+    curriculum: list[dict[str, int]]
+    checkpoint_every: int
+    losses: dict[str, Any]
+    grad_balance: dict[str, Any]
+    special_token_ids: dict[str, int]
+
+
+class TrainParams(Params):
+    training: TrainingP
+    start_step: int
+    end_step: int
+
+
+class QatParams(Params):
+    training: TrainingP
+    start_step: int
+    end_step: int
+    lr_scale: float
+    quantization: list[ModuleQuantP]
+
+
+class TensorP(Params):
+    name: str
+    dtype: str
+    shape: list[int | str]
+    enumerated_shapes: list[list[int]] | None = None
+
+
+class FunctionP(Params):
+    name: str
+    role: Literal["prefill", "decode"]
+    seq_lens: list[int]  # the lengths this function accepts (one unless enumerated)
+    inputs: list[TensorP]
+    outputs: list[TensorP]
+    states: list[TensorP]
+
+
+class ExportParams(Params):
+    architecture: ArchitectureP
+    function: FunctionP
+    cache_len: int | None
+    decode_cache: Literal["state", "explicit"] | None
+    compute: str
+
+
+class PrecisionP(Params):
+    compute: str
+    island_modules: list[str]
+    island_ops: list[str]
+
+
+class ConvertParams(Params):
+    name: str
+    target: str
+    compute_units: str
+    packaging: str
+    default_function: str
+    functions: list[FunctionP]
+    quantization: list[ModuleQuantP]
+    precision: PrecisionP
+    special_tokens: dict[str, SpecialTokenP]
+
+
+class VerifyParams(Params):
+    name: str
+    functions: list[FunctionP]
+    default_function: str
+    quantization: list[ModuleQuantP]
+    quantization_sources: dict[str, str]  # module -> the rule it came from, for error messages only
+    precision: PrecisionP
+    special_tokens: dict[str, SpecialTokenP]
+    size_budget_mb: float | None  # the tightest `package.size_mb <=` gate, checked by verify too
+
+
+class ParityParams(Params):
+    architecture: ArchitectureP
+    function: FunctionP
+    cache_len: int | None
+    samples: int
+    decode_steps: int
+    seed: int
+
+
+class EvalParams(Params):
+    architecture: ArchitectureP
+    role: str
+    max_total_tokens: int
+    special_tokens: dict[str, SpecialTokenP]
+
+
+class GateP(Params):
+    metric: str
+    op: str
+    value: float
+    policy: str
+    min_n: int | None
+    kind: str
+    producer: str
+
+
+class GatesParams(Params):
+    gates: list[GateP]
+
+
+class PublishParams(Params):
+    name: str
+    version: str

@@ -1,0 +1,42 @@
+"""What the runtime's commands share: the store option, loading the plan (refusing a stale
+`generated/`), and checking job names given on the command line."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from compiler.cli.app import _arg_problem
+from compiler.core.errors import CheckFailed, SpecError
+
+WorkdirOpt = Annotated[str, typer.Option("--workdir", help="Store folder (content-addressed outputs).")]
+JobList = Optional[list[str]]
+
+
+def _plan(spec: str, overrides: list[str], allow_stale: bool, workdir: str | None):
+    """The plan (from the store's plan cache when the spec and the compiler did not change)."""
+    from pathlib import Path
+
+    from compiler.output.emit import stale_files
+
+    from runtime.plan import load
+
+    plan, contracts = load(spec, overrides, Path(workdir) if workdir else None)
+    if not allow_stale and not overrides:
+        # plan.json and the contracts are what runs and what artifacts are checked against; the
+        # human README.md and graph.mmd are views of the same data (`compile --check` covers them)
+        stale = stale_files("generated", plan.name, contracts, extra=False)
+        if stale:
+            raise CheckFailed("generated/ is stale for this spec (run: modelspec compile " + spec + ", or pass --allow-stale):\n  "
+                              + "\n  ".join(stale))
+    return plan
+
+
+def _check_jobs(plan, names: list[str], option: str) -> None:
+    from compiler.core.errors import did_you_mean
+
+    ids = [j.id for j in plan.jobs]
+    bad = [n for n in names if n not in ids]
+    if bad:
+        raise SpecError([_arg_problem(option, f"no job '{b}'", did_you_mean(b, ids) or f"jobs: {', '.join(ids)}") for b in bad])

@@ -1,0 +1,176 @@
+"""`modelspec verify` and `modelspec publish`: the contract gate from the command line.
+
+verify exits 0 when the package is the model the spec describes, 1 when a check failed, 2 when
+the input is invalid (a bad spec, no package, no checkpoint to compare with).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from compiler.cli.app import SetOpt, app
+from compiler.core.errors import CheckFailed
+
+from runtime.cli.common import WorkdirOpt, _plan
+
+
+
+def _fail_input(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def find_output(store_root: Path, kinds: tuple[str, ...], fingerprint: str | None, output: str,
+                prefer_key: str | None = None) -> Path | None:
+    """The named output of a completed job with this fingerprint in the store, if any.
+
+    A fingerprint covers a job's params, not its input files' content, so several completed jobs
+    can share one (the corpus changed): the key the current plan computes wins, else the newest."""
+    if not fingerprint:
+        return None
+    found: list[tuple[bool, float, Path]] = []
+    for kind in kinds:
+        for record in (store_root / "jobs" / kind).glob("*/_complete.json"):
+            try:
+                data = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if data.get("fingerprint") == fingerprint and output in data.get("outputs", {}):
+                found.append((data.get("key") == prefer_key, record.stat().st_mtime, record.parent / data["outputs"][output]["path"]))
+    return max(found)[2] if found else None
+
+
+def _references(package: Path, store_root: Path, keys: dict[str, Any]) -> dict[str, Any]:
+    from runtime.coreml.package import load_spec
+
+    meta = dict(load_spec(package).description.metadata.userDefined)
+    try:
+        fps = json.loads(meta.get("modelspec.fingerprints", "{}"))
+    except ValueError:
+        fps = {}
+    student = "qat" if "qat" in fps else "train"
+    return {"checkpoint": find_output(store_root, ("qat", "train"), fps.get(student), "checkpoint",
+                                      getattr(keys.get(student), "key", None)),
+            "tokenizer": find_output(store_root, ("tokenizer",), fps.get("tokenizer"), "tokenizer",
+                                     getattr(keys.get("tokenizer"), "key", None))}
+
+
+@app.command()
+def verify(
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    package: Annotated[str, typer.Argument(help="The .mlpackage to check.")],
+    json_report: Annotated[Optional[str], typer.Option("--json", help="Write the full report (JSON) to this file.")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Reference checkpoint for parity (default: found in the store through the package's fingerprints).")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer folder to fingerprint (default: found in the store).")] = None,
+    parity: Annotated[bool, typer.Option("--parity/--no-parity", help="Also execute the package with the reference interpreter.")] = True,
+    workdir: WorkdirOpt = ".modelspec",
+    set_: SetOpt = None,
+) -> None:
+    """Check a package against the spec's contracts and, with a checkpoint, its numeric parity."""
+    from compiler.output.build import compile_one
+    from compiler.reading.loader import load_file
+    from compiler.planning.params import ParityParams, VerifyParams
+
+    pkg = Path(package)
+    if not (pkg / "Manifest.json").is_file():
+        _fail_input(f"{package} is not an .mlpackage (no Manifest.json)")
+    compiled = compile_one(spec, set_ or [])  # SpecError -> exit 2 with file:line:col
+    params = VerifyParams.model_validate(compiled.job("verify").job.params.model_dump(mode="json"))
+    from runtime.keys import job_keys
+    from runtime.plan import Plan
+
+    refs = _references(pkg, Path(workdir), job_keys(Plan.from_compiled(compiled)))
+    tok = Path(tokenizer) if tokenizer else refs["tokenizer"]
+    from runtime.verify.gate import summary_lines, verify as run_verify
+
+    report = run_verify(params, pkg, spec_hash=compiled.spec_hash, tokenizer=tok,
+                        convert_fingerprint=compiled.job("convert").fingerprint, doc=load_file(spec))
+    report["parity"] = {}
+    failed = not report["passed"]
+    for line in summary_lines(report):
+        typer.echo(line, err=True)
+    if parity:
+        ckpt = Path(checkpoint) if checkpoint else refs["checkpoint"]
+        if ckpt is None or not ckpt.exists():
+            _fail_input("no reference checkpoint: the package's fingerprints match no checkpoint in the store "
+                        f"({workdir}); pass --checkpoint DIR or --no-parity")
+        from runtime.verify.parity import measure
+
+        gates = {g.metric: g for g in compiled.spec.gates if g.metric.startswith("parity.")}
+        for pj in compiled.jobs:
+            if pj.job.kind != "parity":
+                continue
+            pp = ParityParams.model_validate(pj.job.params.model_dump(mode="json"))
+            if pp.function.name not in report["observed"]["functions"]:
+                continue
+            rep, _ = measure(pkg, pp.function, ckpt, samples=pp.samples, decode_steps=pp.decode_steps, seed=pp.seed)
+            rep["gates"] = _parity_gates(rep, gates)
+            report["parity"][pp.function.name] = rep
+            for c in rep["checks"]:
+                if not c["passed"]:
+                    failed = True
+                    typer.echo(f"[parity {pp.function.name}] {c['name']}: {c['message']}", err=True)
+            for g in rep["gates"]:
+                if g["outcome"] == "fail":
+                    failed = failed or g["policy"] == "hard"
+                    typer.echo(f"[parity {pp.function.name}] gate {g['metric']} {g['op']} {g['threshold']:g}: {g['value']:.4g}", err=True)
+    report["passed"] = not failed
+    if json_report:
+        Path(json_report).write_text(json.dumps(report, sort_keys=True, indent=2, default=float) + "\n", encoding="utf-8")
+    typer.echo(f"{'PASS' if not failed else 'FAIL'}: {pkg.name} against {spec}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _parity_gates(report: dict[str, Any], gates: dict[str, Any]) -> list[dict[str, Any]]:
+    from compiler.planning.params import GateP
+    from runtime.jobs.gates import evaluate
+
+    rows = []
+    for metric, g in sorted(gates.items()):
+        gp = GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=None, kind="", producer="parity")
+        rows.append(evaluate(gp, {"parity": report}))
+    return rows
+
+
+@app.command()
+def publish(
+    spec: Annotated[str, typer.Argument(help="Spec file.")],
+    to: Annotated[str, typer.Option("--to", help="Release folder: DIR/releases/<release>/ and the DIR/current symlink.")],
+    workdir: WorkdirOpt = ".modelspec",
+    set_: SetOpt = None,
+) -> None:
+    """Publish the package whose hard gates all passed: atomic copy plus a manifest."""
+    from runtime.executor import Executor, select
+    from runtime.jobs.publish import release_files
+    from runtime.keys import job_states
+    from runtime.progress import Reporter
+    from runtime.release import ReleaseError, install
+    from runtime.store import Store
+
+    plan = _plan(spec, set_ or [], False, workdir)
+    store = Store(workdir)
+    with store.lock():
+        needed = set(select(plan, ["publish"], [])) - {"publish"}
+        behind = [s.id for s in job_states(plan, store) if s.id in needed and s.state != "up_to_date"]
+        if behind:
+            raise CheckFailed(f"not up to date: {', '.join(behind)}; run `modelspec run {spec}` first")
+        with Reporter(quiet=True) as reporter:
+            executor = Executor(plan, store, reporter=reporter)
+            results = {r.id: r for r in executor.run(select(plan, ["publish"], []))}
+    pub = results.get("publish")
+    if pub is None or pub.action not in ("ran", "cached"):
+        typer.echo(f"publish refused: {(pub.error if pub else None) or 'the publish job did not complete'}", err=True)
+        raise typer.Exit(1)
+    inputs = {dep: {k: Path(v) for k, v in results[dep].outputs.items()} for dep in plan.job("publish").needs}
+    inputs |= {j: {k: Path(v) for k, v in results[j].outputs.items()} for j in results if j.startswith("parity")}
+    try:
+        final = install(Path(to), Path(pub.outputs["manifest"]), release_files(inputs))
+    except ReleaseError as exc:
+        typer.echo(f"publish refused: {exc}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"published {final} ({Path(to) / 'current'} -> {final.name})", err=True)

@@ -1,0 +1,19 @@
+"""The `modelspec` entry point: the compiler's commands plus `run`, `status`, `verify`,
+`publish` and `launch`, through the compiler's single exit path."""
+
+from __future__ import annotations
+
+import sys
+
+from compiler.cli.main import main as _compiler_main
+from runtime.cli import run  # noqa: F401  (importing registers run, status)
+from runtime.cli import gate  # noqa: F401  (registers verify, publish)
+from runtime.cli import launch  # noqa: F401,I001  (registers launch)
+
+
+def main() -> None:
+    _compiler_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
