@@ -18,6 +18,18 @@ from compiler.cli import author  # noqa: F401,I001  (registers fmt, new, ci)
 from compiler.cli.app import app
 from compiler.core.errors import CheckFailed, SpecError
 
+# Packages of the optional extras (pyproject.toml): the base install is the compiler alone.
+EXTRAS = {"torch": "runtime", "transformers": "runtime", "tokenizers": "runtime", "safetensors": "runtime",
+          "coremltools": "runtime", "numpy": "runtime", "tensorboard": "runtime", "ray": "ray"}
+
+
+def missing_extra(exc: BaseException) -> str | None:
+    """The one-line error for an import of an extra that is not installed, else None."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError) or name not in EXTRAS:
+        return None
+    return f"modelspec: this command needs {name}, which is not installed: pip install 'modelspec[{EXTRAS[name]}]'"
+
 
 def main() -> None:
     try:
@@ -35,7 +47,10 @@ def main() -> None:
         raise
     except KeyboardInterrupt:
         sys.exit(130)
-    except BaseException:
+    except BaseException as exc:
+        if missing_extra(exc) and not cli_app._debug:
+            typer.echo(missing_extra(exc), err=True)
+            sys.exit(2)
         if cli_app._debug:
             raise
         import traceback

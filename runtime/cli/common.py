@@ -10,8 +10,22 @@ import typer
 from compiler.cli.app import _arg_problem
 from compiler.core.errors import CheckFailed, SpecError
 
+# What `pip install 'modelspec[runtime]'` brings (pyproject.toml); the base install is the compiler.
+RUNTIME_MODULES = ("torch", "transformers", "tokenizers", "safetensors", "coremltools", "numpy", "tensorboard")
+
 WorkdirOpt = Annotated[str, typer.Option("--workdir", help="Store folder (content-addressed outputs).")]
 JobList = Optional[list[str]]
+
+
+def require_runtime(command: str) -> None:
+    """Exit 2 with one line when the runtime extra is not installed (found without importing it)."""
+    import importlib.util
+
+    missing = [m for m in RUNTIME_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        typer.echo(f"modelspec {command} needs the runtime extra ({', '.join(missing)} not installed): "
+                   "pip install 'modelspec[runtime]'", err=True)
+        raise typer.Exit(2)
 
 
 def _plan(spec: str, overrides: list[str], allow_stale: bool, workdir: str | None):

@@ -15,7 +15,7 @@ import typer
 from compiler.cli.app import SetOpt, app
 from compiler.core.errors import CheckFailed
 
-from runtime.cli.common import WorkdirOpt, _plan
+from runtime.cli.common import WorkdirOpt, _plan, require_runtime
 
 
 
@@ -71,6 +71,7 @@ def verify(
     set_: SetOpt = None,
 ) -> None:
     """Check a package against the spec's contracts and, with a checkpoint, its numeric parity."""
+    require_runtime("verify")
     from compiler.output.build import compile_one
     from compiler.reading.loader import load_file
     from compiler.planning.params import ParityParams, VerifyParams
@@ -145,6 +146,7 @@ def publish(
     set_: SetOpt = None,
 ) -> None:
     """Publish the package whose hard gates all passed: atomic copy plus a manifest."""
+    require_runtime("publish")
     from runtime.executor import Executor, select
     from runtime.jobs.publish import release_files
     from runtime.keys import job_states

@@ -20,7 +20,7 @@ import typer
 from compiler.cli.app import JsonOpt, SetOpt, _arg_problem, _emit_json, app
 from compiler.core.errors import SpecError
 
-from runtime.cli.common import WorkdirOpt, _check_jobs, _plan
+from runtime.cli.common import WorkdirOpt, _check_jobs, _plan, require_runtime
 
 COMMAND = ("torchrun --nnodes N --nproc-per-node P --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id ID "
            "-m runtime.cli launch SPEC --job JOB --workdir /shared/store")
@@ -59,6 +59,7 @@ def launch(
     json_: JsonOpt = False,
 ) -> None:
     """One rank of a multi-node training job; torchrun runs this on every node."""
+    require_runtime("launch")
     from runtime.distributed.world import under_torchrun
 
     from runtime.executor import Executor

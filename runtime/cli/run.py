@@ -11,7 +11,7 @@ import typer
 from compiler.cli.app import JsonOpt, SetOpt, _arg_problem, _emit_json, app
 from compiler.core.errors import SpecError
 
-from runtime.cli.common import JobList, WorkdirOpt, _check_jobs, _plan
+from runtime.cli.common import JobList, WorkdirOpt, _check_jobs, _plan, require_runtime
 
 def _backend(executor: str, address: str | None):
     """None for local workers; a Ray backend, connected now when --address names a cluster."""
@@ -53,6 +53,7 @@ def run(
     json_: JsonOpt = False,
 ) -> None:
     """Run the compiled plan: cached jobs are skipped, the rest run; a killed run resumes."""
+    require_runtime("run")
     from runtime.executor import Executor, Interrupted, select
     from runtime.keys import job_states
     from runtime.progress import Reporter
