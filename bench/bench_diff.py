@@ -41,7 +41,8 @@ EDITS = (
 )
 GOAL_S = 1.0
 WATCH = ("compiler.schema", "pydantic", "typer", "click", "ruamel.yaml", "compiler.reading.rules", "compiler.review.diff",
-         "compiler.review.render", "compiler.cli.diff", "jinja2", "networkx", "torch")
+         "compiler.review.sides", "compiler.review.tree", "compiler.review.breaks", "compiler.review.render",
+         "compiler.cli.diff", "jinja2", "networkx", "torch")
 
 
 def edited() -> str:
@@ -90,9 +91,10 @@ import json, sys, time
 t0 = time.perf_counter()
 from compiler.cli import main as cli  # noqa: F401  (registers every command)
 from compiler.review import diff as d
+from compiler.review.sides import parse_side
 from compiler.review.render import render
 t1 = time.perf_counter()
-old_side, new_side = d.parse_side(sys.argv[1]), d.parse_side(sys.argv[2])
+old_side, new_side = parse_side(sys.argv[1]), parse_side(sys.argv[2])
 from compiler.reading.validate import validate_file
 from compiler.planning.compile import compile_spec, contract_files
 t2 = time.perf_counter()

@@ -27,6 +27,7 @@ def diff(
 ) -> None:
     """Semantic diff of two specs: each change's class, invalidated jobs, contract and derived deltas."""
     from compiler.review import diff as d
+    from compiler.review import sides
 
     specs = list(specs or [])
     problems = []
@@ -41,7 +42,7 @@ def diff(
         raise SpecError(problems)
 
     if base is None:
-        reports = [d.diff_sides(d.parse_side(specs[0]), d.parse_side(specs[1]))]
+        reports = [d.diff_sides(sides.parse_side(specs[0]), sides.parse_side(specs[1]))]
         new_specs: list[str] = []
         removed_specs: list[str] = []
     else:
@@ -49,11 +50,11 @@ def diff(
             import glob
 
             specs = sorted(glob.glob("specs/*.yaml"))
-        pairs, new_specs, removed_specs = d.base_sides(base, specs)
+        pairs, new_specs, removed_specs = sides.base_sides(base, specs)
         loaded, errs = [], []
         for old, new in pairs:  # every problem of every spec at once, then nothing printed
             try:
-                loaded.append((d.load_pair(old, new), old, new))
+                loaded.append((sides.load_pair(old, new), old, new))
             except SpecError as exc:
                 errs.extend(exc.problems)
         if errs:

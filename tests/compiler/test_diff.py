@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from compiler.review import diff as d
+from compiler.review.sides import parse_side
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = {"toy": REPO / "specs" / "toy.yaml", "w9": REPO / "specs" / "worker-9b.yaml"}
@@ -237,7 +238,7 @@ def diff_texts(workdir: Path, old: str, new: str, stem: str) -> dict:
     a, b = workdir / f"{stem}-old.yaml", workdir / f"{stem}-new.yaml"
     a.write_text(old, encoding="utf-8")
     b.write_text(new, encoding="utf-8")
-    return d.diff_sides(d.parse_side(str(a)), d.parse_side(str(b)))
+    return d.diff_sides(parse_side(str(a)), parse_side(str(b)))
 
 
 def edit_texts(edit: Edit) -> tuple[str, str]:
