@@ -110,7 +110,8 @@ def derive(spec: Spec) -> Derived:
     compute = spec.precision.compute
     plan = quant_plan(spec, modules)
     norm_bytes = by_kind.get("norm", 0) * DTYPE_BYTES[compute]
-    weight_bytes = sum(q.weight_bytes(compute) for q in plan) + norm_bytes
+    bias_bytes = sum(m.bias for m in modules) * DTYPE_BYTES[compute]  # biases stay dense
+    weight_bytes = sum(q.weight_bytes(compute) for q in plan) + norm_bytes + bias_bytes
     kv = 2 * arch.n_layers * arch.n_kv_heads * arch.d_head * DTYPE_BYTES[spec.quantization.kv_cache]
     per_step = {}
     tokens = 0

@@ -14,7 +14,7 @@ from compiler.analysis.catalogue import CATALOGUE
 from compiler.planning.interface import default_function, functions
 from compiler.planning.params import (
     CPU_JOB, ArchitectureP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
-    ModuleQuantP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, SpecialTokenP,
+    ModuleQuantP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
     TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
 )
 from compiler.analysis.resolve import precision_plan, quant_plan
@@ -90,11 +90,23 @@ def _one_device(spec: Spec) -> ResourcesP:
     return ResourcesP(device=r.device, nodes=1, nproc=1, strategy="none", cpus=1, gpus=1 if r.device == "cuda" else 0)
 
 
+def rope_scaling_params(scaling) -> RopeScalingP | None:
+    if scaling == "none":
+        return None
+    if scaling.kind == "linear":
+        return RopeScalingP(rope_type="linear", factor=scaling.factor, low_freq_factor=None, high_freq_factor=None,
+                            original_max_position_embeddings=None)
+    return RopeScalingP(rope_type="llama3", factor=scaling.factor, low_freq_factor=scaling.low_freq_factor,
+                        high_freq_factor=scaling.high_freq_factor,
+                        original_max_position_embeddings=scaling.original_max_context)
+
+
 def architecture_params(a: Architecture) -> ArchitectureP:
     return ArchitectureP(
         vocab_size=a.vocab_size, d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads,
         n_kv_heads=a.n_kv_heads, d_head=a.d_head, mlp_hidden=a.mlp.hidden, norm_eps=a.norm.eps,
         rope_theta=a.rope.theta, max_context=a.max_context, tie_embeddings=a.tie_embeddings,
+        attention_bias=a.attention_bias, qk_norm=a.qk_norm, rope_scaling=rope_scaling_params(a.rope.scaling),
     )
 
 
@@ -142,7 +154,9 @@ def _teacher(spec: Spec) -> TeacherParams:
     t = spec.teacher
     if isinstance(t, TrainTeacher):
         student = spec.architecture
-        arch = student.model_copy(update=t.architecture.model_dump() | {"mlp": t.architecture.mlp})
+        # a trained teacher is a plain LlamaForCausalLM: the student's vocabulary, norm, RoPE and context, no biases or q/k norms
+        arch = student.model_copy(update=t.architecture.model_dump() | {"mlp": t.architecture.mlp, "attention_bias": False,
+                                                                        "qk_norm": False})
         return TeacherParams(kind="train", path=None, architecture=architecture_params(arch), steps=t.steps,
                              micro_batch=t.micro_batch, seq_len=t.seq_len, lr=t.lr, seed=spec.training.seed, top_k=t.top_k)
     return TeacherParams(kind="hf_local", path=t.path, architecture=None, steps=None, micro_batch=None, seq_len=None,
@@ -173,7 +187,8 @@ def build_jobs(spec: Spec) -> list[Job]:
         ), {"data": "data", "report": "report.json"}),
         Job("teacher", "teacher", ("tokenizer", "dataset"), _teacher(spec), {"model": "model", "targets": "targets", "report": "report.json"},
             training_resources(spec) if isinstance(spec.teacher, TrainTeacher) else _one_device(spec)),
-        Job("train", "train", ("dataset", "teacher"), TrainParams(training=_training(spec), start_step=0, end_step=kd_end),
+        Job("train", "train", ("dataset", "teacher"), TrainParams(training=_training(spec), start_step=0, end_step=kd_end,
+                                                        init_checkpoint=tr.init.checkpoint if tr.init else None),
             {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
             training_resources(spec)),
     ]

@@ -6,13 +6,24 @@ never the spec tree; their canonical JSON is what the job fingerprint hashes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # Fields added after plans existed: left out of the JSON (plan.json, fingerprints) while they
+    # hold their default, so a spec that does not use a new feature keeps its job keys.
+    OMIT_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler):
+        data = handler(self)
+        for name in self.OMIT_WHEN_DEFAULT:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
 
 
 class ResourcesP(Params):
@@ -54,6 +65,16 @@ class DatasetParams(Params):
     special_tokens: dict[str, SpecialTokenP]
 
 
+class RopeScalingP(Params):
+    """A static RoPE scaling (absent: none); the field names are transformers' rope_parameters keys."""
+
+    rope_type: Literal["linear", "llama3"]
+    factor: float
+    low_freq_factor: float | None  # llama3
+    high_freq_factor: float | None  # llama3
+    original_max_position_embeddings: int | None  # llama3
+
+
 class ArchitectureP(Params):
     vocab_size: int
     d_model: int
@@ -66,6 +87,11 @@ class ArchitectureP(Params):
     rope_theta: float
     max_context: int
     tie_embeddings: bool
+    attention_bias: bool = False
+    qk_norm: bool = False
+    rope_scaling: RopeScalingP | None = None
+
+    OMIT_WHEN_DEFAULT = frozenset({"attention_bias", "qk_norm", "rope_scaling"})
 
 
 class TeacherParams(Params):
@@ -108,6 +134,9 @@ class TrainParams(Params):
     training: TrainingP
     start_step: int
     end_step: int
+    init_checkpoint: str | None = None  # a transformers folder as written in the spec (an external input: its files are hashed into the key)
+
+    OMIT_WHEN_DEFAULT = frozenset({"init_checkpoint"})
 
 
 class QatParams(Params):

@@ -54,6 +54,11 @@ def _architecture(spec: Spec) -> Iterator[Finding]:
         if spec.teacher.seq_len > spec.architecture.max_context:
             yield (("teacher", "seq_len"), f"teacher seq_len {spec.teacher.seq_len} exceeds architecture.max_context {spec.architecture.max_context}",
                    "the teacher shares the student's RoPE and context")
+    s = spec.architecture.rope.scaling
+    if s != "none" and s.kind == "llama3" and s.high_freq_factor <= s.low_freq_factor:
+        yield (("architecture", "rope", "scaling", "high_freq_factor"),
+               f"high_freq_factor {s.high_freq_factor:g} must exceed low_freq_factor {s.low_freq_factor:g}",
+               "copy both from the checkpoint's rope_scaling (Llama 3.1: low 1.0, high 4.0)")
 
 
 def _tokens(spec: Spec) -> Iterator[Finding]:
@@ -315,6 +320,8 @@ def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
     ]
     if isinstance(spec.teacher, HfLocalTeacher):
         candidates.append((("teacher", "path"), spec.teacher.path, True))
+    if spec.training.init is not None:
+        candidates.append((("training", "init", "checkpoint"), spec.training.init.checkpoint, True))
     for path, value, folder in candidates:
         full = os.path.join(spec_dir, value)
         if not value.strip():

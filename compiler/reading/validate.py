@@ -56,7 +56,8 @@ def validate_doc(doc: Document, spec_dir: str) -> Spec:
 # Friendly rewrites kept as data: why a field only takes what it takes.
 FIELD_HINTS = {
     "version": "quote a semver with three parts, e.g. version: 1.0.0",
-    "architecture.rope.scaling": "dynamic RoPE scaling depends on the padded length, so exported shapes would disagree",
+    "architecture.rope.scaling": ("dynamic RoPE scaling depends on the padded length, so exported shapes would disagree; "
+                                  "copy a checkpoint's static scaling as {kind: linear, ...} or {kind: llama3, ...}"),
     "shapes.batch": "on-device inference runs batch 1",
     "training.optimizer.name": "adamw is the only optimizer the runtime implements",
     "architecture.mlp.kind": "the student is a SwiGLU transformer",
@@ -151,6 +152,8 @@ def _translate(doc: Document, err: dict) -> Problem:
         return doc.problem(path, f"{_describe(value)} does not match {err['ctx']['pattern']}",
                            "names are lowercase letters, digits and '-', starting with a letter or digit; versions are semver like 1.2.0")
     message = err["msg"]
+    if kind == "rope_scaling":
+        return doc.problem(path, f"{message} (got {_describe(value)})", FIELD_HINTS["architecture.rope.scaling"])
     if message.startswith("Input should be"):
         message = "must be" + message[len("Input should be"):]
     return doc.problem(path, f"{message} (got {_describe(value)})" if not isinstance(value, (dict, list)) else message, None)

@@ -117,6 +117,13 @@ class QatOff(SpecModel):
     enabled: Literal[False] = F("No QAT: export consumes the KD checkpoint.")
 
 
+class Init(SpecModel):
+    checkpoint: str = F(
+        "Start the student from a local transformers folder (config.json + *.safetensors; pickles, remote code and "
+        "auto_map are refused). Relative paths are relative to the spec file. The train job checks every architecture "
+        "field against config.json and hashes the weights into the job key and the package provenance.", unit="path")
+
+
 class Resources(SpecModel):
     device: Literal["cpu", "cuda", "mps"] = F("Device type for training jobs (cpu ranks talk over gloo, cuda ranks over nccl).")
     nproc: PosInt = F("Processes per node (one per GPU on cuda); the global batch is micro_batch x grad_accum x nproc x nodes.", unit="processes")
@@ -127,6 +134,7 @@ class Resources(SpecModel):
 
 class Training(SpecModel):
     seed: NonNegInt = F("Seed for every random number generator of training and data order.")
+    init: Init | None = F("Where the student's weights start; absent: random (normal 0.02, seeded by seed).", default=None)
     steps: PosInt = F("Total optimizer steps, KD and QAT together.", unit="steps")
     micro_batch: PosInt = F("Sequences per process per forward pass.", unit="sequences")
     grad_accum: PosInt = F("Micro-batches accumulated per optimizer step.")

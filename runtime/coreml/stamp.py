@@ -59,7 +59,19 @@ def package_metadata(params: ConvertParams, provenance: dict[str, Any], tokenize
         "compute_units": params.compute_units,
         "target": params.target,
     }
+    init = init_provenance(export_reports)
+    if init is not None:  # the pretrained checkpoint the student started from (training.init)
+        values["init"] = _json(init)
     return {PREFIX + k: v for k, v in values.items()}
+
+
+def init_provenance(export_reports: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """What the exported checkpoint's weights started from: {model_type, weights_sha256, files}, or None (random)."""
+    for report in export_reports.values():
+        init = ((report.get("checkpoint") or {}).get("provenance") or {}).get("init")
+        if init:
+            return {k: init[k] for k in ("model_type", "weights_sha256", "files") if k in init}
+    return None
 
 
 def missing_metadata(metadata: dict[str, str], expected: dict[str, str]) -> list[str]:

@@ -31,6 +31,7 @@ EXTERNAL_INPUTS = {
     "tokenizer": ("source_path",),
     "dataset": ("train", "eval", "tool_registry"),
     "teacher": ("path",),
+    "train": ("init_checkpoint",),
 }
 
 

@@ -3,7 +3,8 @@
 Parameter names are the canonical module names of `compiler.analysis.modules` (no `model.` prefix), so
 the quantization and precision plans address modules directly. Everything is export friendly:
 no data-dependent Python control flow and no `.item()`; masks and RoPE angles are computed
-in-graph from position tensors, and angles depend only on absolute positions (no scaling).
+in-graph from position tensors, and angles depend only on absolute positions (static RoPE
+scalings, `linear` and `llama3`, are one constant factor per frequency).
 
 Three entry points share one decoder stack:
   - `forward(input_ids, attention_mask)`: training/eval logits, causal + key padding mask.
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from compiler.analysis.modules import Module, canonical_modules
 from compiler.planning.params import ArchitectureP
-from compiler.schema.architecture import Architecture, Mlp, Norm, Rope
+from compiler.schema.architecture import Architecture, LinearScaling, Llama3Scaling, Mlp, Norm, Rope
 
 # Masked scores are replaced (not offset) by this: finite in fp16, and exp() of it underflows to 0.
 MASK_VALUE = -1.0e4
@@ -38,9 +39,47 @@ def schema_architecture(arch: ArchitectureP) -> Architecture:
     return Architecture(
         d_model=arch.d_model, n_layers=arch.n_layers, n_heads=arch.n_heads, n_kv_heads=arch.n_kv_heads,
         d_head=arch.d_head, mlp=Mlp(kind="swiglu", hidden=arch.mlp_hidden), vocab_size=arch.vocab_size,
-        norm=Norm(kind="rmsnorm", eps=arch.norm_eps), rope=Rope(theta=arch.rope_theta, scaling="none"),
-        max_context=arch.max_context, tie_embeddings=arch.tie_embeddings,
+        norm=Norm(kind="rmsnorm", eps=arch.norm_eps), rope=Rope(theta=arch.rope_theta, scaling=_schema_scaling(arch)),
+        max_context=arch.max_context, tie_embeddings=arch.tie_embeddings, attention_bias=arch.attention_bias,
+        qk_norm=arch.qk_norm,
     )
+
+
+def _schema_scaling(arch: ArchitectureP):
+    s = arch.rope_scaling
+    if s is None:
+        return "none"
+    if s.rope_type == "linear":
+        return LinearScaling(kind="linear", factor=s.factor)
+    return Llama3Scaling(kind="llama3", factor=s.factor, low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
+                         original_max_context=s.original_max_position_embeddings)
+
+
+def rope_frequency_scale(arch: ArchitectureP) -> list[float] | None:
+    """The factor each inverse frequency is multiplied by under a static scaling (None: no scaling).
+
+    `linear`: 1/factor everywhere. `llama3` (transformers `_compute_llama3_parameters`): wavelengths
+    longer than original/low_freq_factor are divided by factor, shorter than original/high_freq_factor
+    kept, and in between interpolated. Computed in float64 from the unscaled frequencies."""
+    s = arch.rope_scaling
+    if s is None:
+        return None
+    half = arch.d_head // 2
+    if s.rope_type == "linear":
+        return [1.0 / s.factor] * half
+    old = float(s.original_max_position_embeddings)
+    low_wavelen, high_wavelen = old / s.low_freq_factor, old / s.high_freq_factor
+    out = []
+    for i in range(half):
+        wavelen = 2 * math.pi * arch.rope_theta ** (2 * i / arch.d_head)
+        if wavelen > low_wavelen:
+            out.append(1.0 / s.factor)
+        elif wavelen < high_wavelen:
+            out.append(1.0)
+        else:
+            smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+            out.append((1 - smooth) / s.factor + smooth)
+    return out
 
 
 def canonical(arch: ArchitectureP) -> list[Module]:
@@ -62,10 +101,14 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-def rope_cos_sin(positions: Tensor, d_head: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos/sin `[B|1, T, d_head]` from absolute positions `[B|1, T]`, computed in fp32 in-graph."""
+def rope_cos_sin(positions: Tensor, d_head: int, theta: float, dtype: torch.dtype,
+                 scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """cos/sin `[B|1, T, d_head]` from absolute positions `[B|1, T]`, computed in fp32 in-graph;
+    `scale` `[d_head / 2]` multiplies the inverse frequencies (a static RoPE scaling)."""
     exponent = torch.arange(0, d_head, 2, dtype=torch.float32, device=positions.device) / d_head
     inv_freq = theta ** -exponent  # not 1 / x: coremltools maps torch reciprocal to MIL inverse(epsilon=1e-4)
+    if scale is not None:
+        inv_freq = inv_freq * scale
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -77,12 +120,17 @@ class RotaryEmbedding(nn.Module):
     to 2^-11 relative (10000^(-1/16) = 0.56234 -> 0.5625) and the angle error grows with position:
     the toy's quantization SNR fell from 55 to 47 dB between 64 and 256 tokens."""
 
-    def __init__(self, d_head: int, theta: float) -> None:
+    def __init__(self, d_head: int, theta: float, scale: list[float] | None = None) -> None:
         super().__init__()
         self.d_head, self.theta = d_head, theta
+        self.scale: Tensor | None
+        if scale is None:
+            self.scale = None
+        else:  # a constant of the graph, not a weight: never in the state dict
+            self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        return rope_cos_sin(positions, self.d_head, self.theta, dtype)
+        return rope_cos_sin(positions, self.d_head, self.theta, dtype, self.scale)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -108,15 +156,22 @@ class Attention(nn.Module):
     def __init__(self, arch: ArchitectureP) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.d_head = arch.n_heads, arch.n_kv_heads, arch.d_head
-        self.q_proj = nn.Linear(arch.d_model, arch.n_heads * arch.d_head, bias=False)
-        self.k_proj = nn.Linear(arch.d_model, arch.n_kv_heads * arch.d_head, bias=False)
-        self.v_proj = nn.Linear(arch.d_model, arch.n_kv_heads * arch.d_head, bias=False)
+        bias = arch.attention_bias
+        self.q_proj = nn.Linear(arch.d_model, arch.n_heads * arch.d_head, bias=bias)
+        self.k_proj = nn.Linear(arch.d_model, arch.n_kv_heads * arch.d_head, bias=bias)
+        self.v_proj = nn.Linear(arch.d_model, arch.n_kv_heads * arch.d_head, bias=bias)
         self.o_proj = nn.Linear(arch.n_heads * arch.d_head, arch.d_model, bias=False)
+        # Qwen3: RMSNorm over each head's features of q and k, before RoPE
+        self.q_norm = RMSNorm(arch.d_head, arch.norm_eps) if arch.qk_norm else None
+        self.k_norm = RMSNorm(arch.d_head, arch.norm_eps) if arch.qk_norm else None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor, kv_fn: KVFn) -> Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.d_head).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, self.n_heads, self.d_head)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.d_head)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         k, v = kv_fn(k, v)
@@ -174,7 +229,7 @@ class Student(nn.Module):
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
         self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(arch.n_layers))
         self.norm = RMSNorm(arch.d_model, arch.norm_eps)
-        self.rotary_emb = RotaryEmbedding(arch.d_head, arch.rope_theta)
+        self.rotary_emb = RotaryEmbedding(arch.d_head, arch.rope_theta, rope_frequency_scale(arch))
         self.lm_head: nn.Linear | None = None if arch.tie_embeddings else nn.Linear(arch.d_model, arch.vocab_size, bias=False)
         self.to(device=device)
         self.init_weights(seed)
@@ -182,12 +237,14 @@ class Student(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
-        """Normal(0, 0.02) matrices (residual outputs scaled by 1/sqrt(2 n_layers)), unit norms."""
+        """Normal(0, 0.02) matrices (residual outputs scaled by 1/sqrt(2 n_layers)), unit norms, zero biases."""
         g = torch.Generator(device=self.embed_tokens.weight.device).manual_seed(seed)
         out_std = INIT_STD / math.sqrt(2 * self.arch.n_layers)
         for name, p in self.named_parameters():
-            if name.endswith("layernorm.weight") or name == "norm.weight":
+            if name.endswith(("layernorm.weight", "_norm.weight")) or name == "norm.weight":
                 p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
             else:
                 std = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else INIT_STD
                 p.normal_(0.0, std, generator=g)

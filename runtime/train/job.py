@@ -19,8 +19,9 @@ from compiler.planning.params import QatParams, TrainParams
 from runtime.distributed.launch import run_or_launch
 from runtime.distributed.parallel import full_state, wrap
 from runtime.distributed.world import World, accumulation, join
-from runtime.model.checkpoint import load_student, save_student
+from runtime.model.checkpoint import load_student, read_record, save_student
 from runtime.model.fakequant import attach_fake_quant, remove_fake_quant
+from runtime.model.pretrained import load_pretrained
 from runtime.model.student import Student
 
 from .data import load_split
@@ -37,13 +38,25 @@ def run_stage(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]
                          body=lambda: _train_here(params, inputs, out, ctx, stage))
 
 
-def _student(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]], device: torch.device) -> tuple[Student, int]:
-    """The model to train (the KD checkpoint with fake quantization attached for QAT) and the fake-quantized count."""
+def _student(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]], device: torch.device,
+             ctx: Any) -> tuple[Student, int, dict | None]:
+    """The model to train (the KD checkpoint with fake quantization attached for QAT; the pretrained
+    checkpoint of training.init, or seeded random weights, for KD), the fake-quantized count and
+    what the weights started from (recorded in the checkpoint's provenance, then the package's)."""
     tp = params.training
     if isinstance(params, QatParams):
         model = load_student(inputs["train"]["checkpoint"], arch=tp.architecture, device=device)
-        return model, attach_fake_quant(model, params.quantization)
-    return Student(tp.architecture, seed=tp.seed, device=device), 0
+        init = read_record(inputs["train"]["checkpoint"]).get("provenance", {}).get("init")
+        return model, attach_fake_quant(model, params.quantization), init
+    model = Student(tp.architecture, seed=tp.seed, device=device)
+    if params.init_checkpoint is None:
+        return model, 0, None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state, facts = load_pretrained(ctx.resolve(params.init_checkpoint), tp.architecture, expected)
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    ctx.log(f"student initialised from {facts['checkpoint']} ({facts['model_type']}, weights sha256 {facts['weights_sha256'][:16]})")
+    return model, 0, facts
 
 
 def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any, stage: str) -> dict:
@@ -54,7 +67,7 @@ def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Pat
         grad_accum = accumulation(tp.global_batch, tp.micro_batch, world.size)
         seed_everything(tp.seed)
         train = load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "train")
-        model, quantized = _student(params, inputs, world.device)
+        model, quantized, init = _student(params, inputs, world.device, ctx)
         model.train()
         model = wrap(model, model.layers, world)
         optimizer = make_optimizer(model, tp)
@@ -71,12 +84,12 @@ def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Pat
         return {}
     placement = {"world_size": world.size, "strategy": world.strategy, "grad_accum": grad_accum,
                  "global_batch": tp.global_batch, "micro_batch": tp.micro_batch}
-    return _outputs(params, inputs, out, ctx, stage, world, state, quantized, loop, placement, started, train.rows)
+    return _outputs(params, inputs, out, ctx, stage, world, state, quantized, loop, placement, started, train.rows, init)
 
 
 def _outputs(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any, stage: str,
              world: World, state: dict[str, torch.Tensor], quantized: int, loop: dict, placement: dict,
-             started: float, train_rows: int) -> dict:
+             started: float, train_rows: int, init: dict | None) -> dict:
     """Rank 0: validation on the whole model (fake quantization attached: what will ship), then the outputs."""
     tp = params.training
     model = Student(tp.architecture, seed=tp.seed, device=world.device)
@@ -87,8 +100,9 @@ def _outputs(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]]
     val_metrics = evaluate(model, val, tp, world.device)
     if quantized:
         remove_fake_quant(model, bake=True)
+    provenance = {**ctx.provenance, "init": init} if init else ctx.provenance
     save_student(out / "checkpoint", model.state_dict(), tp.architecture, params.end_step, quantized=bool(quantized),
-                 provenance=ctx.provenance)
+                 provenance=provenance)
     shutil.copyfile(Path(ctx.work_dir) / "metrics.jsonl", out / "metrics.jsonl")
     shutil.copytree(Path(ctx.work_dir) / "tensorboard", out / "tensorboard")
     last = loop.pop("last")
@@ -96,7 +110,7 @@ def _outputs(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]]
         "stage": stage, "steps": [params.start_step, params.end_step], "device": str(world.device),
         "fake_quantized_modules": quantized, "final_loss": last.get("loss", {}), "final_lr": last.get("lr"),
         **loop, **val_metrics, **placement, "seconds": time.perf_counter() - started, "provenance": ctx.provenance,
-        "train_rows": train_rows, "val_rows": val.rows,
+        "train_rows": train_rows, "val_rows": val.rows, "init": init,
     }
     _write_report(out, report)
     metrics = dict(val_metrics)

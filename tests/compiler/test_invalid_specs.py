@@ -127,7 +127,7 @@ CASES: list[Case] = [
     Case("teacher_n_kv_heads_not_divisor", "n_kv_heads: 2, d_head", "n_kv_heads: 4, d_head",
          "teacher.architecture.n_kv_heads", "n_kv_heads: 4", "n_heads 6 is not a multiple of n_kv_heads 4"),
     Case("rope_dynamic_scaling", "scaling: none", "scaling: dynamic", "architecture.rope.scaling", "scaling: dynamic",
-         "string 'dynamic' is not allowed; expected 'none'", "padded length"),
+         "length-dependent scalings (dynamic, yarn, longrope) are refused", "padded length"),
     # --- tokenizer -----------------------------------------------------------------------------
     Case("special_token_duplicate_id", 'bos: {text: "<s>", id: 1}', 'bos: {text: "<s>", id: 0}',
          "tokenizer.special_tokens.bos.id", 'bos: {text: "<s>", id: 0}', "id 0 is already used by 'pad'"),
