@@ -21,7 +21,9 @@ import re
 from dataclasses import dataclass
 
 from compiler.core.errors import Problem, SpecError
-from compiler.authoring.fmt import Raw, check_same, emit, format_text, node_from_data, plain_data
+from compiler.authoring.fmt import check_same, format_text
+from compiler.authoring.yaml_emit import emit
+from compiler.authoring.yaml_tree import Raw, node_from_data, plain_data
 from compiler.reading.loader import load_text
 from compiler.analysis.modules import canonical_modules
 from compiler.schema.architecture import Architecture
