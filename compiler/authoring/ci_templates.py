@@ -6,9 +6,17 @@ Rendered from `templates/github-workflow.yml.j2` and `templates/pre-commit-confi
 
 Spec paths reach the files only as data, never as template source: each value is quoted here
 and the template inserts the finished scalar. Shell commands quote every path with
-`shlex.quote`; GitHub expression openers (`${{`) are neutralised; the result is written as a
-JSON string, which is a valid YAML double-quoted scalar. pre-commit gets the paths as `args`
-(no shell) and a `files` regex built with `re.escape`.
+`shlex.quote` and split any `${{` inside the quotes (`shell_word`), so `run:` holds no
+expression at all; elsewhere an opener `${{` is neutralised as an expression that yields it;
+the result is written as a JSON string, which is a valid YAML double-quoted scalar. pre-commit
+gets the paths as `args` (no shell) and a `files` regex built with `re.escape`.
+
+The workflow is built to pass zizmor (tests/compiler/test_ci_templates.py runs it offline):
+every action is pinned to a full commit SHA with its version in a comment (`ACTIONS`), the
+checkout does not persist credentials, the workflow grants nothing and each job what it needs.
+The job that runs the pull request's code (install, validate, fmt, compile, diff) reads
+contents only; the diff report travels as an artifact to a second job, which runs no code
+from the pull request and alone may write the comment.
 """
 
 from __future__ import annotations
@@ -24,14 +32,36 @@ FOLDER = "_ci"
 WORKFLOW = "github-workflow.yml"
 PRE_COMMIT = "pre-commit-config.yaml"
 DIFF_FILE = "modelspec-diff.md"
+# The light install: the compiler and its CLI without the runtime extra (pyproject.toml);
+# bench/bench_light_install.py measures it.
 DEFAULT_INSTALL = "python -m pip install -e ."
 DEFAULT_PYTHON = "3.11"
+# Actions by full commit SHA (a tag can be moved; a SHA cannot), the release in a comment.
+# Each SHA is the commit its release tag points to in the action's repository (checked when
+# pinned; docs/authoring.md says how to update them).
+ACTIONS = {
+    "checkout": ("actions/checkout", "11d5960a326750d5838078e36cf38b85af677262", "v4.4.0"),
+    "setup_python": ("actions/setup-python", "a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"),
+    "upload_artifact": ("actions/upload-artifact", "ea165f8d65b6e75b540449e92b4886f43607fa02", "v4.6.2"),
+    "download_artifact": ("actions/download-artifact", "d3f86a106a0bac45b974a628896c90dbdf5c8093", "v4.3.0"),
+    "sticky_comment": ("marocchino/sticky-pull-request-comment", "773744901bac0e8cbb5a0dc842800d45e9b2b405", "v2.9.4"),
+}
 _BAD = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def inert(text: str) -> str:
     """A string GitHub Actions will not evaluate: `${{` becomes an expression that yields `${{`."""
     return text.replace("${{", "${{ '${{' }}")
+
+
+def shell_word(text: str) -> str:
+    """`text` as one shell word with no `${{` in it, so GitHub finds no expression to evaluate.
+
+    shlex.quote single-quotes any text containing `$` or `{`; each `${{` inside those quotes is
+    split as `$'"{{"'` (close the quotes after `$`, `{{` double-quoted, reopen): the shell joins
+    the pieces back into the same word, and no expression, not even a constant, lands in `run:`.
+    """
+    return shlex.quote(text).replace("${{", "$'\"{{\"'")
 
 
 def yaml_str(text: str) -> str:
@@ -64,7 +94,7 @@ def render_ci(paths: list[str], install: str = DEFAULT_INSTALL, python: str = DE
     """{file name: text}; `paths` are already-validated relative spec paths."""
     from compiler.output.text import environment
 
-    quoted = " ".join(shlex.quote(p) for p in paths)
+    quoted = " ".join(shell_word(p) for p in paths)
     files_regex = "^(?:" + "|".join(re.escape(p) for p in paths) + ")$"
     context = {
         "count": len(paths),
@@ -78,13 +108,16 @@ def render_ci(paths: list[str], install: str = DEFAULT_INSTALL, python: str = DE
         "files_q": yaml_str(files_regex),
         "args_q": ", ".join(yaml_str(p) for p in paths),
     }
+    context |= {f"uses_{key}": f"{repo}@{sha} # {tag}" for key, (repo, sha, tag) in ACTIONS.items()}
     context |= {  # GitHub expressions: constants of this module, never user data
         "group": "modelspec-${{ github.event.pull_request.number }}",
         "if_not_cancelled": "${{ !cancelled() }}",
         "base_ref": "${{ github.base_ref }}",
         # posted whenever the report was written: diff exits 1 on an unversioned breaking change,
         # which is exactly when reviewers need the comment
-        "if_comment": ("${{ !cancelled() && hashFiles('modelspec-diff.md') != '' && "
+        "if_report": "${{ !cancelled() && hashFiles('modelspec-diff.md') != '' }}",
+        "report_output": "${{ steps.upload.outputs.artifact-id }}",
+        "if_comment": ("${{ !cancelled() && needs.check.outputs.report != '' && "
                        "github.event.pull_request.head.repo.full_name == github.repository }}"),
     }
     env = environment()
