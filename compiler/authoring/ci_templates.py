@@ -35,7 +35,10 @@ DIFF_FILE = "modelspec-diff.md"
 # The light install: the compiler and its CLI without the runtime extra (pyproject.toml);
 # bench/bench_light_install.py measures it.
 DEFAULT_INSTALL = "python -m pip install -e ."
-DEFAULT_PYTHON = "3.11"
+# The Python versions pyproject.toml's requires-python allows (a test ties them together).
+SUPPORTED_PYTHON = ("3.11",)
+DEFAULT_PYTHON = SUPPORTED_PYTHON[0]
+REQUIRES_PYTHON = ">=3.11,<3.12"
 # Actions by full commit SHA (a tag can be moved; a SHA cannot), the release in a comment.
 # Each SHA is the commit its release tag points to in the action's repository (checked when
 # pinned; docs/authoring.md says how to update them).
@@ -90,6 +93,15 @@ def spec_paths(paths: list[str]) -> list[str]:
     return out
 
 
+def python_version(version: str) -> str:
+    """`version` when pyproject.toml's requires-python allows it (3.11 or 3.11.N), else SpecError."""
+    if any(re.fullmatch(re.escape(v) + r"(\.[0-9]+)?", version) for v in SUPPORTED_PYTHON):
+        return version
+    raise SpecError([Problem("<command line>", 1, 1, "--python",
+                             f"Python {version!r} is not supported: modelspec requires Python {REQUIRES_PYTHON}",
+                             f"use {' or '.join(SUPPORTED_PYTHON)} (or a patch release of it), or leave --python out")])
+
+
 def render_ci(paths: list[str], install: str = DEFAULT_INSTALL, python: str = DEFAULT_PYTHON) -> dict[str, str]:
     """{file name: text}; `paths` are already-validated relative spec paths."""
     from compiler.output.text import environment
@@ -128,11 +140,15 @@ def render_ci(paths: list[str], install: str = DEFAULT_INSTALL, python: str = DE
 
 
 def ci_files(specs: list[str], install: str = DEFAULT_INSTALL, python: str = DEFAULT_PYTHON) -> dict[str, str]:
-    """Validate the specs (every problem at once), then render."""
+    """Check the Python version and validate the specs (every problem at once), then render."""
     from compiler.reading.validate import validate_file
 
-    paths = spec_paths(specs)
     problems = []
+    try:
+        python_version(python)
+    except SpecError as exc:
+        problems.extend(exc.problems)
+    paths = spec_paths(specs)
     for p in specs:
         try:
             validate_file(p)

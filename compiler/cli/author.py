@@ -96,7 +96,7 @@ def ci(
     out: Annotated[str, typer.Option("--out", help="Output root; the files go to OUT/_ci/.")] = "generated",
     check: Annotated[bool, typer.Option("--check", help="Exit 1 and name stale files instead of writing.")] = False,
     install: Annotated[Optional[str], typer.Option("--install", help="Shell command that installs modelspec in CI.")] = None,
-    python: Annotated[Optional[str], typer.Option("--python", help="Python version for actions/setup-python.")] = None,
+    python: Annotated[Optional[str], typer.Option("--python", help="Python version for actions/setup-python: one that pyproject.toml's requires-python allows (3.11).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Render a GitHub Actions workflow and a pre-commit config that check these specs (OUT/_ci/)."""

@@ -8,11 +8,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from compiler.authoring.ci_templates import ACTIONS, FOLDER, PRE_COMMIT, WORKFLOW, render_ci
+from compiler.authoring.ci_templates import (ACTIONS, FOLDER, PRE_COMMIT, REQUIRES_PYTHON, SUPPORTED_PYTHON, WORKFLOW,
+                                             render_ci)
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = [f"specs/{p.name}" for p in sorted((REPO / "specs").glob("*.yaml"))]
@@ -302,3 +304,30 @@ def test_pins_are_full_shas_with_their_release():
     assert {repo for repo, _, _ in ACTIONS.values()} == set(INPUTS)
     for repo, sha, tag in ACTIONS.values():
         assert re.fullmatch(r"[0-9a-f]{40}", sha) and re.fullmatch(r"v\d+\.\d+\.\d+", tag), repo
+
+
+# --- --python -------------------------------------------------------------------------------------
+
+def test_supported_python_is_pyprojects():
+    from packaging.specifiers import SpecifierSet
+
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
+    assert requires == REQUIRES_PYTHON
+    allowed = SpecifierSet(requires)
+    minors = [f"3.{m}" for m in range(6, 20)]
+    assert [v for v in minors if f"{v}.0" in allowed] == list(SUPPORTED_PYTHON)
+
+
+@pytest.mark.parametrize("python", ["3.12", "3.10", "3", "3.11-dev", "3.x", "pypy3.11", "3.11.x", "3.111"])
+def test_cli_refuses_unsupported_python(run, tmp_path, python):
+    code, _, err = run("ci", "specs/toy.yaml", "--out", str(tmp_path / "gen"), "--python", python)
+    assert code == 2 and "--python" in err and ">=3.11,<3.12" in err and "use 3.11" in err
+    assert not (tmp_path / "gen").exists()
+
+
+@pytest.mark.parametrize("python", ["3.11", "3.11.9"])
+def test_cli_accepts_supported_python(run, tmp_path, python):
+    code, _, err = run("ci", "specs/toy.yaml", "--out", str(tmp_path / "gen"), "--python", python)
+    assert code == 0, err
+    wf = load((tmp_path / "gen" / FOLDER / WORKFLOW).read_text(encoding="utf-8"))
+    assert steps(wf)[1]["with"]["python-version"] == python
