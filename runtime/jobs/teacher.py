@@ -12,9 +12,13 @@ cosine decay. Batch order comes from a seeded generator, so the same inputs give
 and bit-identical targets on the same CPU machine (on CUDA, kernels such as the embedding backward
 use atomics and may differ in the last bits from run to run).
 
-``params.kind == "hf_local"``: a local ``save_pretrained`` folder (``ctx.resolve(path)``), loaded
-from safetensors with no remote code; ``auto_map`` in ``config.json``, a ``model_type`` other
-than ``llama``, or a vocabulary that misses a token of the data or the tokenizer is refused.
+``params.kind == "hf_local"``: a local ``save_pretrained`` folder (``ctx.resolve(path)``) of any
+transformers-native causal LM, loaded with ``AutoModelForCausalLM`` from safetensors with no
+remote code (bf16 + SDPA on CUDA, sharded with accelerate's ``device_map`` over several GPUs;
+fp32 + eager on CPU). Refused: ``auto_map`` in ``config.json``, a ``model_type`` transformers has
+no causal LM for, pickled weights, a tokenizer beside the model whose token->id map differs from
+the student's (the first differing ids are named), and fewer logit rows than the tokenizer and
+data need. Logit rows beyond the tokenizer (padded embeddings) are dropped by rule before top-k.
 
 Outputs: ``out/model`` (``save_pretrained``), ``out/targets`` (``{train,val}.safetensors`` and
 ``index.json``, layout and cache in ``teacher_targets.py``) and ``out/report.json`` (train loss,
@@ -32,6 +36,8 @@ import torch
 
 from runtime.distributed.launch import run_or_launch
 from runtime.distributed.world import World, join, pick_device
+
+from runtime.model.pretrained import PretrainedError, expected_scaling, read_config, weight_files
 
 from .teacher_targets import TargetCache, split_targets, weights_sha256
 from .teacher_train import BETAS, GRAD_CLIP, MIN_LR_FRACTION, WARMUP_FRACTION, WEIGHT_DECAY, masked_ce, rows_per_rank, train
@@ -71,7 +77,7 @@ def _llama_config(arch, tok):
         vocab_size=arch.vocab_size, hidden_size=arch.d_model, num_hidden_layers=arch.n_layers,
         num_attention_heads=arch.n_heads, num_key_value_heads=arch.n_kv_heads, head_dim=arch.d_head,
         intermediate_size=arch.mlp_hidden, hidden_act="silu", rms_norm_eps=arch.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta},
+        rope_parameters={"rope_theta": arch.rope_theta, **(expected_scaling(arch.rope_scaling) or {"rope_type": "default"})},
         max_position_embeddings=arch.max_context, tie_word_embeddings=arch.tie_embeddings, attention_dropout=0.0,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         attn_implementation=ATTN,
@@ -79,32 +85,75 @@ def _llama_config(arch, tok):
 
 
 def _load_hf_local(folder: Path, device: torch.device):
-    from transformers import LlamaForCausalLM
+    """Any transformers-native causal LM from a local folder: safetensors only, remote code off.
 
-    cfg_path = folder / "config.json"
+    On CUDA in bf16 with SDPA attention, sharded over every visible GPU (accelerate's device_map)
+    when there is more than one; on CPU in fp32 with eager attention (deterministic top-k)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TeacherJobError(f"teacher.path: {cfg_path} is not a readable config.json ({exc}); point teacher.path "
-                              "at a folder written by save_pretrained") from exc
-    if "auto_map" in cfg:
-        raise TeacherJobError(f"refusing teacher {folder}: config.json has 'auto_map' (it needs remote code, which this "
-                              "runtime never runs); save the model as a plain LlamaForCausalLM")
-    if cfg.get("model_type") != "llama":
-        raise TeacherJobError(f"teacher {folder}: model_type is {cfg.get('model_type')!r}, only 'llama' is supported; "
-                              "convert the teacher to a LlamaForCausalLM or use teacher.kind: train")
-    if not any(folder.glob("*.safetensors")):
-        raise TeacherJobError(f"teacher {folder} has no *.safetensors weights (pickled weights are never loaded); "
-                              "re-save it with save_pretrained")
+        cfg = read_config(folder, "teacher.path")
+        weight_files(folder, "teacher.path")
+    except PretrainedError as exc:
+        raise TeacherJobError(str(exc)) from exc
+    family = cfg.get("model_type")
+    if family not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise TeacherJobError(f"teacher {folder}: model_type {family!r} is not a transformers-native causal LM "
+                              "(AutoModelForCausalLM has no class for it without remote code); use such a checkpoint")
+    kwargs: dict = {"trust_remote_code": False, "local_files_only": True, "use_safetensors": True}
+    if device.type == "cuda":
+        kwargs |= {"dtype": torch.bfloat16, "attn_implementation": "sdpa",
+                   "device_map": "auto" if torch.cuda.device_count() > 1 else {"": device.index or 0}}
+    else:
+        kwargs |= {"dtype": torch.float32, "attn_implementation": ATTN}
     try:
-        model = LlamaForCausalLM.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True,
-                                                 use_safetensors=True, dtype="auto", attn_implementation=ATTN)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
-        raise TeacherJobError(f"teacher {folder} does not load as a LlamaForCausalLM: {exc}") from exc
-    return model.to(device)
+        raise TeacherJobError(f"teacher {folder} does not load with AutoModelForCausalLM: {exc}") from exc
+    return model if "device_map" in kwargs else model.to(device)
 
 
-def _check_vocab(model, where: str, tok, tok_report: Path | None, arrays: dict[str, dict[str, np.ndarray]]) -> None:
+def _check_tokenizers(folder: Path, student_tokenizer: Path) -> None:
+    """Logit KD compares distributions id by id: the teacher's tokenizer (saved beside it) must map
+    every token string, special tokens included, to the same id as the student's."""
+    if not (folder / "tokenizer.json").is_file():
+        raise TeacherJobError(f"teacher {folder}: no tokenizer.json beside the model; save the teacher's tokenizer "
+                              "with it (tokenizer.save_pretrained(folder)): logit KD needs to know its ids mean the "
+                              "student's tokens")
+    problems = vocabulary_differences(_token_ids(folder / "tokenizer.json"), _token_ids(Path(student_tokenizer) / "tokenizer.json"))
+    if problems:
+        raise TeacherJobError(f"teacher {folder}: its tokenizer differs from the student's, so its logits cannot be "
+                              f"distilled id by id: {problems}; distil from a teacher with the student's tokenizer")
+
+
+def _token_ids(path: Path) -> dict[str, int]:
+    """token string -> id, added tokens included, read from tokenizer.json itself (transformers'
+    AutoTokenizer may add a family's default special tokens on load; the ids are what the file says)."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged file is one user error whatever tokenizers raises
+        raise TeacherJobError(f"{path} is not a readable tokenizer.json ({exc})") from exc
+
+
+def vocabulary_differences(teacher: dict[str, int], student: dict[str, int], limit: int = 5) -> str:
+    """'' when the maps are equal, else the first differing tokens by id, then the sizes."""
+    if teacher == student:
+        return ""
+    by_id_t = {i: s for s, i in teacher.items()}
+    by_id_s = {i: s for s, i in student.items()}
+    diffs = [f"id {i}: teacher {by_id_t.get(i)!r}, student {by_id_s.get(i)!r}"
+             for i in sorted(set(by_id_t) | set(by_id_s)) if by_id_t.get(i) != by_id_s.get(i)]
+    return "; ".join(diffs[:limit]) + (f" (and {len(diffs) - limit} more)" if len(diffs) > limit else "") + \
+        f"; teacher {len(teacher)} tokens, student {len(student)}"
+
+
+def _check_vocab(model, where: str, tok, tok_report: Path | None, arrays: dict[str, dict[str, np.ndarray]]) -> int:
+    """The number of logit rows the targets are taken from: the tokenizer's size. Rows beyond it
+    (the padding of e.g. 152,064 embedding rows for a 151,643-token tokenizer) are dropped by rule,
+    never ranked; a teacher with fewer rows than the tokenizer and the data need is refused."""
     vocab = model.config.vocab_size
     used = [int(a["input_ids"][a["attention_mask"] > 0].max(initial=0)) for a in arrays.values()]
     need = max(used + [len(tok) - 1] + list(tok.all_special_ids)) + 1
@@ -113,14 +162,14 @@ def _check_vocab(model, where: str, tok, tok_report: Path | None, arrays: dict[s
                               f"{need - 1}); use a teacher with the dataset's tokenizer")
     if tok_report is not None and tok_report.is_file():
         student = json.loads(tok_report.read_text(encoding="utf-8")).get("model_vocab_size")
-        if student is not None and vocab != student:
-            raise TeacherJobError(f"{where}: vocab_size {vocab} differs from the student's {student} (tokenizer report "
-                                  f"{tok_report}); top-k ids must index the student's vocabulary")
+        if student is not None and need > student:
+            raise TeacherJobError(f"{where}: token ids up to {need - 1} do not fit the student's {student} embedding rows")
     longest = max((int(a["attention_mask"].sum(axis=1).max(initial=0)) for a in arrays.values()), default=0)
     if longest > model.config.max_position_embeddings:
         raise TeacherJobError(f"{where}: max_position_embeddings {model.config.max_position_embeddings} is shorter "
                               f"than the longest dataset row ({longest} tokens); use a teacher with a longer context "
                               "or shorter data (shapes.prefill sets the dataset's max_seq_len)")
+    return min(vocab, len(tok))
 
 
 @torch.no_grad()
@@ -137,15 +186,18 @@ def _evaluate(model, arrays: dict[str, np.ndarray], lengths: np.ndarray, device)
             "val_target_tokens": int(count)}  # None: an empty val split
 
 
-def _write_targets(model, folder: Path, splits, top_k: int, teacher_sha: str, cache_dir, device, ctx) -> TargetCache:
+def _write_targets(model, folder: Path, splits, top_k: int, teacher_sha: str, cache_dir, device, ctx,
+                   rows: int) -> TargetCache:
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    cache = TargetCache(cache_dir, teacher_sha, top_k)
+    limited = rows < model.config.vocab_size  # padded rows dropped: a different ranking, a different cache entry
+    cache = TargetCache(cache_dir, f"{teacher_sha}/rows={rows}" if limited else teacher_sha, top_k)
     update = ctx.progress("teacher: top-k targets", total=sum(len(lengths) for _, lengths in splits.values()))
     index = {"top_k": top_k, "teacher_sha256": teacher_sha, "splits": {}}
     for split, (arrays, lengths) in splits.items():
-        tensors, shas = split_targets(model, arrays["input_ids"], lengths, top_k, cache, device, update)
+        tensors, shas = split_targets(model, arrays["input_ids"], lengths, top_k, cache, device, update,
+                                      rows if limited else None)
         info = json.dumps({"split": split, "top_k": top_k, "teacher_sha256": teacher_sha}, sort_keys=True)
         save_file(tensors, str(folder / f"{split}.safetensors"), metadata={"modelspec": info})
         index["splits"][split] = {"rows": len(lengths), "T": tensors["topk_ids"].shape[1], "sample_sha256": shas}
@@ -192,12 +244,13 @@ def _teacher(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, world: 
             raise TeacherJobError(f"teacher.path: {exc}") from exc
         where = f"teacher {folder}"
         model = _load_hf_local(folder, device)
+        _check_tokenizers(folder, inputs["tokenizer"]["tokenizer"])
     else:  # pragma: no cover - params are typed
         raise TeacherJobError(f"unknown teacher kind {params.kind!r}")
-    _check_vocab(model, where, tok, inputs["tokenizer"].get("report"), {s: a for s, (a, _) in splits.items()})
-    if params.top_k > model.config.vocab_size:
-        raise TeacherJobError(f"teacher.top_k {params.top_k} exceeds the teacher's vocab_size "
-                              f"{model.config.vocab_size}; lower teacher.top_k")
+    rows = _check_vocab(model, where, tok, inputs["tokenizer"].get("report"), {s: a for s, (a, _) in splits.items()})
+    if params.top_k > rows:
+        raise TeacherJobError(f"teacher.top_k {params.top_k} exceeds the {rows} logit rows of the shared vocabulary; "
+                              "lower teacher.top_k")
 
     losses = []
     if world is not None:
@@ -212,13 +265,15 @@ def _teacher(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, world: 
     model.eval()
     metrics = _evaluate(model, *splits["val"], device)
     model.save_pretrained(str(out / "model"))
+    tok.save_pretrained(str(out / "model"))  # beside the weights: the folder is itself a valid hf_local teacher
     teacher_sha = weights_sha256(model)
-    cache = _write_targets(model, out / "targets", splits, params.top_k, teacher_sha, ctx.cache_dir, device, ctx)
+    cache = _write_targets(model, out / "targets", splits, params.top_k, teacher_sha, ctx.cache_dir, device, ctx, rows)
 
     window = max(1, min(LOSS_WINDOW, len(losses)))
     metrics.update({
         "steps": len(losses), "top_k": params.top_k, "teacher_sha256": teacher_sha,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in model.parameters()), "vocab_rows_ranked": rows,
+        "vocab_rows_dropped": model.config.vocab_size - rows,
         **({"train_loss_first": sum(losses[:window]) / window, "train_loss_final": sum(losses[-window:]) / window,
             "train_seconds": round(train_seconds, 3)} if losses else {}),
         **{f"rows_{s}": len(lengths) for s, (_, lengths) in splits.items()},

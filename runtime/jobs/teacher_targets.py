@@ -104,13 +104,20 @@ class TargetCache:
 
 
 @torch.no_grad()
-def topk_rows(model, rows: list[np.ndarray], top_k: int, device: torch.device) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(ids [n, k] int32, logits [n, k] float32) per row; all rows must have the same length n."""
+def topk_rows(model, rows: list[np.ndarray], top_k: int, device: torch.device,
+              vocab_rows: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids [n, k] int32, logits [n, k] float32) per row; all rows must have the same length n.
+    Only the first `vocab_rows` logits are ranked (padded embedding rows beyond the tokenizer never are)."""
     ids = torch.as_tensor(np.stack(rows), dtype=torch.long, device=device)
-    hidden = model.model(input_ids=ids).last_hidden_state.reshape(-1, model.config.hidden_size)
+    hidden = model.get_decoder()(input_ids=ids).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    head = model.get_output_embeddings()
     out_ids, out_logits = [], []
     for chunk in hidden.split(LOGIT_CHUNK_TOKENS):
-        values, indices = model.lm_head(chunk).float().topk(top_k, dim=-1, sorted=True)
+        logits = head(chunk.to(head.weight.device))
+        if vocab_rows is not None and vocab_rows < logits.shape[-1]:
+            logits = logits[..., :vocab_rows]
+        values, indices = logits.float().topk(top_k, dim=-1, sorted=True)
         out_logits.append(values)
         out_ids.append(indices)
     b, n = ids.shape
@@ -120,7 +127,8 @@ def topk_rows(model, rows: list[np.ndarray], top_k: int, device: torch.device) -
 
 
 def split_targets(model, input_ids: np.ndarray, lengths: np.ndarray, top_k: int, cache: TargetCache,
-                  device: torch.device, advance: Callable[..., None]) -> tuple[dict[str, np.ndarray], list[str]]:
+                  device: torch.device, advance: Callable[..., None],
+                  vocab_rows: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """The split's ``topk_ids`` / ``topk_logits`` and each row's sample hash, through the cache."""
     rows, T = len(lengths), int(lengths.max(initial=0))
     out_ids = np.zeros((rows, T, top_k), dtype=np.int32)
@@ -142,7 +150,7 @@ def split_targets(model, input_ids: np.ndarray, lengths: np.ndarray, top_k: int,
         per_batch = max(1, BATCH_TOKENS // max(n, 1))
         for start in range(0, len(group), per_batch):
             batch = group[start:start + per_batch]
-            computed = topk_rows(model, [input_ids[same[0], :n] for same in batch], top_k, device)
+            computed = topk_rows(model, [input_ids[same[0], :n] for same in batch], top_k, device, vocab_rows)
             for same, (ids, logits) in zip(batch, computed):
                 out_ids[same, :n], out_logits[same, :n] = ids, logits
                 cache.put(keys[same[0]], ids, logits)

@@ -181,9 +181,17 @@ def test_same_seed_same_teacher_and_bytes_with_cache(data, trained, tmp_path):
     assert fourth["cache_misses"] == fourth["cache_rejected"] == 0  # the bad entries were rewritten
 
 
+def _save_teacher(model, folder: Path, data) -> Path:
+    """A teacher folder as users keep one: the model and its tokenizer (here the student's)."""
+    model.save_pretrained(str(folder))
+    for f in Path(data.inputs["tokenizer"]["tokenizer"]).iterdir():
+        shutil.copyfile(f, folder / f.name)
+    return folder
+
+
 def test_hf_local_teacher(data, tmp_path):
     model = tiny_llama()
-    model.save_pretrained(str(tmp_path / "spec" / "teacher"))
+    _save_teacher(model, tmp_path / "spec" / "teacher", data)
     metrics, ctx = run_teacher(data, tmp_path / "out", local_params(Path("teacher")), spec_dir=tmp_path / "spec")
     assert metrics["steps"] == 0 and "train_loss_final" not in metrics and 0.0 <= metrics["val_accuracy"] <= 1.0
     assert [e[1] for e in ctx.events if e[0] == "start"] == ["teacher: top-k targets"]
@@ -205,24 +213,52 @@ def test_hf_local_refuses_auto_map(data, tmp_path):
         run_teacher(data, tmp_path / "out", local_params(folder))
 
 
-@pytest.mark.parametrize(("vocab", "message"), [
-    (256, "vocab_size 256 does not cover the tokenizer and the data"),
-    (1024, "vocab_size 1024 differs from the student's 512"),
-])
-def test_hf_local_refuses_a_vocabulary_that_does_not_fit(data, tmp_path, vocab, message):
-    folder = tmp_path / "teacher"
-    tiny_llama(vocab_size=vocab).save_pretrained(str(folder))
-    with pytest.raises(tjob.TeacherJobError, match=f"teacher {folder}: {message}"):
+def test_hf_local_refuses_a_vocabulary_that_does_not_fit(data, tmp_path):
+    folder = _save_teacher(tiny_llama(vocab_size=256), tmp_path / "teacher", data)
+    with pytest.raises(tjob.TeacherJobError, match=f"teacher {folder}: vocab_size 256 does not cover the tokenizer and the data"):
         run_teacher(data, tmp_path / "out", local_params(folder))
 
 
-def test_hf_local_refuses_other_model_types_and_missing_folders(data, tmp_path):
-    folder = tmp_path / "teacher"
-    tiny_llama().save_pretrained(str(folder))
-    cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "mistral"}))
-    with pytest.raises(tjob.TeacherJobError, match="model_type is 'mistral'"):
+def test_padded_teacher_rows_are_never_ranked(data, tmp_path):
+    """1024 embedding rows for a 512-token tokenizer (as 152,064 rows for 151,643 tokens): top-k over the first 512."""
+    model = tiny_llama(vocab_size=1024)
+    with torch.no_grad():
+        model.lm_head.weight[512:] = model.lm_head.weight[:512].abs().max() * 10  # padded rows would win every top-k
+    folder = _save_teacher(model, tmp_path / "teacher", data)
+    metrics, _ = run_teacher(data, tmp_path / "out", local_params(folder))
+    assert (metrics["vocab_rows_ranked"], metrics["vocab_rows_dropped"]) == (512, 512)
+    targets = load_file(str(tmp_path / "out" / "targets" / "train.safetensors"))
+    assert int(targets["topk_ids"].max()) < 512
+
+
+def test_hf_local_refuses_a_teacher_whose_tokenizer_differs(data, tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = _save_teacher(tiny_llama(), tmp_path / "teacher", data)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.add_tokens(["<teacher-only>"])
+    tok.save_pretrained(str(folder))
+    with pytest.raises(tjob.TeacherJobError, match=r"its tokenizer differs from the student's.*id 512: teacher '<teacher-only>', student None"):
         run_teacher(data, tmp_path / "out", local_params(folder))
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(tjob.TeacherJobError, match="no tokenizer.json beside the model"):
+        run_teacher(data, tmp_path / "out", local_params(folder))
+
+
+def test_hf_local_loads_other_families_and_refuses_unknown_ones(data, tmp_path):
+    import transformers as tf
+
+    cfg = tf.Qwen2Config(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, max_position_embeddings=256)
+    torch.manual_seed(0)
+    folder = _save_teacher(tf.Qwen2ForCausalLM(cfg), tmp_path / "qwen2", data)
+    metrics, _ = run_teacher(data, tmp_path / "out-qwen2", local_params(folder))
+    assert metrics["parameters"] > 0 and 0.0 <= metrics["val_accuracy"] <= 1.0
+    bad = _save_teacher(tiny_llama(), tmp_path / "teacher", data)
+    cfg_json = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg_json, "model_type": "not-a-model"}))
+    with pytest.raises(tjob.TeacherJobError, match="model_type 'not-a-model' is not a transformers-native causal LM"):
+        run_teacher(data, tmp_path / "out", local_params(bad))
     with pytest.raises(tjob.TeacherJobError, match="not a readable config.json"):
         run_teacher(data, tmp_path / "out", local_params(tmp_path / "nowhere"))
 
