@@ -17,9 +17,10 @@ SCHEMA_FILE = "modelspec.schema.json"
 
 
 def schema_text() -> str:
+    from compiler.output.schema_rules import add_rules
     from compiler.schema.spec import Spec
 
-    schema = Spec.model_json_schema()
+    schema = add_rules(Spec.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "modelspec v1"
     return pretty_json(schema)
