@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class Compiled:
     validated: Validated
     spec_hash: str
-    spec_path: str  # relative to the output root's parent, posix
+    spec_path: str  # posix; relative to the repository root or OUT's parent, else absolute (relative_spec_path)
     jobs: list[PlannedJob]
     derived: Derived
 
@@ -54,10 +54,36 @@ def spec_hash(validated: Validated) -> str:
     return sha256_text(canonical_json(validated.spec.model_dump(mode="json")))
 
 
+def _repository_root(folder: str) -> str | None:
+    """The nearest folder at or above `folder` holding `.git` (a folder, or a worktree's file)."""
+    while True:
+        if os.path.exists(os.path.join(folder, ".git")):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
 def relative_spec_path(spec_path: str, out_root: str) -> str:
-    base = os.path.dirname(os.path.abspath(out_root))
-    rel = os.path.relpath(os.path.abspath(spec_path), base)
-    return rel.replace(os.sep, "/") if not rel.startswith("..") else os.path.basename(spec_path)
+    """The spec path written into plan.json, the README and the launch files (docs/scale.md).
+
+    Relative to the repository root when the output root and the spec are in one git
+    repository (launch files run from the root, wherever OUT is inside it); relative to OUT's
+    parent when no repository holds OUT and the spec is under that parent (an unpacked tree
+    without .git); otherwise absolute, so a launch file written outside the repository still
+    finds the spec."""
+    spec = os.path.abspath(spec_path)
+    out = os.path.abspath(out_root)
+    root = _repository_root(out)
+    base = root if root is not None else os.path.dirname(out)
+    if _inside(spec, base):
+        return os.path.relpath(spec, base).replace(os.sep, "/")
+    return spec.replace(os.sep, "/")
 
 
 def compile_spec(validated: Validated, out_root: str = "generated") -> Compiled:

@@ -282,3 +282,66 @@ def test_explain_names_the_launch_files(run):
     assert "  launch: generated/worker-9b/launch/train.sbatch (Slurm), generated/worker-9b/launch/train.k8s.yaml (Kubernetes)" in out
     code, out, _ = run("explain", "specs/worker-9b.yaml", "eval")
     assert "launch:" not in out
+
+
+# --- where the spec path points, for --out inside and outside the repository -----------------------
+
+def _launch_spec_paths(out: Path, name: str = "toy-worker") -> set[str]:
+    """The spec path every launch file of `out/<name>/` names (sbatch and Kubernetes) and plan.json's."""
+    found = {json.loads((out / name / "plan.json").read_text(encoding="utf-8"))["spec"]["path"]}
+    for script in (out / name / "launch").glob("*.sbatch"):
+        words = _srun_words(script.read_text(encoding="utf-8"))
+        found.add(words[words.index("launch") + 1])
+    for manifest in (out / name / "launch").glob("*.k8s.yaml"):
+        command = _k8s(manifest.read_text(encoding="utf-8"))[1]["spec"]["template"]["spec"]["containers"][0]["command"]
+        found.add(command[command.index("launch") + 1])
+    return found
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    """A git repository holding a spec with multi-node training jobs (so it has launch files)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    _hostile_spec(root / "specs", "toy.yaml")
+    return root
+
+
+@pytest.mark.parametrize("out", ["generated", "sub/deeper/gen"])
+def test_out_inside_the_repository_names_the_spec_from_its_root(run, repo: Path, out: str):
+    code, _, err = run("compile", "--out", out, "specs/toy.yaml", cwd=repo)
+    assert code == 0, err
+    assert _launch_spec_paths(repo / out) == {"specs/toy.yaml"}  # launch from the repository root
+    assert (repo / "specs" / "toy.yaml").is_file()
+    # from a subfolder, through a relative --out and spec path: the same files
+    (repo / "sub").mkdir(exist_ok=True)
+    code, _, err = run("compile", "--out", "../gen2", "../specs/toy.yaml", cwd=repo / "sub")
+    assert code == 0, err
+    assert _launch_spec_paths(repo / "gen2") == {"specs/toy.yaml"}
+
+
+def test_out_outside_the_repository_names_the_spec_absolutely(run, repo: Path, tmp_path: Path):
+    outside = tmp_path / "elsewhere" / "gen"
+    code, _, err = run("compile", "--out", str(outside), "specs/toy.yaml", cwd=repo)
+    assert code == 0, err
+    (path,) = _launch_spec_paths(outside)
+    assert path == str(repo / "specs" / "toy.yaml") and Path(path).is_file()  # found from any folder
+    argv = _run_sbatch((outside / "toy-worker" / "launch" / "train.sbatch").read_text(encoding="utf-8"), tmp_path / "elsewhere")
+    assert argv[1:] == _expected_argv(path, "train", 3, 4, NODELIST[0], SLURM_JOB_ID, ".modelspec")
+
+
+def test_out_in_another_repository_names_the_spec_absolutely(run, repo: Path, tmp_path: Path):
+    other = tmp_path / "other"
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    code, _, err = run("compile", "--out", str(other / "gen"), "specs/toy.yaml", cwd=repo)
+    assert code == 0, err
+    assert _launch_spec_paths(other / "gen") == {str(repo / "specs" / "toy.yaml")}
+
+
+def test_out_without_a_repository_names_the_spec_from_outs_parent(run, tmp_path: Path):
+    """An unpacked tree without .git: relative to OUT's parent when the spec is under it."""
+    _hostile_spec(tmp_path / "tree" / "specs", "toy.yaml")
+    code, _, err = run("compile", "--out", "gen", "specs/toy.yaml", cwd=tmp_path / "tree")
+    assert code == 0, err
+    assert _launch_spec_paths(tmp_path / "tree" / "gen") == {"specs/toy.yaml"}
