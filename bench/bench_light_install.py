@@ -83,7 +83,8 @@ def main() -> None:
     ap.add_argument("--ref", default="HEAD")
     ap.add_argument("--python", default=sys.executable)
     args = ap.parse_args()
-    runs = [one_run(args.ref, args.python) for _ in range(args.runs)]
+    ref = subprocess.run(["git", "rev-parse", args.ref], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    runs = [one_run(ref, args.python) for _ in range(args.runs)]
     for r in runs:
         print(f"light install: {r['seconds']:.1f} s, {r['bytes'] / 1e6:.1f} MB, {len(r['packages'])} packages", file=sys.stderr)
     last = runs[-1]
@@ -92,7 +93,7 @@ def main() -> None:
     result = {
         "benchmark": "light install (compiler + CLI, no runtime extra): the generated PR workflow's install line",
         "install": "python -m pip install --no-cache-dir -e .  (fresh venv, clean checkout, index only, cold cache)",
-        "ref": subprocess.run(["git", "rev-parse", args.ref], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "ref": ref,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "runs": len(runs),
