@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compiler.analysis.modules import Module, canonical_modules
-from compiler.planning.params import ArchitectureP
+from compiler.planning.params import ArchitectureP, RopeScalingP
 from compiler.schema.architecture import Architecture, LinearScaling, Llama3Scaling, Mlp, Norm, Rope
 
 # Masked scores are replaced (not offset) by this: finite in fp16, and exp() of it underflows to 0.
@@ -55,38 +55,6 @@ def _schema_scaling(arch: ArchitectureP):
                          original_max_context=s.original_max_position_embeddings)
 
 
-def rope_frequency_scale(arch: ArchitectureP) -> list[float] | None:
-    """The factor each inverse frequency is multiplied by under a static scaling (None: no scaling).
-
-    `linear`: 1/factor everywhere. `llama3` (transformers `_compute_llama3_parameters`): wavelengths
-    longer than original/low_freq_factor are divided by factor, shorter than original/high_freq_factor
-    kept, and in between interpolated. Computed in float64 from the unscaled frequencies."""
-    s = arch.rope_scaling
-    if s is None:
-        return None
-    half = arch.d_head // 2
-    if s.rope_type == "linear":
-        return [1.0 / s.factor] * half
-    old = float(s.original_max_position_embeddings)
-    low_wavelen, high_wavelen = old / s.low_freq_factor, old / s.high_freq_factor
-    out = []
-    for i in range(half):
-        wavelen = 2 * math.pi * arch.rope_theta ** (2 * i / arch.d_head)
-        if wavelen > low_wavelen:
-            out.append(1.0 / s.factor)
-        elif wavelen < high_wavelen:
-            out.append(1.0)
-        else:
-            smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
-            out.append((1 - smooth) / s.factor + smooth)
-    return out
-
-
-def canonical(arch: ArchitectureP) -> list[Module]:
-    """`compiler.analysis.modules.canonical_modules` for job parameters."""
-    return canonical_modules(schema_architecture(arch))
-
-
 class RMSNorm(nn.Module):
     """RMSNorm with a weight only; the statistics are computed in fp32."""
 
@@ -101,14 +69,33 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+def scaled_inv_freq(inv_freq: Tensor, scaling: RopeScalingP | None) -> Tensor:
+    """A static RoPE scaling applied to the inverse frequencies, in-graph from scalar constants
+    (no tensor constant or buffer enters the exported program).
+
+    `linear`: every frequency divided by factor. `llama3` (transformers `_compute_llama3_parameters`):
+    wavelengths longer than original/low_freq_factor divided by factor, shorter than
+    original/high_freq_factor kept, in between interpolated with s = (original/wavelength - low)/(high - low)."""
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq * (1.0 / scaling.factor)
+    old, low, high, factor = (float(scaling.original_max_position_embeddings), scaling.low_freq_factor,
+                              scaling.high_freq_factor, scaling.factor)
+    ratio = inv_freq * (old / (2 * math.pi))  # original context / wavelength
+    smooth = (ratio - low) * (1.0 / (high - low))
+    mid = inv_freq * ((1.0 - smooth) * (1.0 / factor) + smooth)
+    # wavelength > old/low <=> ratio < low; wavelength < old/high <=> ratio > high
+    return torch.where(ratio < low, inv_freq * (1.0 / factor), torch.where(ratio > high, inv_freq, mid))
+
+
 def rope_cos_sin(positions: Tensor, d_head: int, theta: float, dtype: torch.dtype,
-                 scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """cos/sin `[B|1, T, d_head]` from absolute positions `[B|1, T]`, computed in fp32 in-graph;
-    `scale` `[d_head / 2]` multiplies the inverse frequencies (a static RoPE scaling)."""
+                 scaling: RopeScalingP | None = None) -> tuple[Tensor, Tensor]:
+    """cos/sin `[B|1, T, d_head]` from absolute positions `[B|1, T]`, computed in fp32 in-graph
+    (under a static `scaling` when given)."""
     exponent = torch.arange(0, d_head, 2, dtype=torch.float32, device=positions.device) / d_head
     inv_freq = theta ** -exponent  # not 1 / x: coremltools maps torch reciprocal to MIL inverse(epsilon=1e-4)
-    if scale is not None:
-        inv_freq = inv_freq * scale
+    inv_freq = scaled_inv_freq(inv_freq, scaling)
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -120,17 +107,12 @@ class RotaryEmbedding(nn.Module):
     to 2^-11 relative (10000^(-1/16) = 0.56234 -> 0.5625) and the angle error grows with position:
     the toy's quantization SNR fell from 55 to 47 dB between 64 and 256 tokens."""
 
-    def __init__(self, d_head: int, theta: float, scale: list[float] | None = None) -> None:
+    def __init__(self, d_head: int, theta: float, scaling: RopeScalingP | None = None) -> None:
         super().__init__()
-        self.d_head, self.theta = d_head, theta
-        self.scale: Tensor | None
-        if scale is None:
-            self.scale = None
-        else:  # a constant of the graph, not a weight: never in the state dict
-            self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
+        self.d_head, self.theta, self.scaling = d_head, theta, scaling
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        return rope_cos_sin(positions, self.d_head, self.theta, dtype, self.scale)
+        return rope_cos_sin(positions, self.d_head, self.theta, dtype, self.scaling)
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -229,7 +211,7 @@ class Student(nn.Module):
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
         self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(arch.n_layers))
         self.norm = RMSNorm(arch.d_model, arch.norm_eps)
-        self.rotary_emb = RotaryEmbedding(arch.d_head, arch.rope_theta, rope_frequency_scale(arch))
+        self.rotary_emb = RotaryEmbedding(arch.d_head, arch.rope_theta, arch.rope_scaling)
         self.lm_head: nn.Linear | None = None if arch.tie_embeddings else nn.Linear(arch.d_model, arch.vocab_size, bias=False)
         self.to(device=device)
         self.init_weights(seed)

@@ -55,9 +55,34 @@ def top1(ref: np.ndarray, x: np.ndarray) -> float:
     return float((ref.argmax(-1) == x.argmax(-1)).mean())
 
 
+def _other_params(package: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Parameters that are not a module's `.weight` (q/k/v biases): always dense, often small enough
+    that coremltools stores them inline, so they are read through the interpreter's consts."""
+    from .interp import Interpreter
+    from .observe import PARAM_PREFIX
+
+    wanted = {PARAM_PREFIX + n.replace(".", "_"): n for n in names}
+    out: dict[str, np.ndarray] = {}
+    interp = Interpreter(package)
+    try:
+        for fname in interp.functions:
+            fn = interp.function(fname)
+            env: dict[str, Any] = {}
+            for index, op in enumerate(fn.ops):
+                if op.type != "const" or not op.outputs or weight_root(op.outputs[0].name) not in wanted:
+                    continue
+                name = wanted[weight_root(op.outputs[0].name)]
+                for value, _ in interp._const(fn, index, op, env):
+                    out.setdefault(name, np.asarray(value, dtype=np.float32))
+    finally:
+        interp.close()
+    return out
+
+
 def package_state_dict(package: Path, params: list[str]) -> dict[str, np.ndarray]:
-    """`<module>.weight` -> float32 value as stored in the package (dequantized when compressed)."""
-    modules = [p.removesuffix(".weight") for p in params]
+    """Parameter name -> float32 value as stored in the package (dequantized when compressed)."""
+    others = [p for p in params if not p.endswith(".weight")]
+    modules = [p.removesuffix(".weight") for p in params if p.endswith(".weight")]
     obs = observe(package, modules)
     deq = dequantized_weights(package)
     pkg = _Package(package)
@@ -72,6 +97,8 @@ def package_state_dict(package: Path, params: list[str]) -> dict[str, np.ndarray
                 blobs = pkg.blob_file(d["blob"]["file"])
                 if blobs is not None:
                     out[key] = np.asarray(blobs.read(d["blob"]["offset"], d["dtype"], d["shape"]), dtype=np.float32)
+    if others:
+        out.update(_other_params(package, others))
     return out
 
 
