@@ -1,7 +1,9 @@
 """`modelspec verify` and `modelspec publish`: the contract gate from the command line.
 
 verify exits 0 when the package is the model the spec describes, 1 when a check failed, 2 when
-the input is invalid (a bad spec, no package, no checkpoint to compare with).
+the input is invalid (a bad spec, no package, no checkpoint to compare with). A package that
+failed a check exits 1 whatever else could not run: with no checkpoint for parity, it says that
+parity did not run and still exits 1.
 """
 
 from __future__ import annotations
@@ -94,11 +96,16 @@ def verify(
     failed = not report["passed"]
     for line in summary_lines(report):
         typer.echo(line, err=True)
-    if parity:
-        ckpt = Path(checkpoint) if checkpoint else refs["checkpoint"]
-        if ckpt is None or not ckpt.exists():
-            _fail_input("no reference checkpoint: the package's fingerprints match no checkpoint in the store "
-                        f"({workdir}); pass --checkpoint DIR or --no-parity")
+    ckpt = (Path(checkpoint) if checkpoint else refs["checkpoint"]) if parity else None
+    if parity and (ckpt is None or not ckpt.exists()):
+        missing = ("no reference checkpoint: the package's fingerprints match no checkpoint in the store "
+                   f"({workdir}); pass --checkpoint DIR or --no-parity")
+        if not failed:
+            _fail_input(missing)
+        # the package already failed a check: that is the verdict (exit 1), parity could not add to it
+        typer.echo(f"parity not run: {missing}", err=True)
+        report["parity_not_run"] = missing
+    elif parity:
         from runtime.verify.parity import measure
 
         gates = {g.metric: g for g in compiled.spec.gates if g.metric.startswith("parity.")}

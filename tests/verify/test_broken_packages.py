@@ -391,3 +391,28 @@ def test_cli_reports_a_renamed_input_without_crashing_in_parity(base: SimpleName
     out = _cli(*_cli_args(base, renamed_input, tmp_path / "renamed.json", tmp_path), cwd=tmp_path)
     assert out.returncode == 1 and "'token_ids'" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and (tmp_path / "renamed.json").exists()
+
+
+def _strip_modelspec_metadata(spec: Any) -> None:
+    user = spec.description.metadata.userDefined
+    for key in [k for k in user if k.startswith("modelspec.")]:
+        del user[key]
+
+
+def test_cli_a_failed_check_exits_1_even_when_parity_cannot_run(base: SimpleNamespace, tmp_path: Path) -> None:
+    """Metadata stripped: provenance fails, and the fingerprints that would find the checkpoint
+    in the store are gone too. The verdict is the failed check (1), not the missing input (2)."""
+    package = built(base, "stripped-metadata", lambda d: broken.edited_copy(base.good, d, _strip_modelspec_metadata))
+    args = [str(base.spec), str(package), "--tokenizer", str(base.tokenizer), "--json", str(tmp_path / "stripped.json"),
+            "--workdir", str(tmp_path / "empty-store")]
+    out = _cli(*args, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "[provenance]" in out.stderr and "spec hash (missing" in out.stderr
+    assert "parity not run: no reference checkpoint" in out.stderr and f"FAIL: {package.name}" in out.stderr
+    assert "Traceback" not in out.stderr
+    report = json.loads((tmp_path / "stripped.json").read_text())
+    assert not report["passed"] and report["parity"] == {} and "no reference checkpoint" in report["parity_not_run"]
+    # a package that passed every check but has no checkpoint to compare with is still bad input
+    out = _cli(str(base.spec), str(base.good), "--tokenizer", str(base.tokenizer), "--workdir", str(tmp_path / "empty-store"),
+               cwd=tmp_path)
+    assert out.returncode == 2 and "no reference checkpoint" in out.stderr, out.stderr
