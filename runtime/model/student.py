@@ -55,6 +55,11 @@ def _schema_scaling(arch: ArchitectureP):
                          original_max_context=s.original_max_position_embeddings)
 
 
+def canonical(arch: ArchitectureP) -> list[Module]:
+    """`compiler.analysis.modules.canonical_modules` for job parameters."""
+    return canonical_modules(schema_architecture(arch))
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with a weight only; the statistics are computed in fp32."""
 
