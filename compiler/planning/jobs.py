@@ -14,11 +14,12 @@ from compiler.analysis.catalogue import CATALOGUE
 from compiler.planning.interface import default_function, functions
 from compiler.planning.params import (
     CPU_JOB, ArchitectureP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
-    ModuleQuantP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
+    ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
     TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
 )
 from compiler.analysis.resolve import precision_plan, quant_plan
 from compiler.schema.architecture import Architecture
+from compiler.schema.deploy import PackageMetadata
 from compiler.schema.spec import Spec
 from compiler.schema.teacher import TrainTeacher
 from compiler.schema.tokenizer import BpeSource
@@ -30,7 +31,9 @@ KINDS = ("tokenizer", "dataset", "teacher", "train", "qat", "export", "convert",
 # output of that kind (and everything downstream) is then rebuilt.
 # bumped when a kind's code changes its outputs: export/convert 2 = RoPE tables computed in fp32;
 # 3 (and student-running kinds 2) = RoPE inverse frequencies as theta ** -e (exactly folded by coremltools)
-CODE_VERSIONS = {kind: 1 for kind in KINDS} | {"export": 3, "convert": 3, "train": 2, "qat": 2, "eval": 2, "parity": 2}
+# tokenizer 2: the saved folder loads with transformers 4.45+ and 5.x and adds bos (make_portable)
+CODE_VERSIONS = {kind: 1 for kind in KINDS} | {"tokenizer": 2, "export": 3, "convert": 3, "train": 2, "qat": 2, "eval": 2,
+                                               "parity": 2}
 
 WHY = {
     "tokenizer": "Builds the transformers fast tokenizer with special tokens at exactly the spec's ids.",
@@ -44,7 +47,7 @@ WHY = {
     "parity": "Runs one function in a reference interpreter and compares it with torch.",
     "eval": "Greedy generation on the eval split with the torch student; quality metrics.",
     "gates": "Evaluates the spec's gates against the measured metrics.",
-    "publish": "Copies the package and its manifest to a release folder once every hard gate passed.",
+    "publish": "The release once every hard gate passed: the package, its tokenizer, a runtime config for apps and a manifest hashing all of it.",
 }
 
 READS = {
@@ -55,12 +58,13 @@ READS = {
     "train": ("architecture", "training", "tokenizer.special_tokens"),
     "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights"),
     "export": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache", "precision"),
-    "convert": ("name", "architecture", "shapes", "quantization", "precision", "export", "tokenizer.special_tokens"),
+    "convert": ("name", "version", "description", "architecture", "shapes", "quantization", "precision", "export",
+                "tokenizer.special_tokens"),
     "verify": ("name", "architecture", "shapes", "quantization", "precision", "export", "tokenizer.special_tokens", "gates"),
     "parity": ("architecture", "shapes", "quantization.kv_cache", "export.coreml", "precision", "training.seed"),
     "eval": ("role", "architecture", "tokenizer.special_tokens"),
     "gates": ("gates",),
-    "publish": ("name", "version"),
+    "publish": ("name", "version", "role", "tokenizer.special_tokens"),
 }
 
 PARITY_SAMPLES = 4
@@ -163,6 +167,11 @@ def _teacher(spec: Spec) -> TeacherParams:
                          lr=None, seed=spec.training.seed, top_k=t.top_k)
 
 
+def _package_metadata(spec: Spec) -> PackageMetadataP:
+    meta = spec.export.coreml.metadata or PackageMetadata()
+    return PackageMetadataP(author=meta.author, license=meta.license, version=spec.version, description=spec.description)
+
+
 def build_jobs(spec: Spec) -> list[Job]:
     src = spec.tokenizer.source
     special = _special(spec)
@@ -210,6 +219,7 @@ def build_jobs(spec: Spec) -> list[Job]:
     jobs.append(Job("convert", "convert", tuple(export_ids) + ("tokenizer",), ConvertParams(
         name=spec.name, target=cm.target, compute_units=cm.compute_units, packaging=cm.packaging,
         default_function=default_function(spec), functions=fns, quantization=quant, precision=precision, special_tokens=special,
+        metadata=_package_metadata(spec),
     ), {"package": f"{spec.name}.mlpackage", "report": "report.json"}))
     jobs.append(Job("verify", "verify", ("convert", "tokenizer"), VerifyParams(
         name=spec.name, functions=fns, default_function=default_function(spec), quantization=quant, precision=precision,
@@ -230,6 +240,8 @@ def build_jobs(spec: Spec) -> list[Job]:
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
                    kind=CATALOGUE[g.metric].kind, producer=CATALOGUE[g.metric].producer) for g in spec.gates]
     jobs.append(Job("gates", "gates", ("convert", "verify", *parity_ids, "eval"), GatesParams(gates=gates), {"report": "report.json"}))
-    jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids), PublishParams(name=spec.name, version=spec.version),
-                    {"manifest": "manifest.json"}))
+    # the tokenizer ships with the release; parity jobs for their golden vectors
+    jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids, "tokenizer"), PublishParams(
+        name=spec.name, version=spec.version, role=spec.role, special_tokens=special,
+    ), {"manifest": "manifest.json", "app": "app"}))
     return jobs

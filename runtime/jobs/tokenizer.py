@@ -11,9 +11,10 @@ merges are stored as strings, so this changes nothing else). An id that cannot b
 carries ``auto_map`` is refused), adds the spec's special tokens it lacks (they are appended
 after the vocabulary) and requires every special token to sit at its spec id already.
 
-Outputs: ``out/tokenizer`` (``save_pretrained``) and ``out/report.json``. The saved folder is
-reloaded and checked before the job succeeds: each special token encodes to exactly its id,
-every id is below the model's vocab size, and the reference string round-trips.
+Outputs: ``out/tokenizer`` (``save_pretrained``, then made portable: see ``make_portable``) and
+``out/report.json``. The saved folder is reloaded and checked before the job succeeds: each
+special token encodes to exactly its id, every id is below the model's vocab size, the reference
+string round-trips, and encoding with special tokens starts with bos exactly as training rows do.
 """
 
 from __future__ import annotations
@@ -280,6 +281,37 @@ def check_tokenizer(tok, special_tokens: dict, model_vocab_size: int) -> dict:
     return {"reference_string": ref, "reference_ids": ids}
 
 
+def make_portable(folder: Path, bos: str, bos_id: int, model_max_length: int | None) -> None:
+    """Rewrite a saved folder so transformers 4.45+ and 5.x load it alike, as training sees text.
+
+    transformers 5 writes ``tokenizer_class: TokenizersBackend`` (no such class in 4.x) and
+    ``extra_special_tokens`` as a list (4.x reads ``additional_special_tokens``). Every training row
+    starts with bos, so ``tokenizer.json``'s post-processor adds it (``add_special_tokens=False``
+    still gives the bare ids the jobs use). ``model_max_length`` (the spec's max_context) is written
+    where the folder leaves the store (the HF export and the release), so a context change does not
+    invalidate the tokenizer and everything after it."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    tok_json = folder / "tokenizer.json"
+    backend = Tokenizer.from_file(str(tok_json))
+    backend.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+    backend.save(str(tok_json))
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    extra = cfg.pop("extra_special_tokens", None)
+    cfg.pop("backend", None)
+    if isinstance(extra, list):
+        cfg["additional_special_tokens"] = extra
+    elif isinstance(extra, dict):  # named extra tokens (transformers 5): 4.x lists them
+        cfg["additional_special_tokens"] = sorted(set(extra.values()))
+    cfg.update({"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False,
+                "clean_up_tokenization_spaces": False})
+    if model_max_length is not None:
+        cfg["model_max_length"] = model_max_length
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     from transformers import PreTrainedTokenizerFast
 
@@ -303,10 +335,15 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
                                    pad_token=names["pad"], additional_special_tokens=others, **extra)
     folder = out / "tokenizer"
     fast.save_pretrained(str(folder))
+    bos_id = params.special_tokens["bos"].id
+    make_portable(folder, names["bos"], bos_id, None)  # model_max_length: set where the folder leaves the store (export-hf, publish)
 
     step = ctx.progress("check tokenizer", len(items) + 1)
     saved = load_tokenizer(folder)
     facts = check_tokenizer(saved, params.special_tokens, params.model_vocab_size)
+    first = saved("x")["input_ids"][:1]
+    if first != [bos_id]:
+        raise TokenizerJobError(f"the saved tokenizer does not start an encoding with bos ({bos_id}): got {first}")
     step(len(items) + 1)
 
     files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -212,3 +212,48 @@ def test_auto_map_folder_is_refused(toy, tmp_path):
         run_job(pretrained_params(folder), tmp_path / "out")
     with pytest.raises(tokjob.TokenizerJobError, match="remote code"):
         tokjob.load_tokenizer(folder)
+
+
+# --- the folder outside modelspec: transformers 5 here, 4.45 (the oldest supported) in a venv of its own
+
+OLDEST_TRANSFORMERS = "4.45.2"
+PROBE = """
+import json, sys
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+print(json.dumps({"class": type(tok).__name__, "max": tok.model_max_length, "with": tok(sys.argv[2])["input_ids"],
+                  "bare": tok(sys.argv[2], add_special_tokens=False)["input_ids"], "len": len(tok),
+                  "special": {t: tok.convert_tokens_to_ids(t) for t in tok.all_special_tokens}}))
+"""
+TEXT = "weather in Paris <tool_call>{}</tool_call>"
+
+
+def _probe(python: str, folder: Path) -> dict:
+    proc = subprocess.run([python, "-c", PROBE, str(folder), TEXT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_folder_adds_bos_like_training_rows(toy, tmp_path):
+    got = _probe(sys.executable, toy.folder)
+    bos = TOY_SPECIAL["bos"][1]
+    assert got["with"] == [bos] + got["bare"] and got["bare"][0] != bos
+    assert got["len"] == 512
+    folder = tmp_path / "tok"  # where the folder leaves the store, it learns the context
+    shutil.copytree(toy.folder, folder)
+    tokjob.make_portable(folder, "<s>", bos, 256)
+    assert _probe(sys.executable, folder)["max"] == 256
+    assert got["special"] == {text: tid for text, tid in TOY_SPECIAL.values()}
+
+
+@pytest.mark.slow
+def test_folder_loads_alike_in_the_oldest_supported_transformers(toy, tmp_path_factory):
+    """A second virtualenv with transformers 4.45 (no torch: a tokenizer needs none), from PyPI."""
+    venv = tmp_path_factory.mktemp("transformers4") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"transformers=={OLDEST_TRANSFORMERS}"],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    old, new = _probe(str(venv / "bin" / "python"), toy.folder), _probe(sys.executable, toy.folder)
+    assert old["class"] == "PreTrainedTokenizerFast"
+    assert {k: old[k] for k in ("max", "with", "bare", "len", "special")} == {k: new[k] for k in ("max", "with", "bare", "len", "special")}
