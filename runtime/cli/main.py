@@ -9,6 +9,7 @@ from compiler.cli.main import main as _compiler_main
 from runtime.cli import run  # noqa: F401  (importing registers run, status)
 from runtime.cli import gate  # noqa: F401  (registers verify, publish)
 from runtime.cli import launch  # noqa: F401,I001  (registers launch)
+from runtime.cli import hf  # noqa: F401,I001  (registers export-hf)
 
 
 def main() -> None:
