@@ -177,6 +177,15 @@ class PrecisionP(Params):
     island_ops: list[str]
 
 
+class PackageMetadataP(Params):
+    """The package's standard CoreML metadata (what Xcode's model viewer shows)."""
+
+    author: str  # export.coreml.metadata.author or its default
+    license: str  # export.coreml.metadata.license or its default
+    version: str  # the spec's version
+    description: str  # the spec's description (the package's short description)
+
+
 class ConvertParams(Params):
     name: str
     target: str
@@ -187,6 +196,7 @@ class ConvertParams(Params):
     quantization: list[ModuleQuantP]
     precision: PrecisionP
     special_tokens: dict[str, SpecialTokenP]
+    metadata: PackageMetadataP
 
 
 class VerifyParams(Params):
@@ -233,3 +243,5 @@ class GatesParams(Params):
 class PublishParams(Params):
     name: str
     version: str
+    role: str  # the runtime config tells the app what the model is for
+    special_tokens: dict[str, SpecialTokenP]  # ids and texts for the runtime config (bos rule, stop ids)

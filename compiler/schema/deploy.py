@@ -53,6 +53,17 @@ class Precision(SpecModel):
     islands: list[Island] = F("What must stay fp32, by module glob or op kind.")
 
 
+DEFAULT_AUTHOR = "modelspec"
+DEFAULT_LICENSE = "unspecified"
+
+
+class PackageMetadata(SpecModel):
+    author: Annotated[str, Field(min_length=1, max_length=200)] = F(
+        "Author shown in the package's metadata (Xcode's model viewer).", default=DEFAULT_AUTHOR)
+    license: Annotated[str, Field(min_length=1, max_length=200)] = F(
+        "License shown in the package's metadata: an SPDX id or a short text.", default=DEFAULT_LICENSE)
+
+
 class CoreML(SpecModel):
     target: Literal["macOS15", "iOS18"] = F("minimum_deployment_target; macOS15/iOS18 are needed for states, multifunction and several enumerated inputs.")
     compute_units: Literal["all", "cpu_only", "cpu_and_gpu", "cpu_and_ne"] = F("Compute units recorded for loading.")
@@ -61,6 +72,9 @@ class CoreML(SpecModel):
         "enumerated: one prefill function with enumerated shapes plus decode."
     )
     decode_cache: Literal["state", "explicit"] = F("KV cache as CoreML states (StateType) or as explicit inputs and outputs.")
+    metadata: PackageMetadata | None = F(
+        "The package's standard metadata besides version (the spec's `version`) and short description (the "
+        f"spec's `description`); absent: author `{DEFAULT_AUTHOR}`, license `{DEFAULT_LICENSE}`.", default=None)
 
 
 class Export(SpecModel):

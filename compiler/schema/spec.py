@@ -23,9 +23,11 @@ SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-
 class Spec(SpecModel):
     modelspec: int = F("Format version of this file; this compiler supports 1.")
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)] = F("Model name; used in output paths.")
-    version: Annotated[str, Field(pattern=SEMVER, max_length=64)] = F("The spec's own semver; a breaking change needs a major bump.")
+    version: Annotated[str, Field(pattern=SEMVER, max_length=64)] = F(
+        "The spec's own semver; a breaking change needs a major bump. Also the package's version metadata.")
     role: Literal["worker", "judge", "drafter"] = F("What the model does in the system.")
-    description: Annotated[str, Field(max_length=2000)] = F("Free text for people (changes no job).")
+    description: Annotated[str, Field(max_length=2000)] = F(
+        "Free text for people; also the package's short description (Xcode's model viewer), so changing it rebuilds the package.")
     architecture: Architecture = F("Student architecture.")
     tokenizer: Tokenizer = F("Tokenizer.")
     teacher: Teacher = F("Teacher (discriminated by kind).")

@@ -6,7 +6,7 @@ jobs). The expected sets are written out from the DAG
 
     tokenizer -> dataset -> teacher -> train -> qat -> export-* -> convert -> verify
     convert + qat -> parity-*;  qat + dataset + tokenizer -> eval
-    convert + verify + parity-* + eval -> gates;  gates + convert + verify + parity-* -> publish
+    convert + verify + parity-* + eval -> gates;  gates + convert + verify + parity-* + tokenizer -> publish
 
 (the same one tests/compiler/test_invalidation.py spells out), so a wrong attribution or a
 wrong contract rule fails here, not only a wrong fingerprint.
@@ -74,8 +74,6 @@ TOY_SPEED = '  - {metric: speed.ttft_p50_regression, op: "<=", value: 0.05, poli
 
 CATALOGUE = [
     # --- COSMETIC: no job reads it --------------------------------------------------------
-    Edit("description", "toy", (R("description: Tiny tool-calling", "description: A tiny tool-calling"),),
-         "COSMETIC", T["NONE"], ("description",)),
     Edit("island-reason", "toy", (R('reason: "long-context softmax"', 'reason: "softmax loses mass in fp16"'),),
          "COSMETIC", T["NONE"], ("precision.islands[op=softmax].reason",)),
     Edit("deployment-memory", "toy", (R("memory_gb: 64,", "memory_gb: 32,"),),
@@ -110,7 +108,6 @@ CATALOGUE = [
     Edit("size-budget", "toy", (R(TOY_SIZE, TOY_SIZE.replace("2.0}", "3.0}")),),
          "REVERIFY", frozenset({"verify"}) | T["GATES"], ('gates[metric=package.size_mb,op="<="].value',),
          ),
-    Edit("version-minor-bump", "toy", (R("version: 1.0.0", "version: 1.1.0"),), "REVERIFY", T["PUBLISH"], ("version",)),
     # disjoint rules: every module keeps its recipe; verify names the rule behind each module
     Edit("quant-rules-reordered", "toy",
          (R('      - {match: "embed_tokens", dtype: none}\n', ""),
@@ -121,6 +118,10 @@ CATALOGUE = [
          "REVERIFY", W["GATES"], ('gates[metric=eval.json_validity,op=">="].value',)),
     # --- REEXPORT: export, convert --------------------------------------------------------
     Edit("name", "toy", (R("name: toy-worker", "name: toy-worker-v2"),), "REEXPORT", T["FROM_CONVERT"], ("name",)),
+    # the package carries the spec's description and version as its standard metadata
+    Edit("description", "toy", (R("description: Tiny tool-calling", "description: A tiny tool-calling"),),
+         "REEXPORT", T["FROM_CONVERT"], ("description",)),
+    Edit("version-minor-bump", "toy", (R("version: 1.0.0", "version: 1.1.0"),), "REEXPORT", T["FROM_CONVERT"], ("version",)),
     Edit("compute-units", "toy", (R("compute_units: all", "compute_units: cpu_and_ne"),), "REEXPORT", T["FROM_CONVERT"]),
     Edit("coreml-target", "toy", (R("target: macOS15", "target: iOS18"),), "REEXPORT", T["FROM_CONVERT"],
          ("export.coreml.target",)),
@@ -415,7 +416,7 @@ MAJOR = R("version: 1.0.0", "version: 2.0.0")
     ("retrain", [R("compute_units: all", "compute_units: cpu_only")], 0),
     ("reexport", [R("compute_units: all", "compute_units: cpu_only")], 1),
     ("reverify", [R("memory_gb: 64,", "memory_gb: 32,")], 0),
-    ("reverify", [MAJOR], 1),  # publish reads the version
+    ("reverify", [MAJOR], 1),  # convert (the package version) and publish read the version
     ("breaking", [R("kv_cache: fp16", "kv_cache: fp32"), MAJOR], 1),
 ])
 def test_fail_on(run, repo, fail_on, replacements, code):

@@ -33,7 +33,7 @@ EXPORTS = {
 
 
 def _job(job_id: str, *needs: str) -> Job:
-    return Job(job_id, "publish", tuple(needs), PublishParams(name="x", version="1.0.0"))
+    return Job(job_id, "publish", tuple(needs), PublishParams(name="x", version="1.0.0", role="worker", special_tokens={}))
 
 
 def _tree(root: Path) -> dict[str, bytes]:

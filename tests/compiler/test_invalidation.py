@@ -6,7 +6,7 @@ params each builder in `compiler/planning/jobs.py` fills in and from the needs o
 
     tokenizer -> dataset -> teacher -> train -> qat -> export-* -> convert -> verify
     convert + qat -> parity-*;  qat + dataset + tokenizer -> eval
-    convert + verify + parity-* + eval -> gates;  gates + convert + verify + parity-* -> publish
+    convert + verify + parity-* + eval -> gates;  gates + convert + verify + parity-* + tokenizer -> publish
 
 so a change to a value reaches the jobs whose params hold it ("direct") and everything
 downstream of them ("changed"). Besides the literal sets, two properties are checked for
@@ -74,7 +74,7 @@ EDITS = [
     Edit("description", ("description",),
          (R("description: Tiny tool-calling worker that runs end to end on a laptop CPU.",
             "description: A tiny tool-calling worker; it runs end to end on any laptop CPU."),),
-         direct=NONE, changed=NONE),
+         direct=frozenset({"convert"}), changed=FROM_CONVERT),  # the package's short description
     Edit("island-reason", ("precision.islands",),
          (R('reason: "long-context softmax"', 'reason: "softmax over 256 positions loses mass in fp16"'),),
          direct=NONE, changed=NONE),
@@ -110,7 +110,7 @@ EDITS = [
          direct=frozenset({"gates"}), changed=GATES_PUBLISH),
     Edit("version-bump", ("version",),
          (R("version: 1.0.0", "version: 1.1.0"),),
-         direct=frozenset({"publish"}), changed=frozenset({"publish"})),
+         direct=frozenset({"convert", "publish"}), changed=FROM_CONVERT),  # the package's version metadata
     Edit("name", ("name",),
          (R("name: toy-worker", "name: toy-worker-v2"),),
          direct=frozenset({"convert", "verify", "publish"}), changed=FROM_CONVERT),
@@ -199,7 +199,7 @@ EDITS = [
                             "parity-prefill-64", "parity-prefill-128", "parity-prefill-256"})),
     Edit("special-token-id", ("tokenizer.special_tokens",),
          (R('think_start: {text: "<think>", id: 3}', 'think_start: {text: "<think>", id: 9}'),),
-         direct=frozenset({"tokenizer", "dataset", "train", "qat", "convert", "verify", "eval"}), changed=ALL),
+         direct=frozenset({"tokenizer", "dataset", "train", "qat", "convert", "verify", "eval", "publish"}), changed=ALL),
     Edit("tokenizer-vocab-size", ("tokenizer.source.vocab_size",),
          (R("source: {kind: bpe, corpus: data/toy/corpus.txt, vocab_size: 512}",
             "source: {kind: bpe, corpus: data/toy/corpus.txt, vocab_size: 500}"),),
@@ -293,7 +293,7 @@ def test_toy_plan_is_the_one_the_expectations_describe(compile_text, toy_text):
     assert all(needs[p] == {"convert", "qat"} for p in PARITY)
     assert needs["eval"] == {"qat", "dataset", "tokenizer"}
     assert needs["gates"] == {"convert", "verify", "eval"} | PARITY
-    assert needs["publish"] == {"gates", "convert", "verify"} | PARITY  # golden vectors ship with the release
+    assert needs["publish"] == {"gates", "convert", "verify", "tokenizer"} | PARITY  # golden vectors and the tokenizer ship with the release
 
 
 def test_there_are_enough_edit_cases():
@@ -362,10 +362,14 @@ def test_formatting_edit_changes_no_contract(compile_text, toy_text):
     assert _outputs(before) == _outputs(after)
 
 
-def test_description_changes_only_the_spec_hash(compile_text, toy_text):
+def test_description_changes_only_the_spec_hash_and_the_package_description(compile_text, toy_text):
     edit = next(e for e in EDITS if e.id == "description")
     before, after = compile_pair(compile_text, toy_text, edit)
     assert before.spec_hash != after.spec_hash
     b, a = _outputs(before), _outputs(after)
     assert {k for k in b if b[k] != a[k]} == {"plan.json"}
-    assert b["plan.json"]["jobs"] == a["plan.json"]["jobs"]
+    jobs_b, jobs_a = ({j["id"]: j for j in side["plan.json"]["jobs"]} for side in (b, a))
+    assert {k for k in jobs_b if jobs_b[k]["params"] != jobs_a[k]["params"]} == {"convert"}
+    pb, pa = jobs_b["convert"]["params"], jobs_a["convert"]["params"]
+    assert {k for k in pb if pb[k] != pa[k]} == {"metadata"}
+    assert {k for k in pb["metadata"] if pb["metadata"][k] != pa["metadata"][k]} == {"description"}
