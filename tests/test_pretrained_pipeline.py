@@ -130,3 +130,42 @@ def test_every_stage_ran_and_parity_holds(run):
     meta = json.loads(Path(jobs["convert"]["outputs"]["report"]).read_text())["metadata"]
     init = json.loads(meta["modelspec.init"])
     assert init["model_type"] == "qwen2" and len(init["weights_sha256"]) == 64
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("hf") / "student"
+    proc = _cli("export-hf", str(run["spec"]), "--to", str(dest), "--workdir", str(run["store"]), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model_type"] == "qwen2"
+    return dest
+
+
+def test_export_hf_loads_and_matches_the_qat_checkpoint(run, exported):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runtime.model.checkpoint import load_student
+
+    student = load_student(Path(run["jobs"]["qat"]["outputs"]["checkpoint"])).eval()
+    model = AutoModelForCausalLM.from_pretrained(exported, local_files_only=True, trust_remote_code=False).eval()
+    tok = AutoTokenizer.from_pretrained(exported, local_files_only=True)
+    ids = torch.tensor([tok("what is the weather in Paris")["input_ids"]])
+    with torch.no_grad():
+        assert (model(ids).logits - student(ids)).abs().max().item() < 1e-5
+    again = _cli("export-hf", str(run["spec"]), "--to", str(exported), "--workdir", str(run["store"]))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_export_hf_folder_is_a_valid_hf_local_teacher(run, exported):
+    """What a drafter spec's teacher would be: the worker's exported folder (its tokenizer beside it)."""
+    from runtime.jobs import teacher as tjob
+
+    model = tjob._load_hf_local(exported, torch.device("cpu"))
+    tjob._check_tokenizers(exported, Path(run["jobs"]["tokenizer"]["outputs"]["tokenizer"]))
+    assert model.config.model_type == "qwen2"
+
+
+def test_export_hf_before_training_is_bad_input(tmp_path):
+    spec = tiny_spec(tmp_path)
+    proc = _cli("export-hf", str(spec), "--to", str(tmp_path / "hf"), "--workdir", str(tmp_path / "empty-store"))
+    assert proc.returncode == 2 and "no store at" in proc.stderr and not (tmp_path / "hf").exists()
