@@ -26,6 +26,7 @@ from runtime.model.student import Student
 
 from .data import load_split
 from .loop import Trainer, evaluate, make_optimizer, seed_everything
+from .metrics import run_dir
 
 
 def _write_report(out: Path, report: dict) -> None:
@@ -73,7 +74,8 @@ def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Pat
         optimizer = make_optimizer(model, tp)
         trainer = Trainer(tp=tp, model=model, optimizer=optimizer, train=train, world=world, grad_accum=grad_accum,
                           start_step=params.start_step, end_step=params.end_step,
-                          lr_scale=params.lr_scale if isinstance(params, QatParams) else 1.0, stage=stage)
+                          lr_scale=params.lr_scale if isinstance(params, QatParams) else 1.0, stage=stage,
+                          val=load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "val"))
         loop = trainer.run(Path(ctx.work_dir), params.model_dump(mode="json"), ctx.provenance, ctx.force, ctx.job_id,
                            ctx.progress, ctx.log)
         state = full_state(model, world)
@@ -97,14 +99,16 @@ def _outputs(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]]
         attach_fake_quant(model, params.quantization)
     model.load_state_dict(state)
     val = load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "val")
-    val_metrics = evaluate(model, val, tp, world.device)
+    # the loop validated these weights at end_step (same model, fake quantization attached in
+    # QAT); only a run that resumed at end_step has no such point and validates here
+    val_metrics = loop.pop("last_val") or evaluate(model, val, tp, world.device)
     if quantized:
         remove_fake_quant(model, bake=True)
     provenance = {**ctx.provenance, "init": init} if init else ctx.provenance
     save_student(out / "checkpoint", model.state_dict(), tp.architecture, params.end_step, quantized=bool(quantized),
                  provenance=provenance)
     shutil.copyfile(Path(ctx.work_dir) / "metrics.jsonl", out / "metrics.jsonl")
-    shutil.copytree(Path(ctx.work_dir) / "tensorboard", out / "tensorboard")
+    shutil.copytree(run_dir(Path(ctx.work_dir), ctx.provenance, ctx.job_id), out / "tensorboard")
     last = loop.pop("last")
     report = {
         "stage": stage, "steps": [params.start_step, params.end_step], "device": str(world.device),

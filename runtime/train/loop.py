@@ -31,7 +31,7 @@ from runtime.distributed.world import World
 
 from . import checkpoints, losses
 from .data import Split, batch_rows, cursor, make_batch
-from .metrics import GRAD_NORM_EVERY, GradBalance, MetricsLog, grad_norms
+from .metrics import GRAD_NORM_EVERY, GradBalance, MetricsLog, grad_norms, run_dir
 from .schedules import curriculum_seq_len, learning_rate, loss_weight
 
 
@@ -57,6 +57,7 @@ class Trainer:
     end_step: int
     lr_scale: float = 1.0
     stage: str = "train"
+    val: Split | None = None  # validated at every checkpoint and at end_step (the `val` of those rows)
     alerts: GradBalance = field(init=False)
 
     def __post_init__(self) -> None:
@@ -128,11 +129,11 @@ class Trainer:
             was = resumed.record.get("world_size", 1)
             log(f"resuming from the checkpoint at step {step}" + (f" (written by {was} processes, now {self.world.size})"
                                                                   if was != self.world.size else ""))
-        metrics = MetricsLog(work, step) if main else None
+        metrics = MetricsLog(work, step, run_dir(work, provenance, job_id)) if main else None
         update = progress(f"{self.stage}: steps {self.start_step}-{self.end_step}", self.end_step - self.start_step)
         if step > self.start_step:
             update(step - self.start_step)
-        start_time, steps_run, last_row = time.perf_counter(), 0, {}
+        start_time, steps_run, last_row, last_val = time.perf_counter(), 0, {}, None
         alerting = False
         self.model.train()
         while step < self.end_step:
@@ -144,6 +145,11 @@ class Trainer:
                     log(f"grad_balance: '{alert['loss']}' gradient norm is {alert['ratio']}x the median of the others "
                         f"(max_ratio {alert['max_ratio']}) at step {step}")
                 alerting = alert is not None
+            done = step + 1
+            if self.val is not None and (done % self.tp.checkpoint_every == 0 or done == self.end_step):
+                # every rank runs it: a wrapped model's forward is collective (DDP buffers, FSDP2 gathers)
+                last_val = evaluate(self.model, self.val, self.tp, self.world.device)
+                row["val"] = {k.removeprefix("val_"): round(v, 6) for k, v in last_val.items()}
             if metrics:
                 metrics.write(row)
             step += 1
@@ -163,6 +169,7 @@ class Trainer:
                 "resumed_world_size": resumed.record.get("world_size", 1) if resumed else None,
                 "steps_run": steps_run, "seconds": seconds,
                 "seconds_per_step": seconds / steps_run if steps_run else None, "last": last_row,
+                "last_val": last_val if step == self.end_step else None,
                 "grad_balance_alerts": len(self.alerts.alerts), "grad_balance_first_alerts": self.alerts.alerts[:5]}
 
 

@@ -16,19 +16,38 @@ from torch import Tensor
 # Per-loss gradient norms cost one extra backward to the logits per term: measured every
 # GRAD_NORM_EVERY steps (and at the last step), which keeps the trainer's overhead small.
 GRAD_NORM_EVERY = 10
-# Groups of per-step values also written to TensorBoard (all of them are in metrics.jsonl; the
-# loss weights follow their schedules and are left out of the event files to keep steps cheap).
-TB_GROUPS = ("loss", "grad_norm_by_loss")
+# Groups of per-step values: every scalar of metrics.jsonl goes to TensorBoard too, these as
+# `<group>/<name>` (raw loss terms, loss weights on their schedules, gradient norms by loss when
+# measured, validation losses and token accuracy on the steps that validate).
+TB_GROUPS = ("loss", "weight", "grad_norm_by_loss", "val")
+KEY_CHARS = 12  # of the job key in a run's name
+
+
+def run_dir(work: Path, provenance: dict[str, Any], job_id: str) -> Path:
+    """The folder of a training job's TensorBoard run: `<store>/tensorboard/<spec>/<job>/<key>`.
+
+    `work` is the job's work folder, `<store>/work/<spec>/<job>` (Store.work_dir). The run lives
+    at the store's top so that `tensorboard --logdir <store>/tensorboard` names it by spec, job
+    and the first KEY_CHARS characters of the job key (the job's output folder is
+    `jobs/<kind>/<64-character key>/`); it is there while the job trains and stays after it
+    commits (the work folder is dropped then; the output keeps a copy in `tensorboard/`). A work
+    folder outside a store (tests) keeps the run under `<work>/tensorboard/`."""
+    spec = (provenance.get("spec") or {}).get("name") or "spec"
+    key = ((provenance.get("job") or {}).get("key") or "no-key")[:KEY_CHARS]
+    in_store = work.name == job_id and work.parent.name == spec and work.parent.parent.name == "work"
+    root = work.parents[2] / "tensorboard" if in_store else work / "tensorboard"
+    return root / spec / job_id / key
 
 
 class MetricsLog:
-    """Append-only `metrics.jsonl` plus TensorBoard scalars; on resume both restart at `start`.
+    """Append-only `metrics.jsonl` plus TensorBoard scalars (the same ones: every number of a
+    row, and every number of its TB_GROUPS dicts); on resume both restart at `start`.
 
     Rows are written by a background thread (serialising ~30 scalars per step would otherwise
     sit on the training step's critical path); `flush()` waits until everything queued is on
     disk, and the trainer calls it before every checkpoint."""
 
-    def __init__(self, folder: Path, start: int) -> None:
+    def __init__(self, folder: Path, start: int, tensorboard: Path | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = folder / "metrics.jsonl"
@@ -43,7 +62,8 @@ class MetricsLog:
                     kept.append(line)
         self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
         self.fh = open(self.path, "a", encoding="utf-8")
-        self.tb = SummaryWriter(log_dir=str(folder / "tensorboard"), purge_step=start, flush_secs=30)
+        self.tb_dir = tensorboard or folder / "tensorboard"
+        self.tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=start, flush_secs=30)
         self.rows: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._drain, name="metrics-writer", daemon=True)
