@@ -20,7 +20,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 # base distribution -> the top-level modules it provides
 BASE = {"pydantic": {"pydantic", "pydantic_core", "typing_extensions"}, "ruamel.yaml": {"ruamel"},
         "jinja2": {"jinja2"}, "networkx": {"networkx"}, "typer": {"typer", "click"}, "rich": {"rich"}}
-HEAVY = {"torch", "transformers", "tokenizers", "safetensors", "coremltools", "numpy", "tensorboard", "ray"}
+HEAVY = {"torch", "transformers", "tokenizers", "safetensors", "coremltools", "numpy", "tensorboard", "accelerate", "ray"}
 
 
 def _name(requirement: str) -> str:
@@ -34,6 +34,18 @@ def test_base_dependencies_are_the_compilers():
     assert {"torch", "transformers", "coremltools", "numpy", "tensorboard"} <= set(runtime)
     assert runtime["torch"] == "torch==2.13.0"  # the local CPU wheel; a looser pin pulls CUDA
     assert "modelspec[runtime,ray]" in extras["test"]  # the README's install is still everything
+
+
+def test_the_exit_path_knows_every_extra():
+    """A missing package of an extra is named with its extra (compiler.cli.main.EXTRAS), and the
+    runtime commands check the runtime extra's packages (runtime.cli.common.RUNTIME_MODULES)."""
+    from compiler.cli.main import EXTRAS
+    from runtime.cli.common import RUNTIME_MODULES
+
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    declared = {_name(r).replace("-", "_"): extra for extra in ("runtime", "ray") for r in extras[extra]}
+    assert declared == EXTRAS
+    assert set(RUNTIME_MODULES) <= {m for m, e in EXTRAS.items() if e == "runtime"}
 
 
 def _third_party_imports(paths) -> dict[str, set[str]]:
