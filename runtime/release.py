@@ -76,3 +76,57 @@ def install(dest: Path, manifest_path: Path, files: dict[str, Path]) -> Path:
     os.symlink(Path("releases") / name, link_tmp)
     os.replace(link_tmp, dest / "current")
     return final
+
+
+def release_of(package: Path) -> Path | None:
+    """The release folder a package sits in (its folder holds manifest.json and tokenizer/), or None."""
+    folder = Path(package).parent
+    return folder if (folder / "manifest.json").is_file() and (folder / "tokenizer").is_dir() else None
+
+
+def release_checks(release: Path, package: Path) -> list[dict[str, Any]]:
+    """The release's own checks for `modelspec verify`: each {"name", "passed", "message"}.
+
+    `tokenizer`: the release's tokenizer/ hashes to the package's stamped `modelspec.tokenizer_sha256`
+    (the tokenizer an app loads is the one the package was built with); `tokenizer_recorded`: the
+    manifest and runtime_config.json name that same hash; `files`: every file the manifest lists is
+    there with its sha256."""
+    from runtime.coreml.package import load_spec
+    from runtime.hashing import tree_sha256
+
+    release = Path(release)
+    stamped = dict(load_spec(package).description.metadata.userDefined).get("modelspec.tokenizer_sha256")
+    checks = []
+    folder = release / "tokenizer"
+    if not folder.is_dir():
+        checks.append({"name": "tokenizer", "passed": False, "message": f"{folder} is missing: the release carries no tokenizer"})
+    else:
+        actual = tree_sha256(folder)
+        ok = actual == stamped
+        checks.append({"name": "tokenizer", "passed": ok, "message":
+                       f"{folder} hashes to the package's stamped tokenizer ({actual[:12]})" if ok else
+                       f"{folder} hashes to {actual}, but the package was built with tokenizer {stamped or '(none stamped)'} "
+                       "(modelspec.tokenizer_sha256): this release's tokenizer is not the package's"})
+    recorded = {}
+    try:
+        manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
+        recorded["manifest.json"] = manifest.get("tokenizer_sha256")
+        config_path = release / str(manifest.get("runtime_config") or "runtime_config.json")
+        if config_path.is_file():
+            recorded[config_path.name] = (json.loads(config_path.read_text(encoding="utf-8")).get("tokenizer") or {}).get("sha256")
+    except (OSError, ValueError) as exc:
+        checks.append({"name": "files", "passed": False, "message": f"cannot read {release / 'manifest.json'}: {exc}"})
+        return checks
+    wrong = {name: value for name, value in recorded.items() if value != stamped}
+    checks.append({"name": "tokenizer_recorded", "passed": not wrong, "message":
+                   f"{' and '.join(sorted(recorded))} record the package's tokenizer hash" if not wrong else
+                   "; ".join(f"{name} records tokenizer {value}, the package's is {stamped}" for name, value in sorted(wrong.items()))})
+    changed = []
+    for rel, digest in sorted((manifest.get("files") or {}).items()):
+        path = release / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or not path.is_file() or file_sha256(path) != digest:
+            changed.append(rel)
+    checks.append({"name": "files", "passed": not changed, "message":
+                   f"all {len(manifest.get('files') or {})} files match the manifest" if not changed else
+                   f"{len(changed)} file(s) missing or differing from the manifest: {', '.join(changed[:5])}"})
+    return checks

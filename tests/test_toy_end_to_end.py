@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.hashing import file_sha256
+from runtime.hashing import file_sha256, tree_sha256
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +89,15 @@ def test_publish_copies_the_release_atomically_with_its_manifest(store: dict) ->
     for rel, digest in manifest["files"].items():
         assert file_sha256(current / rel) == digest, rel
     assert {p.name for p in (current / "golden").iterdir()} == {f"{j}.npz" for j in store["jobs"] if j.startswith("parity-")}
+    # app-ready (docs/release.md): the tokenizer the package was built with, the runtime config, and
+    # `modelspec verify` of the released package checks that tokenizer against the package's stamp
+    convert = _report(store, "convert")
+    assert tree_sha256(current / "tokenizer") == manifest["tokenizer_sha256"] == convert["metadata"]["modelspec.tokenizer_sha256"]
+    config = json.loads((current / "runtime_config.json").read_text())
+    assert (config["default_function"], config["decode_function"], config["cache"]["length"]) == ("prefill_64", "decode", 256)
+    assert config["stop_token_ids"] == [2, 6] and config["bos_token_id"] == 1 and config["prompt"]["prepend_bos"]
+    proc = modelspec("verify", SPEC, str(current / manifest["package"]), "--no-parity", "--workdir", str(store["store"]))
+    assert proc.returncode == 0 and "[release] tokenizer: ok" in proc.stderr, proc.stderr[-3000:]
 
 
 def test_a_gate_the_model_does_not_meet_fails_the_run_and_blocks_publish(store: dict) -> None:

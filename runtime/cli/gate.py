@@ -69,6 +69,7 @@ def verify(
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Reference checkpoint for parity (default: found in the store through the package's fingerprints).")] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer folder to fingerprint (default: found in the store).")] = None,
     parity: Annotated[bool, typer.Option("--parity/--no-parity", help="Also execute the package with the reference interpreter.")] = True,
+    release: Annotated[Optional[str], typer.Option("--release", help="Release folder of the package (default: the package's folder when it holds manifest.json and tokenizer/): its tokenizer must be the package's.")] = None,
     workdir: WorkdirOpt = ".modelspec",
     set_: SetOpt = None,
 ) -> None:
@@ -87,7 +88,12 @@ def verify(
     from runtime.plan import Plan
 
     refs = _references(pkg, Path(workdir), job_keys(Plan.from_compiled(compiled)))
-    tok = Path(tokenizer) if tokenizer else refs["tokenizer"]
+    from runtime.release import release_checks, release_of
+
+    rel = Path(release) if release else release_of(pkg)
+    if release and not (rel / "manifest.json").is_file():
+        _fail_input(f"{release} is not a release folder (no manifest.json)")
+    tok = Path(tokenizer) if tokenizer else (rel / "tokenizer" if rel and (rel / "tokenizer").is_dir() else refs["tokenizer"])
     from runtime.verify.gate import summary_lines, verify as run_verify
 
     report = run_verify(params, pkg, spec_hash=compiled.spec_hash, tokenizer=tok,
@@ -96,6 +102,11 @@ def verify(
     failed = not report["passed"]
     for line in summary_lines(report):
         typer.echo(line, err=True)
+    if rel is not None:  # the release's tokenizer is the package's, its files the manifest's
+        report["release"] = {"folder": str(rel), "checks": release_checks(rel, pkg)}
+        for c in report["release"]["checks"]:
+            failed = failed or not c["passed"]
+            typer.echo(f"[release] {c['name']}: {'ok' if c['passed'] else 'FAIL'}: {c['message']}", err=True)
     ckpt = (Path(checkpoint) if checkpoint else refs["checkpoint"]) if parity else None
     if parity and (ckpt is None or not ckpt.exists()):
         missing = ("no reference checkpoint: the package's fingerprints match no checkpoint in the store "
@@ -177,6 +188,7 @@ def publish(
         raise typer.Exit(1)
     inputs = {dep: {k: Path(v) for k, v in results[dep].outputs.items()} for dep in plan.job("publish").needs}
     inputs |= {j: {k: Path(v) for k, v in results[j].outputs.items()} for j in results if j.startswith("parity")}
+    inputs["publish"] = {k: Path(v) for k, v in pub.outputs.items()}  # its app files (runtime_config.json, ...)
     try:
         final = install(Path(to), Path(pub.outputs["manifest"]), release_files(inputs))
     except ReleaseError as exc:

@@ -159,7 +159,7 @@ def compressed(ops: list[Any]) -> dict[str, dict[str, Any]]:
 
 
 def inspect(package: Path) -> dict[str, Any]:
-    """Functions (IO, states, op counts), default function and user metadata of a saved package."""
+    """Functions (IO, states, op counts, feature descriptions), default function, user and standard metadata of a saved package."""
     spec = load_spec(package)
     desc = spec.description
     functions = {}
@@ -170,7 +170,12 @@ def inspect(package: Path) -> dict[str, Any]:
             "states": [feature(f) for f in fd.state],
             "op_counts": dict(sorted(Counter(op.type for op in ops).items())),
             "compressed": compressed(ops),
+            "descriptions": {kind: {f.name: f.shortDescription for f in features}
+                             for kind, features in (("inputs", fd.input), ("outputs", fd.output), ("states", fd.state))},
         }
+    m = desc.metadata
     return {"default_function": desc.defaultFunctionName, "functions": functions,
             "metadata": dict(sorted(desc.metadata.userDefined.items())),
+            "model_metadata": {"author": m.author, "license": m.license, "version": m.versionString,
+                               "short_description": m.shortDescription},
             "specification_version": spec.specificationVersion}

@@ -7,7 +7,9 @@ its planned weights are compressed exactly per the quantization plan. The functi
 saved as one package with `save_multifunction` (always, so function names are the contract's,
 even for a single function; identical weights are shared), the default function set, user
 metadata stamped (spec hash, fingerprints, tokenizer fingerprint, special-token ids, tool
-versions) and the Manifest normalised. The package is inspected and checked before the job
+versions), the standard metadata (author, license, version, short description) and one
+description per input, output and state written (runtime/coreml/describe.py), and the Manifest
+normalised. The package is inspected and checked before the job
 succeeds. Writes `out/<name>.mlpackage` and `out/report.json`; `size_mb` is the gated metric.
 
 coremltools is imported inside `run` (through `runtime.coreml`), once per worker process.
@@ -80,6 +82,7 @@ def run(params: ConvertParams, inputs: dict[str, dict[str, Path]], out: Path, ct
     start = time.perf_counter()
     from runtime.coreml import package as pkg
     from runtime.coreml.contract import package_problems
+    from runtime.coreml.describe import describe_package
     from runtime.coreml.stamp import missing_metadata, package_metadata
 
     out = Path(out)
@@ -100,20 +103,31 @@ def run(params: ConvertParams, inputs: dict[str, dict[str, Path]], out: Path, ct
     metadata = package_metadata(params, ctx.provenance, Path(inputs["tokenizer"]["tokenizer"]),
                                 {name: report for name, (_, report) in programs.items()})
     pkg.stamp_metadata(dest, metadata)
+    try:
+        describe_package(dest, params.metadata, params.functions, params.default_function, params.special_tokens)
+    except ValueError as exc:
+        raise ConvertJobError(f"the saved package does not match the contracts: {exc}") from exc
     pkg.normalize_manifest(dest)
 
     info = pkg.inspect(dest)
     problems = package_problems(info, params.functions, params.default_function)
     problems += [f"metadata {k!r} missing after save_multifunction" for k in missing_metadata(info["metadata"], metadata)]
+    m = params.metadata
+    want = {"author": m.author, "license": m.license, "version": m.version, "short_description": m.description}
+    problems += [f"standard metadata {k!r} is {info['model_metadata'][k]!r}, the spec says {v!r}"
+                 for k, v in want.items() if info["model_metadata"][k] != v]
     if problems:
         raise ConvertJobError("the saved package does not match the contracts:\n" + "\n".join(f"  - {p}" for p in problems))
     size = pkg.size_mb(dest)
     canonical = pkg.canonical_hash(dest)
     for name, fn_info in info["functions"].items():
         functions[name]["package"] = fn_info
+    for fn in params.functions:  # what the package's IO means (the release's runtime_config.json reads it)
+        functions[fn.name].update(role=fn.role, seq_lens=list(fn.seq_lens))
     report = {
         "package": dest.name, "canonical_hash": canonical, "size_mb": size, "default_function": info["default_function"],
-        "metadata": info["metadata"], "functions": functions, "packaging": params.packaging, "target": params.target,
+        "metadata": info["metadata"], "model_metadata": info["model_metadata"], "functions": functions,
+        "packaging": params.packaging, "target": params.target, "compute_units": params.compute_units,
         "seconds": round(time.perf_counter() - start, 3), "provenance": ctx.provenance,
     }
     (out / "report.json").write_text(json.dumps(report, sort_keys=True, indent=2) + "\n", encoding="utf-8")

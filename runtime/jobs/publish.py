@@ -1,10 +1,14 @@
 """The `publish` job: the release manifest for exactly the package the gates passed.
 
 Refuses (raises) unless the gates report passed every hard gate for this package's canonical
-hash and verify passed. The manifest holds the sha256 of every file of the release (the package
-files, the gates and verify reports), the canonical package hash, the spec hash, the job
-fingerprints and the gates report itself. `modelspec publish SPEC --to DIR` copies the release
-and this manifest into place atomically (runtime/release.py).
+hash, verify passed and the tokenizer folder hashes to the package's stamped
+`modelspec.tokenizer_sha256`. Writes `out/app/` (`runtime_config.json` and, when the tokenizer
+carries one, `chat_template.jinja`: runtime/jobs/publish_config.py) and `out/manifest.json`: the
+sha256 of every file of the release (the package files, the tokenizer folder, the app files, the
+gates, verify and convert reports, the golden vectors), the canonical package hash, the spec
+hash, the job fingerprints and the gates report itself. `modelspec publish SPEC --to DIR`
+copies the release and this manifest into place atomically (runtime/release.py); the layout is
+in docs/release.md.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from compiler.planning.params import PublishParams
+from runtime.jobs.publish_config import (
+    CHAT_TEMPLATE, RUNTIME_CONFIG, TOKENIZER_DIR, ConfigError, chat_template, runtime_config,
+)
 
 
 class PublishRefused(RuntimeError):
@@ -24,10 +31,22 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def _tree(folder: Path, prefix: str) -> dict[str, Path]:
+    return {f"{prefix}{p.relative_to(folder).as_posix()}": p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def release_files(inputs: dict[str, dict[str, Path]]) -> dict[str, Path]:
-    """Release-relative path -> source file: the package tree plus the reports and golden vectors."""
+    """Release-relative path -> source file: the package tree, the tokenizer folder (`tokenizer/`),
+    the publish job's app files (`inputs["publish"]["app"]`, at the release root: runtime_config.json,
+    chat_template.jinja), the reports and the golden vectors."""
     package = Path(inputs["convert"]["package"])
-    files = {f"{package.name}/{p.relative_to(package).as_posix()}": p for p in sorted(package.rglob("*")) if p.is_file()}
+    files = _tree(package, f"{package.name}/")
+    if "tokenizer" not in inputs or "tokenizer" not in inputs["tokenizer"]:
+        raise PublishRefused("publish needs the tokenizer job's folder (inputs['tokenizer']['tokenizer']): it ships with the release")
+    files |= _tree(Path(inputs["tokenizer"]["tokenizer"]), f"{TOKENIZER_DIR}/")
+    app = (inputs.get("publish") or {}).get("app")
+    if app is not None:
+        files |= _tree(Path(app), "")
     files["reports/gates.json"] = Path(inputs["gates"]["report"])
     files["reports/verify.json"] = Path(inputs["verify"]["report"])
     files["reports/convert.json"] = Path(inputs["convert"]["report"])
@@ -48,10 +67,36 @@ def check_releasable(inputs: dict[str, dict[str, Path]]) -> tuple[dict, dict, di
     return gates, verify, convert
 
 
+def check_tokenizer(inputs: dict[str, dict[str, Path]], convert: dict[str, Any]) -> tuple[Path, str]:
+    """The tokenizer folder and its hash, which must be the one stamped in the package."""
+    from runtime.hashing import tree_sha256
+
+    if "tokenizer" not in inputs or "tokenizer" not in inputs["tokenizer"]:
+        raise PublishRefused("publish needs the tokenizer job's folder (inputs['tokenizer']['tokenizer']): it ships with the release")
+    tokenizer = Path(inputs["tokenizer"]["tokenizer"])
+    actual = tree_sha256(tokenizer)
+    stamped = (convert.get("metadata") or {}).get("modelspec.tokenizer_sha256")
+    if stamped != actual:
+        raise PublishRefused(f"the tokenizer folder {tokenizer} hashes to {actual}, but the package was built with tokenizer "
+                             f"{stamped or '(none stamped)'} (modelspec.tokenizer_sha256); rerun the tokenizer and convert jobs")
+    return tokenizer, actual
+
+
 def run(params: PublishParams, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any) -> dict[str, Any]:
     from runtime.hashing import file_sha256
 
     gates, verify, convert = check_releasable(inputs)
+    tokenizer, tokenizer_sha256 = check_tokenizer(inputs, convert)
+    app = Path(out) / "app"
+    app.mkdir(parents=True, exist_ok=True)
+    template = chat_template(tokenizer)
+    if template is not None:
+        (app / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
+    try:
+        config = runtime_config(params, convert, tokenizer, tokenizer_sha256, template is not None)
+    except ConfigError as exc:
+        raise PublishRefused(str(exc)) from exc
+    (app / RUNTIME_CONFIG).write_text(json.dumps(config, sort_keys=True, indent=2) + "\n", encoding="utf-8")
     provenance = ctx.provenance
     fingerprints = {job: up["fingerprint"] for job, up in sorted((provenance.get("upstream") or {}).items())}
     meta = convert.get("metadata", {})
@@ -60,8 +105,9 @@ def run(params: PublishParams, inputs: dict[str, dict[str, Path]], out: Path, ct
         "package": convert["package"], "package_hash": convert["canonical_hash"], "size_mb": convert["size_mb"],
         "spec_hash": (provenance.get("spec") or {}).get("hash"),
         "fingerprints": {"jobs": fingerprints, "package": json.loads(meta.get("modelspec.fingerprints", "{}"))},
-        "tokenizer_sha256": meta.get("modelspec.tokenizer_sha256"),
-        "files": {rel: file_sha256(src) for rel, src in release_files(inputs).items()},
+        "tokenizer_sha256": tokenizer_sha256,
+        "runtime_config": RUNTIME_CONFIG, "chat_template": config["chat_template"],
+        "files": {rel: file_sha256(src) for rel, src in release_files(inputs | {"publish": {"app": app}}).items()},
         "gates": gates["gates"],
     }
     (Path(out) / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n", encoding="utf-8")

@@ -147,6 +147,88 @@ def test_metadata_survives_save_multifunction(converted: dict, exported: dict) -
 
 
 @pytest.mark.slow
+def test_standard_metadata_and_a_description_of_every_feature(converted: dict) -> None:
+    """What Xcode's model viewer shows: author, license, version, short description, and one line per
+    input, output and state of every function (read back with coremltools and from the proto)."""
+    import coremltools as ct
+
+    from runtime.coreml.package import load_spec
+
+    spec = toy().spec
+    model = ct.models.MLModel(str(converted["package"]), skip_model_load=True)
+    assert (model.author, model.license) == ("modelspec", "unspecified")  # the documented defaults
+    assert (model.version, model.short_description) == (spec.version, spec.description) == ("1.0.0", spec.description)
+    assert converted["report"]["model_metadata"] == {"author": "modelspec", "license": "unspecified", "version": "1.0.0",
+                                                     "short_description": spec.description}
+    desc = load_spec(converted["package"]).description
+    texts = {fd.name: {f.name: f.shortDescription for f in [*fd.input, *fd.output, *fd.state]} for fd in desc.functions}
+    assert sorted(texts) == ["decode", "prefill_128", "prefill_256", "prefill_64"]
+    assert all(text for fn in texts.values() for text in fn.values()), texts
+    assert texts["prefill_64"]["input_ids"].startswith("Token ids, int32 [1, 64]: bos (1) first")
+    assert "right-padded with pad (0) to 64" in texts["prefill_64"]["input_ids"]
+    assert texts["prefill_64"]["logits"].startswith("Next-token scores, fp16 [1, 64, 512]")
+    assert texts["decode"]["position"].startswith("Position of input_ids in the sequence, int32 [1]") and "below 256" in texts["decode"]["position"]
+    assert texts["decode"]["key_cache"].startswith("KV cache keys (state, shared by prefill and decode), fp16 [2, 1, 2, 256, 32]")
+    assert texts["prefill_256"]["value_cache"].endswith("this function writes positions 0..255; a new state per sequence.")
+    for name, fn in converted["report"]["functions"].items():  # the report carries them for the release's runtime config
+        got = fn["package"]["descriptions"]
+        assert {**got["inputs"], **got["outputs"], **got["states"]} == texts[name]
+        assert fn["role"] == ("decode" if name == "decode" else "prefill")
+
+
+@pytest.mark.slow
+def test_describing_a_package_is_deterministic_and_takes_the_specs_metadata(converted: dict, tmp_path: Path) -> None:
+    import shutil
+
+    from compiler.planning.params import PackageMetadataP
+    from runtime.coreml.describe import describe_package
+    from runtime.coreml.package import canonical_hash, inspect
+
+    params = toy().job("convert").job.params
+    meta = PackageMetadataP(author="Acme Labs", license="Apache-2.0", version="2.1.0", description="A described worker.")
+    copies = []
+    for i in range(2):
+        copy = tmp_path / f"copy-{i}" / converted["package"].name
+        shutil.copytree(converted["package"], copy)
+        describe_package(copy, meta, params.functions, params.default_function, params.special_tokens)
+        copies.append(copy)
+    assert tree_sha256(copies[0]) == tree_sha256(copies[1])
+    assert canonical_hash(copies[0]) != canonical_hash(converted["package"])  # the metadata is part of the package
+    assert inspect(copies[0])["model_metadata"] == {"author": "Acme Labs", "license": "Apache-2.0", "version": "2.1.0",
+                                                    "short_description": "A described worker."}
+    with pytest.raises(ValueError, match="function 'decode' is not a contract function"):
+        describe_package(copies[0], meta, [f for f in params.functions if f.name != "decode"], params.default_function,
+                         params.special_tokens)
+
+
+def test_package_metadata_comes_from_the_spec_or_the_documented_defaults(tmp_path: Path) -> None:
+    from compiler.core.errors import SpecError
+    from compiler.output.build import compile_one
+
+    from .helpers import SPECS
+
+    text = (SPECS / "toy.yaml").read_text(encoding="utf-8")
+    coreml = "  coreml: {target: macOS15, compute_units: all, packaging: multifunction, decode_cache: state}\n"
+    assert text.count(coreml) == 1
+    (tmp_path / "data").symlink_to(SPECS / "data", target_is_directory=True)
+
+    def params(extra: str):
+        path = tmp_path / "spec.yaml"
+        path.write_text(text.replace(coreml, coreml.replace("decode_cache: state}", "decode_cache: state" + extra + "}")),
+                        encoding="utf-8")
+        return compile_one(str(path), []).job("convert").job.params.metadata
+
+    got = params(", metadata: {author: Acme Labs, license: Apache-2.0}")
+    assert (got.author, got.license, got.version) == ("Acme Labs", "Apache-2.0", "1.0.0")
+    assert got.description == toy().spec.description
+    assert params(", metadata: {license: MIT}").author == "modelspec"
+    default = toy().job("convert").job.params.metadata
+    assert (default.author, default.license) == ("modelspec", "unspecified")
+    with pytest.raises(SpecError, match="metadata"):
+        params(", metadata: {author: Acme, owner: me}")
+
+
+@pytest.mark.slow
 def test_canonical_hash_is_stable_and_the_package_byte_identical(converted: dict) -> None:
     from runtime.coreml.package import canonical_hash
 
@@ -203,6 +285,8 @@ def test_enumerated_packaging_is_one_prefill_with_enumerated_shapes(tmp_path: Pa
     assert sorted(info["functions"]) == ["decode", "prefill"] and info["default_function"] == "prefill"
     (ids,) = info["functions"]["prefill"]["inputs"]
     assert ids["enumerated_shapes"] == [[1, 64], [1, 128], [1, 256]] and ids["dtype"] == "int32"
+    assert info["functions"]["prefill"]["descriptions"]["inputs"]["input_ids"].startswith(
+        "Token ids, int32 [1, T] (T in 64, 128, 256): bos (1) first")
     assert all([s["name"] for s in f["states"]] == ["key_cache", "value_cache"] for f in info["functions"].values())
     assert all(f["dequant_ops"] == {"constexpr_blockwise_shift_scale": 15} for f in report["functions"].values())
     assert metrics["size_mb"] < 1.0  # one prefill function: fewer folded constants than three
