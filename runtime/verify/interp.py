@@ -93,8 +93,7 @@ class Interpreter:
             return value
         arr = np.asarray(value)
         if not desc.fits(arr.shape):
-            raise ProgramError(f"{where}: computed shape {list(arr.shape)}, the program declares "
-                               f"{[d if d is not None else '?' for d in desc.shape]}")
+            raise ProgramError(f"{where}: computed shape {list(arr.shape)}, the program declares {desc.describe()}")
         if desc.dtype == "string":
             return arr
         if desc.is_float:
@@ -123,7 +122,7 @@ class Interpreter:
             arr = np.asarray(given[name])
             if not desc.fits(arr.shape):
                 raise ValueError(f"function {fn.name!r}: {what[:-1]} {name!r} has shape {list(arr.shape)}, "
-                                 f"expected {[d if d is not None else '?' for d in desc.shape]}")
+                                 f"expected {desc.describe()}")
             if desc.is_float != (arr.dtype.kind == "f"):
                 raise ValueError(f"function {fn.name!r}: {what[:-1]} {name!r} is {arr.dtype}, expected {desc.dtype}")
             try:
@@ -147,6 +146,14 @@ class Interpreter:
 
     def _args(self, fn: Function, op: Any, env: dict[str, Any], where: str) -> Args:
         values: dict[str, list[Any]] = {}
+        if op.type.startswith("constexpr_"):
+            # coremltools writes the parameters of constexpr ops of opset iOS16/iOS17 (e.g.
+            # constexpr_affine_dequantize) as attributes, and those of iOS18 ones as inputs
+            for key, value in op.attributes.items():
+                if key != "name":
+                    if key in op.inputs:
+                        raise ProgramError(f"{where}: parameter {key!r} is both an input and an attribute")
+                    values[key] = [decode_value(value, self._weights, f"{where} attribute {key!r}")]
         for param, arg in op.inputs.items():
             vals = []
             for binding in arg.arguments:
@@ -215,8 +222,9 @@ class Interpreter:
 
     def _zeros(self, fn: Function, name: str) -> np.ndarray:
         desc = fn.states[name]
-        if any(d is None for d in desc.shape):
-            raise ValueError(f"function {fn.name!r}: state {name!r} has unknown dimensions {desc.shape}; pass it in `states`")
+        if desc.unknown_rank or any(d is None for d in desc.shape):
+            raise ValueError(f"function {fn.name!r}: state {name!r} has unknown dimensions {desc.describe()}; "
+                             f"pass it in `states`")
         return np.zeros([int(d or 0) for d in desc.shape], np.float32 if desc.is_float else NP_DTYPES[desc.dtype])
 
     def _state_op(self, fn: Function, op: Any, env: dict[str, Any], state: dict[str, Any], where: str) -> list[Any]:

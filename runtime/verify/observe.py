@@ -100,8 +100,11 @@ class _Package:
 
 
 def _args(op: Any) -> dict[str, Any]:
-    """Immediate values bound to an op's inputs (constexpr ops carry their data this way)."""
-    return {k: v.arguments[0].value for k, v in op.inputs.items() if v.arguments and v.arguments[0].HasField("value")}
+    """Immediate values bound to a constexpr op's parameters: its inputs (opset iOS18), or its
+    attributes (coremltools writes the constexpr ops of opsets iOS16/iOS17 that way)."""
+    out = {k: v for k, v in op.attributes.items() if k != "name"}
+    out.update({k: v.arguments[0].value for k, v in op.inputs.items() if v.arguments and v.arguments[0].HasField("value")})
+    return out
 
 
 def _granularity(data_shape: list[int], scale_shape: list[int] | None) -> tuple[str, int | None]:

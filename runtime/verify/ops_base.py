@@ -6,7 +6,9 @@ follows its definition in coremltools 9.0 (`coremltools/converters/mil/mil/ops/d
 parameter names, defaults, broadcasting and edge rules are theirs. Floating values compute in
 float32; the interpreter casts each result to the op's declared output type. Where MIL leaves
 behaviour undefined (out-of-range gather indices, integer casts that overflow), an op raises
-`OpError` instead of guessing what the device would do.
+`OpError` instead of guessing what the device would do. Which opset's definition each op follows,
+and the conformance suite run on coremltools' own op tests (tests/verify/test_mil_conformance.py):
+docs/verify.md.
 """
 
 from __future__ import annotations

@@ -38,13 +38,14 @@ def expand_dims(a: Args) -> np.ndarray:
 
 @op("squeeze")
 def squeeze(a: Args) -> np.ndarray:
+    """iOS15 (unchanged in iOS17/18): the given axes of size 1 are removed; an axis of another
+    size is ignored, as PyTorch does (x of shape (2, 3, 4) squeezed on [0, 1] stays (2, 3, 4)).
+    Without axes, every dimension of size 1 is removed."""
     x = np.asarray(a["x"])
     if a.get("axes") is None:
         return np.squeeze(x)
-    axes = tuple(axis_index(i, x.ndim, a) for i in a.ints("axes"))
-    if any(x.shape[i] != 1 for i in axes):
-        raise a.fail(f"cannot squeeze axes {axes} of shape {list(x.shape)}")
-    return np.squeeze(x, axis=axes)
+    axes = tuple(sorted({i for i in (axis_index(i, x.ndim, a) for i in a.ints("axes")) if x.shape[i] == 1}))
+    return np.squeeze(x, axis=axes) if axes else x
 
 
 @op("transpose")

@@ -29,17 +29,27 @@ class ProgramError(Exception):
 
 @dataclass(frozen=True)
 class TensorDesc:
-    """A declared tensor type: MIL dtype name and shape (None for an unknown dimension)."""
+    """A declared tensor type: MIL dtype name and shape (None for an unknown dimension).
+
+    `unknown_rank`: the rank itself is not known until run time. coremltools writes such a type
+    (a `reshape` or `fill` to a runtime shape) as one variadic unknown dimension; any shape fits it."""
 
     dtype: str
     shape: tuple[int | None, ...]
+    unknown_rank: bool = False
 
     def fits(self, shape: tuple[int, ...]) -> bool:
+        if self.unknown_rank:
+            return True
         return len(shape) == len(self.shape) and all(d is None or d == s for d, s in zip(self.shape, shape))
 
     @property
     def is_float(self) -> bool:
         return self.dtype in FLOAT_DTYPES
+
+    def describe(self) -> str:
+        """The declared shape as the messages print it: `?` an unknown dimension, `[*]` an unknown rank."""
+        return "[*]" if self.unknown_rank else str([d if d is not None else "?" for d in self.shape])
 
 
 def dtype_name(code: int) -> str:
@@ -56,7 +66,8 @@ def tensor_desc(value_type: Any, where: str) -> TensorDesc:
         raise ProgramError(f"{where}: {kind} values are not supported (tensors only)")
     t = value_type.tensorType
     dims = tuple(int(d.constant.size) if d.WhichOneof("dimension") == "constant" else None for d in t.dimensions)
-    return TensorDesc(dtype_name(t.dataType), dims)
+    variadic = any(d.WhichOneof("dimension") == "unknown" and d.unknown.variadic for d in t.dimensions)
+    return TensorDesc(dtype_name(t.dataType), () if variadic else dims, unknown_rank=variadic)
 
 
 def model_file(package: Path) -> Path:
@@ -114,8 +125,8 @@ class WeightFiles:
 def decode_value(value: Any, weights: WeightFiles, where: str) -> Any:
     """A proto Value as numpy (floats as float32, sub-byte ints widened) or a str for a string scalar."""
     desc = tensor_desc(value.type, where)
-    if any(d is None for d in desc.shape):
-        raise ProgramError(f"{where}: a constant with unknown dimensions {desc.shape}")
+    if desc.unknown_rank or any(d is None for d in desc.shape):
+        raise ProgramError(f"{where}: a constant with unknown dimensions {desc.describe()}")
     shape = tuple(int(d) for d in desc.shape if d is not None)
     kind = value.WhichOneof("value")
     if kind == "blobFileValue":
