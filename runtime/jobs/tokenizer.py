@@ -288,8 +288,9 @@ def make_portable(folder: Path, bos: str, bos_id: int, model_max_length: int | N
     ``extra_special_tokens`` as a list (4.x reads ``additional_special_tokens``). Every training row
     starts with bos, so ``tokenizer.json``'s post-processor adds it (``add_special_tokens=False``
     still gives the bare ids the jobs use). ``model_max_length`` (the spec's max_context) is written
-    where the folder leaves the store (the HF export and the release), so a context change does not
-    invalidate the tokenizer and everything after it."""
+    where the folder leaves the store as a transformers folder (the HF export), so a context change does
+    not invalidate the tokenizer and everything after it. A release ships the folder byte for byte
+    (the package stamps its hash; docs/release.md): its runtime_config.json gives the token limit."""
     from tokenizers import Tokenizer
     from tokenizers.processors import TemplateProcessing
 
@@ -336,7 +337,7 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     folder = out / "tokenizer"
     fast.save_pretrained(str(folder))
     bos_id = params.special_tokens["bos"].id
-    make_portable(folder, names["bos"], bos_id, None)  # model_max_length: set where the folder leaves the store (export-hf, publish)
+    make_portable(folder, names["bos"], bos_id, None)  # model_max_length: set by the HF export (a release keeps the folder as is)
 
     step = ctx.progress("check tokenizer", len(items) + 1)
     saved = load_tokenizer(folder)
