@@ -32,7 +32,12 @@ class JobContext:
         return update
 
     def log(self, message: str) -> None:
+        """A note for the person running the job: printed on the console and kept in the job's log."""
         self.emit(("log", self.job_id, message))
+
+    def detail(self, message: str) -> None:
+        """A note only the job's log keeps (what a step did; the console shows one line per job)."""
+        self.emit(("detail", self.job_id, message))
 
     def resolve(self, path: str) -> Path:
         """A data path from params: URIs are refused here, relative paths resolve against the spec."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import Backend, LocalBackend
+from .joblog import log_path
 from .keys import JobKey, job_keys
 from .plan import Plan
 from . import faults
@@ -37,6 +38,8 @@ class JobResult:
     outputs: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     worker: dict | None = None  # where a job that ran ran: host, pid (and Ray node and worker ids)
+    log: str | None = None  # the log file of a job that ran or failed running (runtime.joblog)
+    warnings: int | None = None  # library warnings written to that log (None: unknown, the job failed)
 
     def as_json(self) -> dict:
         out = {"id": self.id, "kind": self.kind, "action": self.action, "seconds": round(self.seconds, 3), "outputs": self.outputs}
@@ -44,6 +47,10 @@ class JobResult:
             out["error"] = self.error
         if self.worker:
             out["worker"] = self.worker
+        if self.log:
+            out["log"] = self.log
+        if self.warnings is not None:
+            out["warnings"] = self.warnings
         return out
 
 
@@ -123,6 +130,9 @@ class Executor:
                     out[job_id] = why
         return out
 
+    def log_file(self, job_id: str) -> Path:
+        return log_path(self.store.root, self.plan.name, job_id)
+
     def _submit(self, job_id: str) -> cf.Future:
         k = self.keys[job_id]
         pj = self.plan.job(job_id)
@@ -136,7 +146,8 @@ class Executor:
         }
         ctx = {"spec_dir": str(self.plan.spec_dir), "spec_file": self.plan.spec_file, "work_dir": str(self.store.work_dir(self.plan.name, job_id)),
                "cache_dir": str(self.store.cache_dir(k.kind)),
-               "provenance": provenance, "force": job_id in self.force, "resources": dict(pj.resources)}
+               "provenance": provenance, "force": job_id in self.force, "resources": dict(pj.resources),
+               "log": str(self.log_file(job_id))}
         self._say("job_start", job_id, k.kind)
         return self.backend.submit(job_id, dict(pj.resources), (k.kind, job_id, k.params, inputs, str(staging), ctx))
 
@@ -218,14 +229,16 @@ class Executor:
                         self._commit(job_id, result)
                         verdict = self._verdict(job_id)
                         self.results[job_id] = JobResult(job_id, kind, "failed" if verdict else "ran", time.perf_counter() - start,
-                                                         self._outputs(job_id), error=verdict, worker=result.get("worker"))
+                                                         self._outputs(job_id), error=verdict, worker=result.get("worker"),
+                                                         log=str(self.log_file(job_id)), warnings=result.get("warnings"))
                         if verdict:
                             failed = True
                         else:
                             done.add(job_id)
                     except Exception as exc:  # a job failed: report it, run nothing that depends on it
                         shutil.rmtree(self._staging.pop(job_id, Path("/nonexistent")), ignore_errors=True)
-                        self.results[job_id] = JobResult(job_id, kind, "failed", time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+                        self.results[job_id] = JobResult(job_id, kind, "failed", time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}",
+                                                         log=str(self.log_file(job_id)))
                         failed = True
                     self._say("job_done", self.results[job_id])
             for job_id in pending:

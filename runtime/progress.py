@@ -1,6 +1,9 @@
 """Terminal reporting: one line per job and rich progress bars for long jobs.
 
 rich is imported on the first progress bar, so a run where everything is cached stays fast.
+Lines are never wrapped (rich would fold them at 80 columns when stderr is a file or a pipe);
+what the libraries say while a job runs is in the job's log (runtime.joblog), and the job's
+line says how many warnings it holds and where.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class Reporter:
 
             self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
                                      TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False),
-                                     console=Console(stderr=True), transient=True, disable=self.quiet)
+                                     console=Console(stderr=True, soft_wrap=True), transient=True, disable=self.quiet)
             self.progress.__enter__()
         return self.progress
 
@@ -58,8 +61,21 @@ class Reporter:
             if r.id in self.tasks:
                 self.progress.remove_task(self.tasks.pop(r.id))
             if not self.quiet or r.action == "failed":
-                extra = f"  {r.error}" if r.error else ""
-                self._print(f"{r.action:>7}  {r.id} ({r.kind}) {r.seconds:.1f}s{extra}")
+                self._print(job_line(r))
+
+
+def job_line(r) -> str:
+    """`    ran  convert (convert) 9.3s  (12 warnings in <log>)`; a job that broke points at its log."""
+    line = f"{r.action:>7}  {r.id} ({r.kind}) {r.seconds:.1f}s"
+    if r.error:
+        line += f"  {r.error}"
+    log = getattr(r, "log", None)
+    warned = getattr(r, "warnings", None)
+    if log and r.action == "failed" and not r.outputs:  # it broke (a negative verdict keeps its outputs: its report says why)
+        line += f"  (log: {log})"
+    elif log and warned:
+        line += f"  ({warned} warning{'s' if warned != 1 else ''} in {log})"
+    return line
 
 
 def plain(message: str) -> None:

@@ -49,6 +49,7 @@ def run_job(kind: str, job_id: str, params_json: dict, inputs: dict[str, dict[st
     from compiler.planning import params as params_mod
 
     from .context import JobContext
+    from .joblog import JobLog
     from .jobs import runner
 
     cls = {
@@ -58,12 +59,20 @@ def run_job(kind: str, job_id: str, params_json: dict, inputs: dict[str, dict[st
         "eval": params_mod.EvalParams, "gates": params_mod.GatesParams, "publish": params_mod.PublishParams,
     }[kind]
     params = cls.model_validate(params_json, strict=False)
-    ctx = JobContext(job_id=job_id, spec_dir=Path(ctx_data["spec_dir"]), work_dir=Path(ctx_data["work_dir"]),
-                     cache_dir=Path(ctx_data["cache_dir"]),
-                     provenance=ctx_data["provenance"], force=ctx_data["force"], emit=_emit,
-                     spec_file=Path(ctx_data["spec_file"]) if ctx_data.get("spec_file") else None,
-                     resources=ctx_data["resources"])
-    start = time.perf_counter()
-    metrics = runner(kind)(params, {u: {n: Path(p) for n, p in outs.items()} for u, outs in inputs.items()}, Path(staging), ctx)
+    with JobLog(ctx_data.get("log"), job_id) as log:  # library warnings and chatter go to the job's log, not the console
+
+        def emit(event: tuple) -> None:
+            if event[0] in ("log", "detail"):
+                log.note(str(event[2]))
+            if event[0] != "detail":
+                _emit(event)
+
+        ctx = JobContext(job_id=job_id, spec_dir=Path(ctx_data["spec_dir"]), work_dir=Path(ctx_data["work_dir"]),
+                         cache_dir=Path(ctx_data["cache_dir"]),
+                         provenance=ctx_data["provenance"], force=ctx_data["force"], emit=emit,
+                         spec_file=Path(ctx_data["spec_file"]) if ctx_data.get("spec_file") else None,
+                         resources=ctx_data["resources"])
+        start = time.perf_counter()
+        metrics = runner(kind)(params, {u: {n: Path(p) for n, p in outs.items()} for u, outs in inputs.items()}, Path(staging), ctx)
     return {"metrics": metrics or {}, "seconds": time.perf_counter() - start,
-            "worker": {"host": socket.gethostname(), "pid": os.getpid()}}
+            "worker": {"host": socket.gethostname(), "pid": os.getpid()}, "warnings": log.warnings}

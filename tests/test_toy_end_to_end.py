@@ -1,9 +1,9 @@
 """The README's main job: `modelspec run specs/toy.yaml` end to end on CPU, then the gate.
 
 One real run of the real toy spec (tokenizer, dataset, teacher, KD, QAT, exports, conversion,
-verify, parity, eval, gates, publish) into a temporary store; then a no-op rerun, `modelspec
-verify` of the package outside the run, `modelspec publish`, and a gate threshold the model
-does not meet. Slow (about two minutes on 2 cores), still run in CI.
+verify, parity, eval, gates, publish) into a temporary store; then what it printed and logged, a
+no-op rerun, `modelspec verify` of the package outside the run, `modelspec publish`, and a gate
+threshold the model does not meet. Slow (about two minutes on 2 cores), still run in CI.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("toy-e2e")
     proc = modelspec("run", SPEC, "--workdir", str(root / "store"), "--json", check=True)
     result = json.loads(proc.stdout)
-    return {"root": root, "store": root / "store", "jobs": {j["id"]: j for j in result["jobs"]}}
+    return {"root": root, "store": root / "store", "jobs": {j["id"]: j for j in result["jobs"]}, "stderr": proc.stderr}
 
 
 def _report(store: dict, job: str) -> dict:
@@ -60,6 +60,37 @@ def test_every_job_runs_and_every_hard_gate_passes(store: dict) -> None:
         parity = _report(store, job)
         assert parity["passed"], parity["checks"]
         assert parity["metrics"]["snr_db"]["value"] >= 55.0
+
+
+def test_library_noise_goes_to_the_job_logs(store: dict) -> None:
+    """torch's FutureWarnings and coremltools' chatter are in each job's log, not on the console."""
+    for noise in ("Warning:", "FutureWarning", "RuntimeWarning", "Saving value type", "lose precision", "copyreg.py"):
+        assert noise not in store["stderr"], store["stderr"][-3000:]
+    logs = store["store"] / "logs" / "toy-worker"
+    for job in store["jobs"].values():
+        assert job["log"] == str(logs / f"{job['id']}.log") and Path(job["log"]).is_file(), job
+        assert isinstance(job["warnings"], int)
+    convert = store["jobs"]["convert"]
+    text = Path(convert["log"]).read_text()
+    assert convert["warnings"] >= 1 and text.count("Warning") + text.count("WARNING") >= convert["warnings"], text[-2000:]
+    assert "note: converting prefill_64" in text
+
+
+def test_the_run_ends_with_a_summary_a_person_acts_on(store: dict) -> None:
+    """A cached run without --json: the gates with value and threshold, where the outputs are, the next command."""
+    proc = modelspec("run", SPEC, "--workdir", str(store["store"]), check=True)
+    lines = proc.stderr.splitlines()
+    gates = _report(store, "gates")["gates"]
+    for g in gates:  # one whole line per gate (nothing wrapped at 80 columns)
+        line = next((x for x in lines if f" {g['metric']} " in x), None)
+        assert line is not None and f"{g['op']} {g['threshold']:.4g}" in line and g["policy"] in line, (g, proc.stderr)
+        if g["value"] is not None:
+            assert f"{g['value']:.4g}" in line, (g, line)
+    assert any(x.startswith("gates (every hard gate passed") for x in lines), proc.stderr
+    assert f"package:   {store['jobs']['convert']['outputs']['package']}  (" in proc.stderr
+    assert f"release:   {store['jobs']['publish']['outputs']['manifest']}" in proc.stderr
+    assert (f"next:      modelspec publish {SPEC} --to releases/toy-worker --workdir {store['store']}") in lines, proc.stderr
+    assert lines[-1] == "ok: 0 ran, 18 cached, 0 other"
 
 
 def test_a_second_run_does_nothing(store: dict) -> None:

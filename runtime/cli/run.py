@@ -84,6 +84,11 @@ def run(
     if json_:
         _emit_json({"ok": ok, "jobs": [r.as_json() for r in results]})
     else:
+        from runtime.summary import lines as summary_lines
+
+        options = (["--workdir", workdir] if workdir != ".modelspec" else []) + [w for o in (set_ or []) for w in ("--set", o)]
+        for line in summary_lines(spec, results, spec_name=plan.name, options=options, dry_run=dry_run):
+            typer.echo(line, err=True)
         ran = sum(r.action == "ran" for r in results)
         cached = sum(r.action == "cached" for r in results)
         typer.echo(f"{'ok' if ok else 'FAILED'}: {ran} ran, {cached} cached, {len(results) - ran - cached} other", err=True)

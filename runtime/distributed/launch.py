@@ -118,6 +118,7 @@ def launch(kind: str, params: Any, inputs: dict[str, dict[str, Path]], out: Path
                     ctx.emit(tuple(event))
             else:
                 tail.append(line.rstrip("\n"))
+                sys.stdout.write(line)  # the ranks' own output: into the job's log (runtime.joblog)
         code = proc.wait()
     finally:
         _stop(proc)

@@ -93,7 +93,7 @@ def run(params: ConvertParams, inputs: dict[str, dict[str, Path]], out: Path, ct
     models, functions = {}, {}
     step = ctx.progress("convert functions", len(params.functions))
     for fn in params.functions:
-        ctx.log(f"converting {fn.name}")
+        ctx.detail(f"converting {fn.name}")
         models[fn.name], functions[fn.name] = convert_one(fn, programs[fn.name][0], params)
         step(function=fn.name)
 

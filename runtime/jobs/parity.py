@@ -22,7 +22,7 @@ def run(params: ParityParams, inputs: dict[str, dict[str, Path]], out: Path, ctx
 
     checkpoint = next(outs["checkpoint"] for outs in inputs.values() if "checkpoint" in outs)
     package = Path(inputs["convert"]["package"])
-    ctx.log(f"interpreting {params.function.name} of {package.name} against torch")
+    ctx.detail(f"interpreting {params.function.name} of {package.name} against torch")
     report, golden = measure(package, params.function, Path(checkpoint), samples=params.samples,
                              decode_steps=params.decode_steps, seed=params.seed)
     report["provenance"] = ctx.provenance
@@ -31,8 +31,8 @@ def run(params: ParityParams, inputs: dict[str, dict[str, Path]], out: Path, ctx
         np.savez_compressed(fh, **golden)
     (out / "report.json").write_text(json.dumps(report, sort_keys=True, indent=2, default=float) + "\n", encoding="utf-8")
     failed = [c for c in report["checks"] if not c["passed"]]
-    for c in report["checks"]:
-        ctx.log(f"{'ok  ' if c['passed'] else 'FAIL'} {c['name']}: {c['message']}")
+    for c in report["checks"]:  # failures on the console too; the passed checks only in the job's log
+        (ctx.detail if c["passed"] else ctx.log)(f"{'ok  ' if c['passed'] else 'FAIL'} {c['name']}: {c['message']}")
     verdict = {"ok": not failed, "message": "; ".join(f"{c['name']}: {c['message']}" for c in failed)}
     flat = {k: v["value"] for k, v in report["metrics"].items() if isinstance(v, dict) and "value" in v}
     return {**flat, "_verdict": verdict}
