@@ -169,8 +169,10 @@ def next_steps(spec: str, results: list[Any], gates_report: dict[str, Any] | Non
         if publish.action in ("ran", "cached"):
             return [_command("modelspec", "publish", spec, "--to", f"releases/{spec_name}", tail=options),
                     _command("modelspec", "export-hf", spec, "--to", f"hf/{spec_name}", tail=options)
-                    + "   (the student as a Hugging Face folder)"]
+                    + "   (the student as a Hugging Face folder)",
+                    _command("modelspec", "report", spec, tail=options) + "   (the run as one HTML page)"]
     if any(r.action == "skipped" for r in results):
         return [_command("modelspec", "run", spec, tail=options)]
-    return [_command("modelspec", "run", spec, tail=options) + "   (the rest of the plan, up to publish)"]
+    return [_command("modelspec", "run", spec, tail=options) + "   (the rest of the plan, up to publish)",
+            _command("modelspec", "report", spec, tail=options) + "   (what ran so far, as one HTML page)"]
 

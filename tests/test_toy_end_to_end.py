@@ -1,7 +1,8 @@
 """The README's main job: `modelspec run specs/toy.yaml` end to end on CPU, then the gate.
 
 One real run of the real toy spec (tokenizer, dataset, teacher, KD, QAT, exports, conversion,
-verify, parity, eval, gates, publish) into a temporary store; then what it printed and logged, a
+verify, parity, eval, gates, publish) into a temporary store; then what it printed and logged,
+the run report rendered in headless Chromium (the screenshot is kept in test-artifacts/), a
 no-op rerun, `modelspec verify` of the package outside the run, `modelspec publish`, and a gate
 threshold the model does not meet. Slow (about two minutes on 2 cores), still run in CI.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +94,72 @@ def test_the_run_ends_with_a_summary_a_person_acts_on(store: dict) -> None:
     assert f"release:   {store['jobs']['publish']['outputs']['manifest']}" in proc.stderr
     assert (f"next:      modelspec publish {SPEC} --to releases/toy-worker --workdir {store['store']}") in lines, proc.stderr
     assert lines[-1] == "ok: 0 ran, 18 cached, 0 other"
+
+
+def _chromium() -> str:
+    """Debian's chromium; installed here when missing and apt can (CI installs it in .ci/run)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "chromium"]):
+            subprocess.run(cmd, capture_output=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            found = shutil.which("chromium")
+            if found:
+                return found
+    pytest.skip("chromium is not installed and cannot be installed here (apt-get install chromium as root); "
+                "CI installs it in .ci/run")
+
+
+def _browser(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless, offline: no network fetches of its own (the page has none to make either)."""
+    return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=180)
+
+
+def test_the_report_renders_in_a_browser_with_its_plots(store: dict) -> None:
+    """`modelspec report` of the real run, opened in headless Chromium: the DOM it renders has curves with
+    data and a row per gate, parity function, eval sample kind and module; the screenshot is kept."""
+    page = store["root"] / "report.html"
+    proc = modelspec("report", SPEC, "--workdir", str(store["store"]), "--out", str(page), "--json", check=True)
+    assert json.loads(proc.stdout)["jobs_with_results"] == len(store["jobs"])
+    chromium = _chromium()
+    dom = _browser(chromium, store["root"] / "chromium", "--dump-dom", page.as_uri())
+    assert dom.returncode == 0 and "</html>" in dom.stdout, dom.stderr[-2000:]
+    html = dom.stdout
+    curves = re.findall(r'<path d="([^"]+)"[^>]*class="series" data-series="([^"]+)" data-points="(\d+)"', html)
+    by_name = {}
+    for d, name, n in curves:
+        assert d.count("L") == int(n) - 1, name  # the path has every point it claims
+        by_name.setdefault(name, []).append(int(n))
+    steps = json.loads(Path(store["jobs"]["train"]["outputs"]["report"]).read_text())["steps"]
+    assert max(by_name["total"]) >= steps[1] - steps[0] - 1 >= 50, by_name  # a loss point per step
+    assert max(by_name["lr"]) >= 50 and any(k for k in by_name if k not in ("total", "lr")), by_name
+    assert len(re.findall(r'<tr class="gate">', html)) == len(_report(store, "gates")["gates"])
+    assert len(re.findall(r'<tr class="parity-fn">', html)) == len([j for j in store["jobs"] if j.startswith("parity-")])
+    eval_kinds = json.loads(Path(store["jobs"]["eval"]["outputs"]["report"]).read_text())["by_kind"]
+    assert len(re.findall(r'<tr class="eval-kind">', html)) == len(eval_kinds) + 1
+    assert len(re.findall(r'<tr class="size-module">', html)) >= 8
+    assert len(re.findall(r'class="bar" data-value="[0-9.e+-]+"', html)) >= 8
+    assert "not run" not in re.sub(r"<tr class=\"gate\">.*?</tr>", "", html, flags=re.S)  # every job of the run has data
+
+    shot = store["root"] / "report.png"
+    proc = _browser(chromium, store["root"] / "chromium", f"--screenshot={shot}", "--window-size=1280,2000",
+                    "--hide-scrollbars", page.as_uri())
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.size == (1280, 2000)
+        colors = img.convert("RGB").getcolors(maxcolors=1 << 20) or []
+    assert len(colors) > 50, "the screenshot is blank"
+    kept = ROOT / "test-artifacts" / "report-toy.png"
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, kept)
+    shutil.copyfile(page, kept.with_suffix(".html"))
+    print(f"report screenshot: {kept} (and {shot})")
 
 
 def test_a_second_run_does_nothing(store: dict) -> None:

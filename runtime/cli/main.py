@@ -1,5 +1,5 @@
 """The `modelspec` entry point: the compiler's commands plus `run`, `status`, `verify`,
-`publish` and `launch`, through the compiler's single exit path."""
+`publish`, `launch` and `report`, through the compiler's single exit path."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from runtime.cli import run  # noqa: F401  (importing registers run, status)
 from runtime.cli import gate  # noqa: F401  (registers verify, publish)
 from runtime.cli import launch  # noqa: F401,I001  (registers launch)
 from runtime.cli import hf  # noqa: F401,I001  (registers export-hf)
+from runtime.cli import report  # noqa: F401,I001  (registers report)
 
 
 def main() -> None:
