@@ -90,3 +90,42 @@ def test_large_weights_are_sharded_with_an_index(toy_data, tmp_path):
     ids = torch.arange(1, 40)[None]
     with torch.no_grad():
         assert (model(ids).logits - student(ids)).abs().max().item() < 1e-5
+
+
+TASK = """task: modelspec_local_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+"""
+
+
+def test_lm_evaluation_harness_runs_a_local_task(toy_data, tmp_path, monkeypatch):
+    """lm-evaluation-harness's own `hf` model on the exported folder, a task from local files (offline)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    _checkpoint(tmp_path / "ckpt", _arch(attention_bias=True))
+    write_hf_folder(tmp_path / "ckpt", toy_data.tokenizer, tmp_path / "hf", SPECIAL)
+    docs = [{"question": f"What is {a} plus {b}?", "choices": [str(a + b), str(a + b + 1)], "label": 0}
+            for a, b in ((1, 2), (3, 4), (5, 6), (2, 2))]
+    data = tmp_path / "task" / "data.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "task" / "task.yaml").write_text(TASK.format(data=data))
+    results = simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'hf'},dtype=float32,trust_remote_code=False",
+                              tasks=["modelspec_local_choice"], task_manager=TaskManager(include_path=str(tmp_path / "task")),
+                              device="cpu", batch_size=2)
+    task = results["results"]["modelspec_local_choice"]
+    assert 0.0 <= task["acc,none"] <= 1.0
+    assert results["n-samples"]["modelspec_local_choice"]["effective"] == len(docs)
