@@ -7,6 +7,8 @@ of `run` is not this: it stays the machine's.
 
 from __future__ import annotations
 
+from runtime.report.collect import read_json
+
 import json
 import shlex
 from pathlib import Path
@@ -31,13 +33,7 @@ FIXES = {
 
 
 def _read(path: str | Path | None) -> dict[str, Any] | None:
-    if not path:
-        return None
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json(Path(path)) if path else None
 
 
 def _num(value: Any) -> str:
