@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from runtime.report.collect import read_json
 
-import json
 import shlex
 from pathlib import Path
 from typing import Any, Iterable
