@@ -31,6 +31,11 @@ STEPS = 8
 # sums in another order, then AdamW. A different batch split differs far more (tested below).
 LOSS_TOL = 1e-5
 WEIGHT_TOL = 1e-6
+# FSDP2 (measured again after the tokenizer and validation changes): every weight within 2.3e-7 of one
+# process except the tied embedding / LM head, 5.8e-6. Its rows for tokens the 8 steps barely touch get
+# near-zero gradients, and AdamW's m/sqrt(v) normalises those, so a last-bit difference in a sharded
+# reduction becomes a visible one. Still 100x below one step's learning rate.
+FSDP_WEIGHT_TOL = 1e-5
 # QAT's output is quantize-dequantized: a per-channel scale (max|w| / qmax) moves with the latent
 # weights' last bits, and so does every weight on its grid (measured 3.5e-6 under FSDP2).
 QAT_WEIGHT_TOL = 1e-5
@@ -160,7 +165,7 @@ def test_fsdp2_matches_one_process(one, inputs, tmp_path):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["strategy"] == "fsdp2"
     diff, wdiff = max_loss_diff(rows(one), rows(tmp_path)), max_weight_diff(weights(one), weights(tmp_path))
     print(f"fsdp2 on 2 processes vs 1 process: max loss difference {diff:.3g}, max weight difference {wdiff:.3g}")
-    assert diff <= LOSS_TOL and wdiff <= WEIGHT_TOL
+    assert diff <= LOSS_TOL and wdiff <= FSDP_WEIGHT_TOL
 
 
 def test_a_batch_that_does_not_split_is_refused_before_launching(inputs, tmp_path):
