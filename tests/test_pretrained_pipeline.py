@@ -83,6 +83,7 @@ def run(tmp_path_factory):
         ("    - {until_step: 60, seq_len: 64}", "    - {until_step: 12, seq_len: 64}"),
         ("checkpoint_every: 10", "checkpoint_every: 6"),
         ("steps: 20}}, within_tokens", "steps: 4}}, within_tokens"),
+        ("  prefill: [64, 128, 256]", "  prefill: [64, 256]"),  # one inside and one beyond the llama3 original context
     ]
     for old, new in edits:
         assert old in text, old
@@ -92,7 +93,7 @@ def run(tmp_path_factory):
     text = text[:teacher_start] + "teacher: {kind: hf_local, path: models/teacher, top_k: 16}\n" + text[teacher_end:]
     spec.write_text(text)
     store = root / "store"
-    jobs = ["verify", "parity-prefill-64", "parity-prefill-128", "parity-prefill-256", "parity-decode"]
+    jobs = ["verify", "parity-prefill-64", "parity-prefill-256", "parity-decode"]
     proc = _cli("run", str(spec), *[a for j in jobs for a in ("--until", j)], "--allow-stale", "--json", "--workdir", str(store))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return {"spec": spec, "store": store, "models": models, "jobs": {j["id"]: j for j in json.loads(proc.stdout)["jobs"]}}
@@ -123,7 +124,7 @@ def test_every_stage_ran_and_parity_holds(run):
     assert {"teacher", "train", "qat", "convert", "verify", "parity-decode"} <= set(jobs)
     verify = json.loads(Path(jobs["verify"]["outputs"]["report"]).read_text())
     assert verify["passed"], verify["mismatches"]
-    for fn in ("prefill-64", "prefill-128", "prefill-256", "decode"):
+    for fn in ("prefill-64", "prefill-256", "decode"):
         parity = json.loads(Path(jobs[f"parity-{fn}"]["outputs"]["report"]).read_text())
         assert all(c["passed"] for c in parity["checks"]), parity["checks"]
         assert parity["metrics"]["snr_db"]["value"] > 40, (fn, parity["metrics"]["snr_db"])
@@ -169,3 +170,22 @@ def test_export_hf_before_training_is_bad_input(tmp_path):
     spec = tiny_spec(tmp_path)
     proc = _cli("export-hf", str(spec), "--to", str(tmp_path / "hf"), "--workdir", str(tmp_path / "empty-store"))
     assert proc.returncode == 2 and "no store at" in proc.stderr and not (tmp_path / "hf").exists()
+
+
+def test_a_teacher_with_another_vocabulary_is_a_compile_error(run):
+    """Both folders are local, so the shared vocabulary is checked before any job runs (compiler/reading/rules.py)."""
+    spec = run["spec"]
+    other = spec.parent / "models" / "teacher-other-vocab"
+    shutil.copytree(run["models"]["teacher"], other)
+    data = json.loads((other / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    a, b = sorted(t for t, i in vocab.items() if i in (300, 301))
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two ids swapped: same strings, other ids
+    (other / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    variant = spec.parent / "other-vocab.yaml"
+    variant.write_text(spec.read_text().replace("path: models/teacher,", "path: models/teacher-other-vocab,"))
+    proc = _cli("validate", str(variant))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "teacher.path" in proc.stderr and "the teacher's tokenizer differs from the student's" in proc.stderr
+    assert "id 300: teacher" in proc.stderr and "id 301: teacher" in proc.stderr
+    assert _cli("validate", str(spec)).returncode == 0  # the run's own spec (same tokenizer) is fine

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from pathlib import Path as PathLib
 from typing import Iterator
 
 from compiler.analysis.catalogue import CATALOGUE
@@ -21,7 +22,8 @@ from compiler.schema.architecture import Heads
 from compiler.schema.quantization import Quantized
 from compiler.schema.spec import Spec
 from compiler.schema.teacher import HfLocalTeacher, OpenAICompatibleTeacher, TrainTeacher
-from compiler.schema.tokenizer import BpeSource
+from compiler.reading.vocab import read_vocab, vocabulary_differences
+from compiler.schema.tokenizer import BpeSource, PretrainedSource
 from compiler.schema.training import Ramp, StepChange
 
 Finding = tuple[Path, str, str | None]
@@ -33,7 +35,7 @@ TOKEN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 def check(spec: Spec, spec_dir: str) -> list[Finding]:
     out: list[Finding] = []
     for rule in RULES:
-        out.extend(rule(spec, spec_dir) if rule is _paths else rule(spec))
+        out.extend(rule(spec, spec_dir) if rule in (_paths, _shared_vocabulary) else rule(spec))
     return out
 
 
@@ -301,9 +303,33 @@ def _size(n: float) -> str:
 
 
 def _teacher(spec: Spec) -> Iterator[Finding]:
-    if isinstance(spec.teacher, OpenAICompatibleTeacher):
-        yield (("teacher", "kind"), "teacher kind 'openai_compatible' is not supported by this version of modelspec",
-               "use kind: train or kind: hf_local; HTTP teachers are planned")
+    t = spec.teacher
+    if not isinstance(t, OpenAICompatibleTeacher):
+        return
+    base = ("teacher",)
+    if not re.match(r"^https?://[^\s/]+", t.base_url):
+        yield (base + ("base_url",), f"'{t.base_url}' is not an http(s) URL", "e.g. https://api.moonshot.ai/v1 or http://10.0.0.5:8000/v1")
+    if t.token_ids == "bytes" and t.tokenizer is None:
+        yield (base + ("tokenizer",), "token_ids: bytes maps each token's bytes to an id through the served model's tokenizer, "
+               "and none is given", "set teacher.tokenizer to a local folder holding the served model's tokenizer.json")
+    kl = spec.training.losses.kl
+    if kl is not None and (not isinstance(kl.weight, (int, float)) or kl.weight > 0):  # a schedule counts as used
+        if t.top_k == 0:
+            yield (("training", "losses", "kl"), "logit KD (kl) needs the teacher's top logprobs, and teacher.top_k is 0",
+                   "set teacher.top_k (1-20), or drop losses.kl and distil on the teacher's tokens (ce_teacher)")
+        elif t.tokenizer is None:
+            yield (("training", "losses", "kl"), "logit KD (kl) compares teacher and student id by id, which needs the served "
+                   "model's tokenizer to equal the student's, and teacher.tokenizer is not set",
+                   "set teacher.tokenizer to the served model's tokenizer folder, or drop losses.kl (sequence-level KD: ce_teacher)")
+        if kl.temperature != 1.0:
+            yield (("training", "losses", "kl", "temperature"), f"temperature {kl.temperature:g} cannot apply to an HTTP teacher's "
+                   "logprobs: they are its temperature-1 top k plus the mass outside them, which cannot be re-tempered",
+                   "set temperature: 1.0 (runtime/train/sparse_kl.py)")
+    # The generation stage (runtime/generation/) is built and tested against a loopback server; the
+    # plan does not yet turn its transcripts into the dataset (chat data, docs/teachers.md).
+    yield (base + ("kind",), "teacher kind 'openai_compatible' cannot be planned by this version of modelspec: the generation "
+           "stage exists (docs/teachers.md) but its transcripts do not feed the dataset job yet",
+           "use kind: train or kind: hf_local for now")
 
 
 def _is_local_relative(path: str) -> bool:
@@ -333,4 +359,27 @@ def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
             yield (path, f"'{value}' is {'a file' if folder else 'a folder'}; expected {'a folder' if folder else 'a file'}", None)
 
 
-RULES = [_architecture, _tokens, _shapes, _training, _quantization, _precision, _gates, _deployment, _training_memory, _teacher, _paths]
+def _shared_vocabulary(spec: Spec, spec_dir: str) -> Iterator[Finding]:
+    """An hf_local teacher's tokenizer must be the student's (logit KD compares ids); known at compile
+    time when both folders are local: the student's is the pretrained source plus the spec's special
+    tokens the source lacks (the tokenizer job appends them at their ids)."""
+    src = spec.tokenizer.source
+    if not isinstance(spec.teacher, HfLocalTeacher) or not isinstance(src, PretrainedSource):
+        return
+    paths = [os.path.join(spec_dir, p) if _is_local_relative(p) else p for p in (spec.teacher.path, src.path)]
+    if any("://" in p for p in paths):
+        return
+    teacher, student = (read_vocab(PathLib(p) / "tokenizer.json") for p in paths)
+    if teacher is None or student is None:
+        return  # not there or not readable as JSON: the job that loads it says what is wrong
+    for tok in spec.tokenizer.special_tokens.values():
+        student.setdefault(tok.text, tok.id)
+    problems = vocabulary_differences(teacher, student)
+    if problems:
+        yield (("teacher", "path"), f"the teacher's tokenizer differs from the student's (tokenizer.source.path plus the "
+               f"spec's special tokens), so its logits cannot be distilled id by id: {problems}",
+               "distil from a teacher saved with the student's tokenizer, or start the student's tokenizer from the "
+               "teacher's folder (tokenizer.source.path)")
+
+
+RULES = [_architecture, _tokens, _shapes, _training, _quantization, _precision, _gates, _deployment, _training_memory, _teacher, _paths, _shared_vocabulary]

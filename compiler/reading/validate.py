@@ -149,6 +149,9 @@ def _translate(doc: Document, err: dict) -> Problem:
         want = f"exactly {lo}" if kind == "too_short" and lo == _max_len(err) else (f"at least {lo}" if kind == "too_short" else f"at most {hi}")
         return doc.problem(path, f"expected {want} items, got {ctx.get('actual_length')}", FIELD_HINTS.get(format_path(path)))
     if kind == "string_pattern_mismatch":
+        if path and path[-1] == "api_key_env":  # never echo what may be a key: it names a variable
+            return doc.problem(path, f"not an environment variable name (must match {err['ctx']['pattern']})",
+                               "name the variable that holds the key, e.g. MOONSHOT_API_KEY; never write the key itself in a spec")
         return doc.problem(path, f"{_describe(value)} does not match {err['ctx']['pattern']}",
                            "names are lowercase letters, digits and '-', starting with a letter or digit; versions are semver like 1.2.0")
     message = err["msg"]

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compiler.reading.vocab import vocabulary_differences
 from runtime.distributed.launch import run_or_launch
 from runtime.distributed.world import World, join, pick_device
 
@@ -136,18 +137,6 @@ def _token_ids(path: Path) -> dict[str, int]:
         return Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True)
     except Exception as exc:  # noqa: BLE001 - a damaged file is one user error whatever tokenizers raises
         raise TeacherJobError(f"{path} is not a readable tokenizer.json ({exc})") from exc
-
-
-def vocabulary_differences(teacher: dict[str, int], student: dict[str, int], limit: int = 5) -> str:
-    """'' when the maps are equal, else the first differing tokens by id, then the sizes."""
-    if teacher == student:
-        return ""
-    by_id_t = {i: s for s, i in teacher.items()}
-    by_id_s = {i: s for s, i in student.items()}
-    diffs = [f"id {i}: teacher {by_id_t.get(i)!r}, student {by_id_s.get(i)!r}"
-             for i in sorted(set(by_id_t) | set(by_id_s)) if by_id_t.get(i) != by_id_s.get(i)]
-    return "; ".join(diffs[:limit]) + (f" (and {len(diffs) - limit} more)" if len(diffs) > limit else "") + \
-        f"; teacher {len(teacher)} tokens, student {len(student)}"
 
 
 def _check_vocab(model, where: str, tok, tok_report: Path | None, arrays: dict[str, dict[str, np.ndarray]]) -> int:

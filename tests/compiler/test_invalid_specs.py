@@ -50,6 +50,11 @@ class Case:
         return text.replace(self.old, self.new, 1)
 
 
+HTTP_TEACHER = (
+    "  kind: openai_compatible\n  base_url: http://localhost:8000/v1\n  model: kimi-k2-0905\n  api_key_env: KIMI_KEY\n"
+    "  token_ids: vllm\n  generation: {max_tokens: 256}\n"
+    "  budget: {max_usd: 20, usd_per_million_input: 0.6, usd_per_million_output: 2.5}\n"
+)
 TEACHER_TRAIN_BODY = (
     "  kind: train\n"
     "  architecture: {d_model: 192, n_layers: 3, n_heads: 6, n_kv_heads: 2, d_head: 32, mlp: {kind: swiglu, hidden: 512}}\n"
@@ -112,9 +117,16 @@ CASES: list[Case] = [
     # --- teacher -------------------------------------------------------------------------------
     Case("teacher_kind_typo", "  kind: train\n", "  kind: trian\n", "teacher.kind", "kind: trian",
          "unknown kind 'trian'", "did you mean 'train'?"),
-    Case("teacher_openai_compatible", TEACHER_TRAIN_BODY,
-         "  kind: openai_compatible\n  base_url: http://localhost:8000/v1\n  model: big\n", "teacher.kind",
-         "kind: openai_compatible", "'openai_compatible' is not supported", "kind: train or kind: hf_local"),
+    Case("teacher_openai_compatible", TEACHER_TRAIN_BODY, HTTP_TEACHER, "teacher.kind",
+         "kind: openai_compatible", "'openai_compatible' cannot be planned", "kind: train or kind: hf_local"),
+    Case("teacher_http_bytes_without_tokenizer", TEACHER_TRAIN_BODY, HTTP_TEACHER.replace("token_ids: vllm", "token_ids: bytes"),
+         "teacher.tokenizer", None, "through the served model's tokenizer, and none is given", "set teacher.tokenizer"),
+    Case("teacher_http_kl_without_logprobs", TEACHER_TRAIN_BODY, HTTP_TEACHER, "training.losses.kl", "kl: {weight: 1.0",
+         "logit KD (kl) compares teacher and student id by id", "ce_teacher"),
+    Case("teacher_http_kl_temperature", TEACHER_TRAIN_BODY, HTTP_TEACHER, "training.losses.kl.temperature", "temperature: 2.0",
+         "cannot apply to an HTTP teacher's logprobs", "temperature: 1.0"),
+    Case("teacher_http_key_env_name", TEACHER_TRAIN_BODY, HTTP_TEACHER.replace("api_key_env: KIMI_KEY", "api_key_env: sk-abc"),
+         "teacher.api_key_env", "api_key_env: sk-abc", "not an environment variable name", "never write the key itself"),
     Case("teacher_hf_local_empty_path", TEACHER_TRAIN_BODY, '  kind: hf_local\n  path: ""\n', "teacher.path",
          'path: ""', "empty path"),
     Case("teacher_seq_len_exceeds_max_context", "  seq_len: 128\n  lr: 2.0e-3", "  seq_len: 512\n  lr: 2.0e-3",
