@@ -81,18 +81,17 @@ def test_a_full_disk_while_writing_a_checkpoint_leaves_no_checkpoint(tmp_path: P
     assert not list(work.glob(".ckpt-tmp-*"))
 
 
-def test_a_full_disk_while_writing_the_package_keeps_the_old_one(tmp_path: Path) -> None:
+def test_a_full_disk_while_writing_the_package_keeps_the_old_one(tiny_run, tmp_path: Path) -> None:
     """A forced reconversion that runs out of room (the weight file is 0.5 MB, the limit 256 KB)
     fails; the package already in the store stays complete and verified; with room again the
     reconversion gives the same canonical package hash. The toy's student with a small teacher
-    and short training (test_pipeline_resume.tiny_spec): the same package size, minutes less."""
-    from tests.runtime.test_pipeline_resume import tiny_spec
-
-    store = tmp_path / "store"
-    spec = tiny_spec(tmp_path)
+    and short training (the session's shared tiny run, copied): the same package size, minutes less."""
+    run = tiny_run.copy(tmp_path)
+    store, spec = run.store, run.spec
     base = [sys.executable, "-m", "runtime.cli", "run", str(spec), "--until", "convert", "--allow-stale", "--workdir", str(store), "--json"]
     first = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
+    assert {j["action"] for j in json.loads(first.stdout)["jobs"]} == {"cached"}, "the copied store is complete"
     before = records(store)["convert"]
 
     def tiny() -> None:

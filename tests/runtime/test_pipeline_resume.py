@@ -69,13 +69,12 @@ def spec(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full(spec, tmp_path_factory) -> Path:
-    """An uninterrupted run through eval."""
-    store = tmp_path_factory.mktemp("full") / "store"
-    out = json.loads(cli("run", str(spec), "--until", "eval", "--allow-stale", "--json", workdir=store).stdout)
-    assert out["ok"] and {j["action"] for j in out["jobs"]} == {"ran"}
-    assert [j["id"] for j in out["jobs"]] == ["tokenizer", "dataset", "teacher", "train", "qat", "eval"]
-    return store
+def full(tiny_run) -> Path:
+    """An uninterrupted run through eval (and convert): the session's shared tiny run, only read here."""
+    assert {j["action"] for j in tiny_run.jobs} == {"ran"}
+    assert [j["id"] for j in tiny_run.jobs][:5] == ["tokenizer", "dataset", "teacher", "train", "qat"]
+    assert {"eval", "convert"} <= {j["id"] for j in tiny_run.jobs}
+    return tiny_run.store
 
 
 def test_second_run_executes_nothing(spec, full):
@@ -118,12 +117,16 @@ def stale(spec: Path, store: Path, *sets: str) -> set[str]:
     return {s["id"] for s in states if s["state"] == "stale"}
 
 
+# the shared run converted the package too: every job downstream of qat that ran
+PACKAGE = {"export-prefill-64", "export-prefill-128", "export-prefill-256", "export-decode", "convert"}
+
+
 @pytest.mark.parametrize("edit, expected", [
     ("gates[2].value=0.85", set()),  # gates never ran here; no job that ran reads gates
-    ("description=a different description", set()),
-    ("quantization.weights.rules[1].block_size=16", {"qat", "eval"}),
-    ("training.optimizer.lr=0.001", {"train", "qat", "eval"}),
-    ("teacher.steps=25", {"teacher", "train", "qat", "eval"}),
+    ("description=a different description", {"convert"}),  # the package's short description
+    ("quantization.weights.rules[1].block_size=16", {"qat", "eval"} | PACKAGE),
+    ("training.optimizer.lr=0.001", {"train", "qat", "eval"} | PACKAGE),
+    ("teacher.steps=25", {"teacher", "train", "qat", "eval"} | PACKAGE),
 ])
 def test_edits_make_exactly_the_right_jobs_stale(spec, full, edit, expected):
     assert stale(spec, full, edit) == expected
