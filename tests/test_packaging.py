@@ -20,7 +20,8 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 # base distribution -> the top-level modules it provides
 BASE = {"pydantic": {"pydantic", "pydantic_core", "typing_extensions"}, "ruamel.yaml": {"ruamel"},
         "jinja2": {"jinja2"}, "networkx": {"networkx"}, "typer": {"typer", "click"}, "rich": {"rich"}}
-HEAVY = {"torch", "transformers", "tokenizers", "safetensors", "coremltools", "numpy", "tensorboard", "accelerate", "ray"}
+HEAVY = {"torch", "transformers", "tokenizers", "safetensors", "coremltools", "numpy", "tensorboard", "accelerate", "openai", "aiolimiter",
+         "jsonschema", "ray"}
 
 
 def _name(requirement: str) -> str:

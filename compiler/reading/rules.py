@@ -309,7 +309,7 @@ def _teacher(spec: Spec) -> Iterator[Finding]:
     base = ("teacher",)
     if not re.match(r"^https?://[^\s/]+", t.base_url):
         yield (base + ("base_url",), f"'{t.base_url}' is not an http(s) URL", "e.g. https://api.moonshot.ai/v1 or http://10.0.0.5:8000/v1")
-    if t.token_ids == "bytes" and t.tokenizer is None:
+    if t.token_ids == "bytes" and t.tokenizer is None and t.top_k > 0:
         yield (base + ("tokenizer",), "token_ids: bytes maps each token's bytes to an id through the served model's tokenizer, "
                "and none is given", "set teacher.tokenizer to a local folder holding the served model's tokenizer.json")
     kl = spec.training.losses.kl

@@ -63,8 +63,8 @@ class OpenAICompatibleTeacher(SpecModel):
                                  "logit KD (its vocabulary must equal the student's).", default=None, unit="path")
     top_k: NonNegInt = F("Top logprobs kept per generated token (0-20; 0: sequence-level KD only).", le=20, unit="logits")
     generation: Generation = F("Generation settings sent with every request.")
-    tool_rounds: PosInt = F("Most teacher turns per prompt; tool calls are answered from the prompt's fixtures in between.",
-                            default=4, unit="rounds")
+    tool_rounds: PosInt = F("Most rounds of tool calls answered from the prompt's fixtures; the teacher's final answer "
+                            "follows them (at most tool_rounds + 1 teacher turns).", default=4, unit="rounds")
     limits: Limits = F("Concurrency and rate limits.", default_factory=Limits)
     retries: NonNegInt = F("Retries of a transient failure (429, 5xx, timeout, reset), honouring Retry-After.", default=4, le=20)
     timeout_s: PosFloat = F("Seconds before a request times out.", default=120.0, unit="s")

@@ -1,0 +1,1 @@
+"""Tests of runtime/data (chat samples, templates, masks)."""
