@@ -41,6 +41,15 @@ from .hashing import tree_bytes, tree_sha256
 RECORD = "_complete.json"
 
 
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 class CorruptOutput(Exception):
     pass
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.store import fsync_dir
+
 FORMAT = 1
 
 
@@ -92,7 +94,7 @@ class ResponseCache:
                 os.link(tmp, path)  # fails when the entry exists: write once
             except FileExistsError:
                 return False
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return True
         finally:
             os.unlink(tmp)
@@ -110,11 +112,3 @@ class ResponseCache:
             os.replace(path, target / path.name)
         except FileNotFoundError:
             pass
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

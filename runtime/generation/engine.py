@@ -28,6 +28,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from runtime.data import chat_checks
+
 from .budget import Budget, prompt_token_bound
 from .cache import ResponseCache, request_key
 from .client import FatalTeacherError, RequestFailed
@@ -83,20 +85,8 @@ class Settings:
 
 
 def find_fixture(prompt: Prompt, name: str, arguments: str) -> tuple[bool, Any]:
-    """(found, result) for a call: a fixture keyed by tool name, or a list of {arguments, result} to match."""
-    if name not in prompt.fixtures:
-        return False, None
-    fixture = prompt.fixtures[name]
-    if isinstance(fixture, list) and all(isinstance(f, dict) and "arguments" in f and "result" in f for f in fixture):
-        try:
-            args = json.loads(arguments)
-        except ValueError:
-            return False, None
-        for f in fixture:
-            if f["arguments"] == args:
-                return True, f["result"]
-        return False, None
-    return True, fixture
+    """(found, result) for a call: the rule chat samples are checked with (runtime/data/chat_checks.py)."""
+    return chat_checks.find_fixture(prompt.fixtures, name, arguments)
 
 
 class Engine:

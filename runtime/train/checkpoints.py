@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from runtime.diffing import diff
+from runtime.store import fsync_dir
 from runtime.distributed.world import World
 
 KEEP = 2
@@ -103,14 +104,6 @@ def _tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[s
     return {"model": msd, "optim": optim, "progress": {"step": torch.zeros((), dtype=torch.int64)}, "rng": _rng()}, osd
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: dict) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
@@ -145,11 +138,11 @@ def save(work: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimiz
     _dcp(dcp.save, state, world, storage_writer=FileSystemWriter(tmp, sync_files=True))
     if world.main:
         _write_json(tmp / RECORD, dict(record, step=step, format=FORMAT, world_size=world.size, strategy=world.strategy))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(work)
+        fsync_dir(work)
         for old in sorted(work.glob("ckpt-*"))[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
     world.barrier()
