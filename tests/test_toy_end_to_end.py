@@ -198,6 +198,16 @@ def test_publish_copies_the_release_atomically_with_its_manifest(store: dict) ->
     assert config["stop_token_ids"] == [2, 6] and config["bos_token_id"] == 1 and config["prompt"]["prepend_bos"]
     proc = modelspec("verify", SPEC, str(current / manifest["package"]), "--no-parity", "--workdir", str(store["store"]))
     assert proc.returncode == 0 and "[release] tokenizer: ok" in proc.stderr, proc.stderr[-3000:]
+    # the release is loadable as a teacher (a worker teaching its drafter): hf/ is a transformers folder
+    # of the QAT checkpoint the package came from, its tokenizer beside it
+    import torch
+
+    from runtime.jobs import teacher as tjob
+
+    assert manifest["hf"] == "hf" and "hf/config.json" in manifest["files"]
+    model = tjob._load_hf_local(current / "hf", torch.device("cpu"))
+    tjob._check_tokenizers(current / "hf", current / "tokenizer")
+    assert model.config.model_type == "llama" and model.config.vocab_size == 512
 
 
 def test_a_gate_the_model_does_not_meet_fails_the_run_and_blocks_publish(store: dict) -> None:

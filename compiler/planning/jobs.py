@@ -242,8 +242,9 @@ def build_jobs(spec: Spec) -> list[Job]:
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
                    kind=CATALOGUE[g.metric].kind, producer=CATALOGUE[g.metric].producer) for g in spec.gates]
     jobs.append(Job("gates", "gates", ("convert", "verify", *parity_ids, "eval"), GatesParams(gates=gates), {"report": "report.json"}))
-    # the tokenizer ships with the release; parity jobs for their golden vectors
-    jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids, "tokenizer"), PublishParams(
+    # the tokenizer ships with the release; parity jobs for their golden vectors; the student's
+    # checkpoint for the release's hf/ folder (a released worker is a valid teacher for its drafter)
+    jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids, "tokenizer", student), PublishParams(
         name=spec.name, version=spec.version, role=spec.role, special_tokens=special,
-    ), {"manifest": "manifest.json", "app": "app"}))
+    ), {"manifest": "manifest.json", "app": "app", "hf": "hf"}))
     return jobs

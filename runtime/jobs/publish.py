@@ -3,8 +3,10 @@
 Refuses (raises) unless the gates report passed every hard gate for this package's canonical
 hash, verify passed and the tokenizer folder hashes to the package's stamped
 `modelspec.tokenizer_sha256`. Writes `out/app/` (`runtime_config.json` and, when the tokenizer
-carries one, `chat_template.jinja`: runtime/jobs/publish_config.py) and `out/manifest.json`: the
-sha256 of every file of the release (the package files, the tokenizer folder, the app files, the
+carries one, `chat_template.jinja`: runtime/jobs/publish_config.py), `out/hf/` (the student as a
+Hugging Face folder, from the checkpoint the package was exported from: a release is loadable as
+an `hf_local` teacher) and `out/manifest.json`: the
+sha256 of every file of the release (the package files, the tokenizer folder, the app files, hf/, the
 gates, verify and convert reports, the golden vectors), the canonical package hash, the spec
 hash, the job fingerprints and the gates report itself. `modelspec publish SPEC --to DIR`
 copies the release and this manifest into place atomically (runtime/release.py); the layout is
@@ -21,6 +23,8 @@ from compiler.planning.params import PublishParams
 from runtime.jobs.publish_config import (
     CHAT_TEMPLATE, RUNTIME_CONFIG, TOKENIZER_DIR, ConfigError, chat_template, runtime_config,
 )
+
+HF_DIR = "hf"  # the release's Hugging Face folder
 
 
 class PublishRefused(RuntimeError):
@@ -47,6 +51,9 @@ def release_files(inputs: dict[str, dict[str, Path]]) -> dict[str, Path]:
     app = (inputs.get("publish") or {}).get("app")
     if app is not None:
         files |= _tree(Path(app), "")
+    hf = (inputs.get("publish") or {}).get("hf")
+    if hf is not None and Path(hf).is_dir():
+        files |= _tree(Path(hf), f"{HF_DIR}/")
     files["reports/gates.json"] = Path(inputs["gates"]["report"])
     files["reports/verify.json"] = Path(inputs["verify"]["report"])
     files["reports/convert.json"] = Path(inputs["convert"]["report"])
@@ -82,6 +89,22 @@ def check_tokenizer(inputs: dict[str, dict[str, Path]], convert: dict[str, Any])
     return tokenizer, actual
 
 
+def _hf_folder(params: PublishParams, inputs: dict[str, dict[str, Path]], tokenizer: Path, dest: Path) -> Path | None:
+    """The student as a Hugging Face folder (runtime/model/hf_export.py) from the checkpoint the
+    package was exported from: what makes a release loadable as an `hf_local` teacher (a worker
+    teaching its drafter) or by any transformers tool. None when the plan gave no checkpoint."""
+    checkpoints = [Path(outs["checkpoint"]) for job, outs in sorted(inputs.items()) if "checkpoint" in outs]
+    if not checkpoints:
+        return None
+    if len(checkpoints) > 1:
+        raise PublishRefused(f"publish was given {len(checkpoints)} checkpoints; it takes the student's one")
+    from runtime.model.hf_export import write_hf_folder
+
+    special = {name: tok.id for name, tok in params.special_tokens.items()}
+    write_hf_folder(checkpoints[0], tokenizer, dest, special)
+    return dest
+
+
 def run(params: PublishParams, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any) -> dict[str, Any]:
     from runtime.hashing import file_sha256
 
@@ -97,6 +120,7 @@ def run(params: PublishParams, inputs: dict[str, dict[str, Path]], out: Path, ct
     except ConfigError as exc:
         raise PublishRefused(str(exc)) from exc
     (app / RUNTIME_CONFIG).write_text(json.dumps(config, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    hf = _hf_folder(params, inputs, tokenizer, Path(out) / HF_DIR)
     provenance = ctx.provenance
     fingerprints = {job: up["fingerprint"] for job, up in sorted((provenance.get("upstream") or {}).items())}
     meta = convert.get("metadata", {})
@@ -107,7 +131,8 @@ def run(params: PublishParams, inputs: dict[str, dict[str, Path]], out: Path, ct
         "fingerprints": {"jobs": fingerprints, "package": json.loads(meta.get("modelspec.fingerprints", "{}"))},
         "tokenizer_sha256": tokenizer_sha256,
         "runtime_config": RUNTIME_CONFIG, "chat_template": config["chat_template"],
-        "files": {rel: file_sha256(src) for rel, src in release_files(inputs | {"publish": {"app": app}}).items()},
+        "hf": HF_DIR if hf is not None else None,
+        "files": {rel: file_sha256(src) for rel, src in release_files(inputs | {"publish": {"app": app, "hf": hf}}).items()},
         "gates": gates["gates"],
     }
     (Path(out) / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n", encoding="utf-8")

@@ -6,7 +6,7 @@ params each builder in `compiler/planning/jobs.py` fills in and from the needs o
 
     tokenizer -> dataset -> teacher -> train -> qat -> export-* -> convert -> verify
     convert + qat -> parity-*;  qat + dataset + tokenizer -> eval
-    convert + verify + parity-* + eval -> gates;  gates + convert + verify + parity-* + tokenizer -> publish
+    convert + verify + parity-* + eval -> gates;  gates + convert + verify + parity-* + tokenizer + qat -> publish
 
 so a change to a value reaches the jobs whose params hold it ("direct") and everything
 downstream of them ("changed"). Besides the literal sets, two properties are checked for
@@ -293,7 +293,8 @@ def test_toy_plan_is_the_one_the_expectations_describe(compile_text, toy_text):
     assert all(needs[p] == {"convert", "qat"} for p in PARITY)
     assert needs["eval"] == {"qat", "dataset", "tokenizer"}
     assert needs["gates"] == {"convert", "verify", "eval"} | PARITY
-    assert needs["publish"] == {"gates", "convert", "verify", "tokenizer"} | PARITY  # golden vectors and the tokenizer ship with the release
+    # golden vectors, the tokenizer and the student's hf/ folder (from the QAT checkpoint) ship with the release
+    assert needs["publish"] == {"gates", "convert", "verify", "tokenizer", "qat"} | PARITY
 
 
 def test_there_are_enough_edit_cases():
