@@ -6,12 +6,16 @@ server extensions) and the teacher tokenizer's hash. The API key is never part o
 in an entry comes from a header. A changed generation setting changes the body, so it misses only
 the entries it affects; a rerun after a kill sends no request whose response was stored.
 
-An entry is `<root>/<key[:2]>/<key>.json`: `{"format", "key", "request", "body", "usage"}` where
-`body` is the raw response text (parsed again on every read, so a parser fix needs no new
-request). It is written to a temporary file in the same folder, fsynced, then linked into place:
-a kill leaves either no entry or a whole one, and an existing entry is never overwritten. An
-entry that does not parse or whose key does not match its request is moved aside to
-`<root>/corrupt/` and counts as a miss (the request is sent again; nothing partial is trusted).
+An entry is two files under `<root>/<key[:2]>/`: `<key>.body`, the raw response text byte for byte
+(parsed again when its logprobs are read, so a parser fix needs no new request), and `<key>.json`,
+`{"format", "key", "request", "usage", "message", "body_sha256"}`, where `message` is the answer's
+turn (content and tool calls): what a resumed job needs to walk a conversation forward without
+reading large bodies (a k=20 logprob body is ~3 KB per generated token). Each file is written to a
+temporary file in the same folder, fsynced, then linked into place, the body first: `.json` is the
+entry's completion mark, so a kill leaves either no entry or a whole one, and an existing entry is
+never overwritten. An entry whose `.json` does not parse, whose key does not match its request or
+whose body is missing or differs from its hash is moved aside to `<root>/corrupt/` and counts as a
+miss (the request is sent again; nothing partial is trusted).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 from runtime.store import fsync_dir
 
-FORMAT = 1
+FORMAT = 2
 
 
 def canonical(value: Any) -> str:
@@ -45,8 +49,9 @@ def request_key(endpoint: str, model: str, body: dict[str, Any], tokenizer_sha25
 class Entry:
     key: str
     request: dict[str, Any]
-    body: str
     usage: dict[str, Any]
+    message: dict[str, Any]  # {"content": str | None, "tool_calls": [{"id", "name", "arguments"}]}
+    body_sha256: str
 
 
 class ResponseCache:
@@ -57,11 +62,13 @@ class ResponseCache:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
+        """The entry's `.json` (its `.body` sits beside it)."""
         if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
             raise ValueError(f"not a cache key: {key[:80]!r}")
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> Entry | None:
+        """The entry's small part (no body read: replaying 10,000 answers stays fast), or None."""
         path = self.path(key)
         try:
             raw = path.read_text(encoding="utf-8")
@@ -70,34 +77,42 @@ class ResponseCache:
         try:
             data = json.loads(raw)
             request = data["request"]
-            ok = data["format"] == FORMAT and data["key"] == key and \
-                hashlib.sha256(canonical(request).encode("utf-8")).hexdigest() == key and isinstance(data["body"], str)
+            ok = data["format"] == FORMAT and data["key"] == key and isinstance(data["message"], dict) and \
+                hashlib.sha256(canonical(request).encode("utf-8")).hexdigest() == key and \
+                path.with_suffix(".body").is_file()
         except (ValueError, KeyError, TypeError):
             ok = False
         if not ok:
             self._quarantine(path)
             return None
-        return Entry(key, request, data["body"], dict(data.get("usage") or {}))
+        return Entry(key, request, dict(data.get("usage") or {}), data["message"], data["body_sha256"])
 
-    def put(self, key: str, request: dict[str, Any], body: str, usage: dict[str, Any] | None) -> bool:
+    def body(self, entry: Entry) -> str | None:
+        """The raw response text, checked against its hash; None (and the entry moved aside) when it differs."""
+        path = self.path(entry.key)
+        try:
+            raw = path.with_suffix(".body").read_bytes()
+        except FileNotFoundError:
+            raw = None
+        if raw is None or hashlib.sha256(raw).hexdigest() != entry.body_sha256:
+            self._quarantine(path)
+            return None
+        return raw.decode("utf-8")
+
+    def put(self, key: str, request: dict[str, Any], body: str, usage: dict[str, Any] | None,
+            message: dict[str, Any]) -> bool:
         """Store a response; False when an entry was already there (it is kept as it was)."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = canonical({"format": FORMAT, "key": key, "request": request, "body": body, "usage": usage or {}})
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:12]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # fails when the entry exists: write once
-            except FileExistsError:
-                return False
-            fsync_dir(path.parent)
-            return True
-        finally:
-            os.unlink(tmp)
+        if path.is_file():
+            return False
+        raw = body.encode("utf-8")
+        _link_new(path.with_suffix(".body"), raw, replace_stale=True)
+        meta = canonical({"format": FORMAT, "key": key, "request": request, "usage": usage or {}, "message": message,
+                          "body_sha256": hashlib.sha256(raw).hexdigest()})
+        created = _link_new(path, meta.encode("utf-8"), replace_stale=False)
+        fsync_dir(path.parent)
+        return created
 
     def __contains__(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -108,7 +123,30 @@ class ResponseCache:
     def _quarantine(self, path: Path) -> None:
         target = self.root / "corrupt"
         target.mkdir(exist_ok=True)
+        for p in (path, path.with_suffix(".body")):  # the completion mark first
+            try:
+                os.replace(p, target / p.name)
+            except FileNotFoundError:
+                pass
+
+
+def _link_new(path: Path, data: bytes, replace_stale: bool) -> bool:
+    """Write `data` to a temporary file, fsync it and link it at `path`. A `.body` left by a killed
+    put (no `.json` beside it) is replaced; an existing `.json` is never: False."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:12]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace_stale:
+            os.replace(tmp, path)
+            return True
         try:
-            os.replace(path, target / path.name)
-        except FileNotFoundError:
-            pass
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

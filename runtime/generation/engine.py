@@ -84,6 +84,12 @@ class Settings:
     tokenizer_sha256: str | None = None
 
 
+def message_of(parsed: Parsed) -> dict[str, Any]:
+    """The answer's turn as plain data (what the cache keeps beside the raw body)."""
+    return {"content": parsed.content,
+            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in parsed.tool_calls]}
+
+
 def find_fixture(prompt: Prompt, name: str, arguments: str) -> tuple[bool, Any]:
     """(found, result) for a call: the rule chat samples are checked with (runtime/data/chat_checks.py)."""
     return chat_checks.find_fixture(prompt.fixtures, name, arguments)
@@ -108,25 +114,26 @@ class Engine:
     def key(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return request_key(self.s.endpoint, self.s.model, body, self.s.tokenizer_sha256)
 
-    def _advance(self, prompt: Prompt, out: Outcome, data: dict[str, Any], key: str) -> bool:
-        """Record one answer; True when the conversation continues (tool calls answered from fixtures)."""
-        parsed = self.parse(data)
+    def _advance(self, prompt: Prompt, out: Outcome, message: dict[str, Any], key: str) -> bool:
+        """Record one answer (its `message`: content and tool calls); True when the conversation
+        continues (tool calls answered from fixtures)."""
         out.responses.append(key)
-        turn: dict[str, Any] = {"role": "assistant", "content": parsed.content}
-        ids = [c.id or f"call_{len(out.responses)}_{i}" for i, c in enumerate(parsed.tool_calls)]  # ids are optional on the wire
-        if parsed.tool_calls:
-            turn["tool_calls"] = [{"id": cid, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                                  for cid, c in zip(ids, parsed.tool_calls)]
+        calls = message.get("tool_calls") or []
+        turn: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+        ids = [c.get("id") or f"call_{len(out.responses)}_{i}" for i, c in enumerate(calls)]  # ids are optional on the wire
+        if calls:
+            turn["tool_calls"] = [{"id": cid, "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                                  for cid, c in zip(ids, calls)]
         out.messages.append(turn)
-        if not parsed.tool_calls:
+        if not calls:
             out.status = "done"
             return False
         if len(out.responses) > self.s.tool_rounds:
             out.status, out.reason = "dropped", "too_many_rounds"
             return False
-        for cid, call in zip(ids, parsed.tool_calls):
+        for cid, call in zip(ids, calls):
             out.fixture_calls += 1
-            found, result = find_fixture(prompt, call.name, call.arguments)
+            found, result = find_fixture(prompt, call["name"], call["arguments"])
             if not found:
                 out.status, out.reason = "dropped", "no_fixture"
                 return False
@@ -147,7 +154,7 @@ class Engine:
                     break
                 hits += 1
                 self.budget.add_paid(entry.usage)
-                self._advance(prompt, out, json.loads(entry.body), key)
+                self._advance(prompt, out, entry.message, key)
             outcomes.append(out)
         return outcomes, hits
 
@@ -189,7 +196,7 @@ class Engine:
             entry = self.cache.get(key)  # another worker or an earlier round may have stored it
             if entry is not None:
                 result.cached += 1
-                self._advance(prompt, out, json.loads(entry.body), key)
+                self._advance(prompt, out, entry.message, key)
                 continue
             reservation = self.budget.reserve(prompt_token_bound(body), self.s.max_tokens)
             if reservation is None or self._stop:
@@ -214,13 +221,15 @@ class Engine:
             self.budget.settle(reservation, usage)  # answered: paid, whether or not it parses
             result.sent += 1
             try:
-                self.parse(data)
+                message = message_of(self.parse(data))
             except ValueError as exc:  # not stored: a rerun asks again rather than failing on the same body
                 out.status, out.reason = "failed", "unparseable"
                 out.messages.append({"role": "error", "content": str(exc)[:300]})
                 return
-            self.cache.put(key, request, text, usage)
-            self._advance(prompt, out, data, key)
+            # stored before the conversation moves on; fsync off the event loop, so the other requests in
+            # flight are not held up behind each write
+            await asyncio.to_thread(self.cache.put, key, request, text, usage, message)
+            self._advance(prompt, out, message, key)
             self.on_answer(out)
 
 

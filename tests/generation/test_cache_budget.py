@@ -23,22 +23,36 @@ def test_the_key_is_the_canonical_request_and_never_a_credential():
     assert "api_key" not in json.dumps(req) and set(req) == {"format", "endpoint", "model", "body", "teacher_tokenizer"}
 
 
+MESSAGE = {"content": "hello", "tool_calls": []}
+
+
 def test_an_entry_is_written_once_and_read_back(tmp_path):
     cache = ResponseCache(tmp_path)
     key, req = request_key("http://h/v1", "m", BODY, None)
     assert cache.get(key) is None and key not in cache
-    assert cache.put(key, req, '{"choices": []}', {"prompt_tokens": 3, "completion_tokens": 2})
-    assert not cache.put(key, req, '{"other": 1}', None), "an existing entry is never overwritten"
+    assert cache.put(key, req, '{"choices": []}', {"prompt_tokens": 3, "completion_tokens": 2}, MESSAGE)
+    assert not cache.put(key, req, '{"other": 1}', None, MESSAGE), "an existing entry is never overwritten"
     entry = cache.get(key)
-    assert entry.body == '{"choices": []}' and entry.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert entry.message == MESSAGE and entry.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert cache.body(entry) == '{"choices": []}', "the raw body, byte for byte"
     assert cache.count() == 1 and not list(tmp_path.rglob("*.tmp")), "no temporary file is left behind"
 
 
-@pytest.mark.parametrize("damage", ["truncate", "other_request", "not_json"])
+def test_a_body_left_by_a_killed_put_is_not_an_entry(tmp_path):
+    cache = ResponseCache(tmp_path)
+    key, req = request_key("http://h/v1", "m", BODY, None)
+    body = cache.path(key).with_suffix(".body")
+    body.parent.mkdir(parents=True)
+    body.write_text("half a resp")  # killed between the two links: no .json, no entry
+    assert cache.get(key) is None and cache.count() == 0
+    assert cache.put(key, req, "{}", None, MESSAGE) and cache.body(cache.get(key)) == "{}"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "other_request", "not_json", "body_changed", "body_gone"])
 def test_a_damaged_entry_is_a_miss_and_moved_aside(tmp_path, damage):
     cache = ResponseCache(tmp_path)
     key, req = request_key("http://h/v1", "m", BODY, None)
-    cache.put(key, req, "{}", None)
+    cache.put(key, req, "{}", None, MESSAGE)
     path = cache.path(key)
     text = path.read_text()
     if damage == "truncate":
@@ -47,11 +61,19 @@ def test_a_damaged_entry_is_a_miss_and_moved_aside(tmp_path, damage):
         data = json.loads(text)
         data["request"]["model"] = "another"
         path.write_text(json.dumps(data))
-    else:
+    elif damage == "not_json":
         path.write_text("garbage")
-    assert cache.get(key) is None
+    elif damage == "body_changed":
+        path.with_suffix(".body").write_text('{"x": 1}')
+    else:
+        path.with_suffix(".body").unlink()
+    entry = cache.get(key)
+    if damage == "body_changed":  # found by its hash when the body is read
+        assert entry is not None and cache.body(entry) is None
+    else:
+        assert entry is None
     assert not path.exists() and (tmp_path / "corrupt" / path.name).exists()
-    assert cache.put(key, req, "{}", None), "the request can be stored again"
+    assert cache.put(key, req, "{}", None, MESSAGE), "the request can be stored again"
 
 
 def test_names_are_never_paths(tmp_path):
