@@ -8,17 +8,14 @@
    median and best round), the client's and the server's CPU ms per request (process_time) and
    1000 / client CPU ms (what one uncontended core allows the client):
    - raw: a minimal aiohttp client (one session, 64 connections): the server's capacity;
-   - shipped_disk: `generate()` as shipped (Engine + TeacherClient, AsyncOpenAI over its default
-     httpx2 transport), the cache in the temp folder on disk (each answer fsynced, in a worker thread);
+   - shipped_disk: `generate()` as shipped (Engine + TeacherClient: the body sent as is through
+     `AsyncOpenAI.post`, over the SDK's default httpx2 transport), the cache in the temp folder on disk
+     (each answer fsynced, in a worker thread);
    - shipped_tmpfs: the same with the cache on /dev/shm (no fsync cost); the rows below use it too;
    - httpx2_pool64: TeacherClient(http_client=httpx2.AsyncClient(limits: 64 connections, 64 keep-alive));
    - aiohttp_transport: TeacherClient(http_client=openai.DefaultAioHttpClient()), the SDK's aiohttp transport;
-   - aiohttp_post: that transport and a proposed complete() sending the body as is through
-     `AsyncOpenAI.post("/chat/completions", body=body, cast_to=str)` instead of
-     `chat.completions.with_raw_response.create(**named, extra_body=rest)` (same retries and errors,
-     without the SDK's per-request TypedDict transform of the params);
    - cache_hits: `generate()` rerun on the shipped_disk prompts once all are stored (nothing sent).
-   Also cProfile of a shipped_disk and an aiohttp_post batch (the event loop's thread: the engine's
+   Also cProfile of a shipped_disk and an aiohttp_transport batch (the event loop's thread: the engine's
    puts run in worker threads, unseen), and ResponseCache.put/s on disk, one at a time and from 8
    threads (concurrent fsyncs share journal commits).
 2. Sparse store: 2,000 sequences x 200 tokens at k=20 (vocabulary 32,000) through SparseWriter;
@@ -61,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.generation.budget import Budget, Prices  # noqa: E402
 from runtime.generation.cache import ResponseCache, request_key  # noqa: E402
-from runtime.generation.client import Endpoint, RequestFailed, TeacherClient, classify  # noqa: E402
+from runtime.generation.client import Endpoint, TeacherClient  # noqa: E402
 from runtime.generation.engine import Engine, Prompt, Settings, generate, message_of  # noqa: E402
 from runtime.generation.sparse import SparseStore, SparseWriter  # noqa: E402
 from runtime.generation.wire import parse_completion, request_extras  # noqa: E402
@@ -101,30 +98,6 @@ def endpoint(url: str) -> Endpoint:
 def prompts(n: int, tag: str) -> list[Prompt]:
     return [Prompt(f"{tag}{i}", ({"role": "user", "content": f"[{tag}] Question {i}: explain distillation briefly."},))
             for i in range(n)]
-
-
-class PostClient(TeacherClient):
-    """TeacherClient.complete with the one proposed change: the body sent as is through AsyncOpenAI.post."""
-
-    async def complete(self, body, worst_tokens):
-        import openai
-
-        async with self._slots:
-            if self._rpm is not None:
-                await self._rpm.acquire()
-            if self._tpm is not None:
-                await self._tpm.acquire(min(float(worst_tokens), self._tpm.max_rate))
-            try:  # was: self._client.chat.completions.with_raw_response.create(**known, extra_body=extra or None)
-                text = await self._client.post("/chat/completions", body=body, cast_to=str)  # str: the body's text
-            except openai.OpenAIError as exc:
-                raise classify(exc, self.ep, self._secret) from None
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise RequestFailed("truncated", f"the response body is not JSON ({len(text)} bytes)") from None
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise RequestFailed("malformed", "the response has no choices list")
-        return text, data
 
 
 def http_client(kind: str):
@@ -208,8 +181,8 @@ def with_replay_times(fn) -> tuple[object, list[float]]:
 
 def client_overhead(conn, url: str, tmp: Path, shm: Path, n: int, rounds: int) -> dict:
     rows = {"raw": None, "shipped_disk": ("shipped", tmp, TeacherClient), "shipped_tmpfs": ("shipped", shm, TeacherClient),
-            "httpx2_pool64": ("pool64", shm, TeacherClient), "aiohttp_transport": ("aiohttp", shm, TeacherClient),
-            "aiohttp_post": ("aiohttp", shm, PostClient)}  # name: (http client, cache folder, client class)
+            "httpx2_pool64": ("pool64", shm, TeacherClient),
+            "aiohttp_transport": ("aiohttp", shm, TeacherClient)}  # name: (http client, cache folder, client class)
     runs: dict[str, list[dict]] = {name: [] for name in [*rows, "cache_hits"]}
     for r in range(rounds):
         for name, spec in rows.items():
@@ -242,7 +215,7 @@ def client_overhead(conn, url: str, tmp: Path, shm: Path, n: int, rounds: int) -
             summary[name]["ratio_to_raw"] = round(rate / summary["raw"]["requests_per_s_median"], 3)
     half = prompts(n // 2, "profile-")
     profiles = {"shipped_disk": profile(lambda: asyncio.run(through_engine(url, tmp / "prof", half, "shipped"))),
-                "aiohttp_post": profile(lambda: asyncio.run(through_engine(url, shm / "prof", half, "aiohttp", PostClient)))}
+                "aiohttp_transport": profile(lambda: asyncio.run(through_engine(url, shm / "prof", half, "aiohttp")))}
     puts = {"disk_one_at_a_time": put_rate(tmp / "puts-1", 1), "disk_8_threads": put_rate(tmp / "puts-8", 8)}
     best = max((k for k in summary if k not in ("raw", "cache_hits")), key=lambda k: summary[k]["requests_per_s_median"])
     return {"in_flight": IN_FLIGHT, "echo_response_bytes": body_bytes, "rows": summary, "best_engine_row": best,
