@@ -21,7 +21,8 @@ import torch
 
 from tests.runtime.test_pipeline_resume import tiny_spec
 
-pytestmark = pytest.mark.slow
+# one worker runs the whole module: its module fixture (a full pipeline run) is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pretrained-pipeline")]
 ROOT = Path(__file__).resolve().parents[1]
 V, D, L, H, KV, HD, FF = 512, 128, 2, 4, 2, 32, 352
 LLAMA3 = {"rope_type": "llama3", "factor": 2.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -21,7 +21,8 @@ import pytest
 
 from runtime.hashing import file_sha256, tree_sha256
 
-pytestmark = pytest.mark.slow
+# one worker runs the whole module: its module fixture (a full pipeline run) is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("toy-e2e")]
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "specs/toy.yaml"
 
