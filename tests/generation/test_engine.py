@@ -142,10 +142,13 @@ def test_a_wrong_key_from_the_real_server_is_redacted(server, tmp_path):
 
 def test_the_budget_is_never_exceeded_with_64_in_flight(tmp_path):
     with ChatServer(echo=True, api_key=KEY, default_max_tokens=8) as srv:
-        srv.faults = lambda i: ("stall", 0.05)  # every answer takes a while, so 64 are really in flight
-        cap = 8_000  # 64 worst cases (about 108 tokens each) fit; the answers (about 5 tokens each) use the rest midway
+        srv.faults = lambda i: ("stall", 0.2)  # every answer takes a while, so 64 are really in flight
+        # Each prompt is ~200 words (~1,100 bytes): its worst case is ~1,200 tokens, its real cost ~210. 64 worst
+        # cases (~77k) fit under the cap, and 400 real costs (~84k) do not, so the cap is reached whatever the timing.
+        cap = 80_000
         budget = Budget(Prices(max_tokens=cap))
-        result = run(srv.base_url, tmp_path / "cache", [Prompt(f"p{i}", ({"role": "user", "content": f"hi {i}"},))
+        filler = " ".join(f"word{j}" for j in range(200))
+        result = run(srv.base_url, tmp_path / "cache", [Prompt(f"p{i}", ({"role": "user", "content": f"hi {i} {filler}"},))
                                                         for i in range(400)], budget=budget, in_flight=64, max_tokens=8)
         stats = srv.stats.snapshot()
     assert stats["max_in_flight"] >= 48, stats["max_in_flight"]
