@@ -162,7 +162,7 @@ def test_export_hf_folder_is_a_valid_hf_local_teacher(run, exported):
     """What a drafter spec's teacher would be: the worker's exported folder (its tokenizer beside it)."""
     from runtime.jobs import teacher as tjob
 
-    model = tjob._load_hf_local(exported, torch.device("cpu"))
+    model = tjob.load_hf_folder(exported, torch.device("cpu"))
     tjob._check_tokenizers(exported, Path(run["jobs"]["tokenizer"]["outputs"]["tokenizer"]))
     assert model.config.model_type == "qwen2"
 

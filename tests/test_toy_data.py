@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 TOY = Path(__file__).resolve().parents[1] / "specs" / "data" / "toy"
-OUTPUTS = ("tools.json", "train.jsonl", "eval.jsonl", "corpus.txt", "README.md")
+OUTPUTS = ("tools.json", "train.jsonl", "eval.jsonl", "corpus.txt", "README.md", "prompts.jsonl")
 KEYS = {"id", "kind", "prompt", "target", "tool_call", "tool_result", "integration", "pii"}
 MIX = {"tool": 0.70, "control": 0.15, "privacy": 0.15}
 MIX_TOLERANCE = 0.05
@@ -220,3 +220,48 @@ def test_corpus_is_train_prompts_and_targets(train):
     lines = data.decode("utf-8").split("\n")
     assert lines[-1] == ""
     assert lines[:-1] == [text for s in train for text in (s["prompt"], s["target"])]
+
+
+def test_prompts_are_valid_chat_prompts_from_the_train_side(eval_set):
+    """data.prompts: every line is a valid prompt (docs/chat_data.md), ids unique, no eval prompt among them,
+    and each tool prompt's fixture answers the reference call."""
+    from runtime.data.chat_checks import find_fixture, is_ready_made, validate_chat
+
+    prompts = [json.loads(line) for line in (TOY / "prompts.jsonl").read_text(encoding="utf-8").splitlines()]
+    seen: set[str] = set()
+    assert [validate_chat(p, seen) for p in prompts] == [None] * len(prompts)
+    assert not any(is_ready_made(p) for p in prompts)
+    assert {p["messages"][0]["content"] for p in prompts}.isdisjoint({s["prompt"] for s in eval_set})
+    assert sum(p["kind"] == "tool" for p in prompts) == 80 and len(prompts) == 112
+    for p in prompts:
+        for name, entries in p["fixtures"].items():
+            assert find_fixture(p["fixtures"], name, json.dumps(entries[0]["arguments"]))[0]
+
+
+def test_chat_template_renders_a_sample_exactly_as_train_writes_it(train):
+    """chat_template.jinja turns the chat form of a valid sample into bos + prompt + target + eos, so
+    transcripts from the teacher and the ready-made samples are the same text to the student."""
+    from runtime.data.chat import ChatTemplate, prepare_messages
+
+    template = ChatTemplate.from_file(TOY / "chat_template.jinja")
+    checked = 0
+    for s in train:
+        think, _, rest = s["target"].partition("</think>")
+        messages = [{"role": "user", "content": s["prompt"]}]
+        if s["tool_call"] is None:
+            messages.append({"role": "assistant", "reasoning_content": think.removeprefix("<think>"), "content": rest})
+        else:
+            call = json.dumps(s["tool_call"], sort_keys=True, separators=(",", ":"))
+            if f"<tool_call>{call}</tool_call>" not in rest:
+                continue  # a deliberately invalid sample
+            answer = rest.split("</tool_result>", 1)[1]
+            messages += [{"role": "assistant", "reasoning_content": think.removeprefix("<think>"), "content": None,
+                          "tool_calls": [{"id": "c1", "type": "function", "function": {
+                              "name": s["tool_call"]["name"], "arguments": json.dumps(s["tool_call"]["arguments"])}}]},
+                         {"role": "tool", "tool_call_id": "c1", "content": s["tool_result"]},
+                         {"role": "assistant", "content": answer}]
+        text = template.render(prepare_messages(messages, arguments_as_dict=True), prepared=True, bos_token="<s>",
+                               eos_token="</s>")
+        assert text == "<s>" + s["prompt"] + s["target"] + "</s>", s["id"]
+        checked += 1
+    assert checked > 1000

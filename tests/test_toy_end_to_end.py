@@ -206,7 +206,7 @@ def test_publish_copies_the_release_atomically_with_its_manifest(store: dict) ->
     from runtime.jobs import teacher as tjob
 
     assert manifest["hf"] == "hf" and "hf/config.json" in manifest["files"]
-    model = tjob._load_hf_local(current / "hf", torch.device("cpu"))
+    model = tjob.load_hf_folder(current / "hf", torch.device("cpu"))
     tjob._check_tokenizers(current / "hf", current / "tokenizer")
     assert model.config.model_type == "llama" and model.config.vocab_size == 512
 

@@ -62,6 +62,8 @@ _METRICS = [
     Metric("eval.integration_f1_strict", "rate", "eval", "Exact-span F1 of integration spans against the reference.", True),
     Metric("eval.privacy_ok_rate", "rate", "eval", "Fraction of personal-data samples whose output echoes no personal data.", True),
     Metric("eval.control_tool_calls", "count", "eval", "Tool calls emitted on control samples that must not call a tool.", True),
+    Metric("generate.fixture_hit_rate", "rate", "generate", "Share of the teacher's tool calls that a prompt's fixtures answered (n: calls).", True),
+    Metric("generate.failure_rate", "rate", "generate", "Share of valid prompts without a kept transcript (n: prompts).", True),
     Metric("package.size_mb", "megabytes", "convert", "Size of the .mlpackage on disk (MiB).", False),
     Metric("speed.ttft_p50_ms", "milliseconds", "verify", "Median time to first token on device (needs a Mac).", True),
     Metric("speed.tps_p50", "per_second", "verify", "Median decode tokens per second on device (needs a Mac).", True),

@@ -101,4 +101,19 @@ def contract_files(c: Compiled) -> dict[str, str]:
         "contracts/precision.json": pretty_json(contracts.precision_contract(s)),
         "contracts/gates.json": pretty_json(contracts.gates_contract(s)),
         "contracts/budget.json": pretty_json(contracts.budget_contract(s, c.derived)),
-    }
+    } | _chat_template_file(c)
+
+
+def _chat_template_file(c: Compiled) -> dict[str, str]:
+    """The spec's chat template, copied as a contract (a reviewer sees a template change in the diff; the
+    package and release carry the same text). A template the compiler cannot read (a URI) is left to the
+    tokenizer job, which fails on it by name."""
+    value = c.spec.tokenizer.chat_template
+    if value is None or "://" in value:
+        return {}
+    path = value if os.path.isabs(value) else os.path.join(c.validated.spec_dir, value)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return {"contracts/chat_template.jinja": fh.read()}
+    except (OSError, UnicodeDecodeError):
+        return {}

@@ -14,7 +14,7 @@ from compiler.analysis.catalogue import CATALOGUE
 from compiler.planning.interface import default_function, functions
 from compiler.planning.params import (
     CPU_JOB, ArchitectureP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
-    ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
+    GenerateParams, ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
     TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
 )
 from compiler.analysis.resolve import precision_plan, quant_plan
@@ -24,7 +24,7 @@ from compiler.schema.spec import Spec
 from compiler.schema.teacher import TrainTeacher
 from compiler.schema.tokenizer import BpeSource
 
-KINDS = ("tokenizer", "dataset", "teacher", "train", "qat", "export", "convert",
+KINDS = ("tokenizer", "dataset", "teacher", "generate", "train", "qat", "export", "convert",
          "verify", "parity", "eval", "gates", "publish")
 
 # Bump a kind's version when its runtime code changes what it produces: every cached
@@ -39,6 +39,7 @@ WHY = {
     "tokenizer": "Builds the transformers fast tokenizer with special tokens at exactly the spec's ids.",
     "dataset": "Validates samples against the tool registry, splits them and tokenizes them with span masks.",
     "teacher": "Provides the teacher and its top-k logits per sample for distillation.",
+    "generate": "The teacher answers data.prompts (tool calls answered from fixtures); verified transcripts join the train split.",
     "train": "Distills the student from the teacher (the KD stage) with every loss term from the spec.",
     "qat": "Continues training with fake quantization per the resolved recipe; export consumes its checkpoint.",
     "export": "torch.export of one package function (a prefill shape or decode), checked against contracts/io.json.",
@@ -55,6 +56,7 @@ READS = {
     "dataset": ("data", "role", "shapes.prefill", "tokenizer.special_tokens"),
     "teacher": ("teacher", "architecture.vocab_size", "architecture.norm", "architecture.rope", "architecture.max_context",
                 "architecture.tie_embeddings", "training.seed"),
+    "generate": ("data.prompts", "teacher", "shapes.prefill", "tokenizer.special_tokens", "training.seed"),
     "train": ("architecture", "training", "tokenizer.special_tokens"),
     "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights"),
     "export": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache", "precision"),
@@ -190,7 +192,7 @@ def build_jobs(spec: Spec) -> list[Job]:
         Job("tokenizer", "tokenizer", (), TokenizerParams(
             source_kind=src.kind, source_path=src.corpus if isinstance(src, BpeSource) else src.path,
             trained_vocab_size=src.vocab_size if isinstance(src, BpeSource) else None,
-            model_vocab_size=spec.architecture.vocab_size, special_tokens=special,
+            model_vocab_size=spec.architecture.vocab_size, special_tokens=special, chat_template=spec.tokenizer.chat_template,
         ), {"tokenizer": "tokenizer", "report": "report.json"}),
         Job("dataset", "dataset", ("tokenizer",), DatasetParams(
             train=spec.data.train, eval=spec.data.eval, tool_registry=spec.data.tool_registry, role=spec.role,
@@ -203,9 +205,22 @@ def build_jobs(spec: Spec) -> list[Job]:
             {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
             training_resources(spec)),
     ]
+    generated: tuple[str, ...] = ()
+    if spec.data.prompts is not None:
+        gen = spec.teacher.generation
+        train_job = jobs[3]
+        jobs[3:4] = [Job("generate", "generate", ("tokenizer", "teacher"), GenerateParams(
+            teacher_kind=spec.teacher.kind, prompts=spec.data.prompts, max_tokens=gen.max_tokens,
+            temperature=gen.temperature, tool_rounds=gen.tool_rounds, batch=gen.batch,
+            max_failure_rate=gen.max_failure_rate, seed=tr.seed, top_k=spec.teacher.top_k,
+            max_seq_len=max(spec.shapes.prefill), special_tokens=special,
+        ), {"transcripts": "transcripts.jsonl", "data": "data", "targets": "targets", "report": "report.json"},
+            _one_device(spec)),
+            Job("train", "train", ("dataset", "teacher", "generate"), train_job.params, train_job.outputs, train_job.resources)]
+        generated = ("generate",)
     student = "train"
     if tr.qat.enabled:
-        jobs.append(Job("qat", "qat", ("train", "dataset", "teacher"), QatParams(
+        jobs.append(Job("qat", "qat", ("train", "dataset", "teacher", *generated), QatParams(
             training=_training(spec), start_step=kd_end, end_step=tr.steps, lr_scale=tr.qat.lr_scale, quantization=quant,
         ), {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
             training_resources(spec)))
@@ -241,7 +256,8 @@ def build_jobs(spec: Spec) -> list[Job]:
     ), {"report": "report.json", "samples": "samples.jsonl"}))
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
                    kind=CATALOGUE[g.metric].kind, producer=CATALOGUE[g.metric].producer) for g in spec.gates]
-    jobs.append(Job("gates", "gates", ("convert", "verify", *parity_ids, "eval"), GatesParams(gates=gates), {"report": "report.json"}))
+    jobs.append(Job("gates", "gates", ("convert", "verify", *parity_ids, "eval", *generated), GatesParams(gates=gates),
+                    {"report": "report.json"}))
     # the tokenizer ships with the release; parity jobs for their golden vectors; the student's
     # checkpoint for the release's hf/ folder (a released worker is a valid teacher for its drafter)
     jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids, "tokenizer", student), PublishParams(

@@ -54,6 +54,9 @@ class TokenizerParams(Params):
     trained_vocab_size: int | None  # bpe only
     model_vocab_size: int
     special_tokens: dict[str, SpecialTokenP]
+    chat_template: str | None = None  # a Jinja file as written in the spec (an external input), installed in the tokenizer
+
+    OMIT_WHEN_DEFAULT = frozenset({"chat_template"})
 
 
 class DatasetParams(Params):
@@ -104,6 +107,22 @@ class TeacherParams(Params):
     lr: float | None
     seed: int
     top_k: int
+
+
+class GenerateParams(Params):
+    """The teacher's answers to data.prompts (runtime/jobs/generate.py)."""
+
+    teacher_kind: Literal["train", "hf_local"]
+    prompts: str  # data.prompts as written in the spec (an external input)
+    max_tokens: int  # per teacher turn
+    temperature: float
+    tool_rounds: int
+    batch: int
+    max_failure_rate: float
+    seed: int
+    top_k: int  # the teacher's logits kept per position of the transcripts' rows (the KL targets)
+    max_seq_len: int  # rows longer than this are dropped (too_long), as in the dataset job
+    special_tokens: dict[str, SpecialTokenP]
 
 
 class ModuleQuantP(Params):

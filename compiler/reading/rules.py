@@ -302,6 +302,19 @@ def _size(n: float) -> str:
     raise AssertionError
 
 
+def _prompts(spec: Spec) -> Iterator[Finding]:
+    """data.prompts needs a teacher that can answer them and a chat template to render them."""
+    if spec.data.prompts is None:
+        return
+    t = spec.teacher
+    if isinstance(t, (TrainTeacher, HfLocalTeacher)) and t.generation is None:
+        yield (("teacher",), "data.prompts is set and the teacher has no generation settings",
+               "add teacher.generation: {max_tokens: ...} (docs/teachers.md), or drop data.prompts")
+    if isinstance(spec.tokenizer.source, BpeSource) and spec.tokenizer.chat_template is None:
+        yield (("tokenizer",), "data.prompts are chat conversations, and a tokenizer trained from a corpus has no chat "
+               "template to render them with", "set tokenizer.chat_template to a Jinja template file (docs/chat_data.md)")
+
+
 def _teacher(spec: Spec) -> Iterator[Finding]:
     t = spec.teacher
     if not isinstance(t, OpenAICompatibleTeacher):
@@ -346,6 +359,10 @@ def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
     ]
     if isinstance(spec.teacher, HfLocalTeacher):
         candidates.append((("teacher", "path"), spec.teacher.path, True))
+    if spec.data.prompts is not None:
+        candidates.append((("data", "prompts"), spec.data.prompts, False))
+    if spec.tokenizer.chat_template is not None:
+        candidates.append((("tokenizer", "chat_template"), spec.tokenizer.chat_template, False))
     if spec.training.init is not None:
         candidates.append((("training", "init", "checkpoint"), spec.training.init.checkpoint, True))
     for path, value, folder in candidates:
@@ -382,4 +399,4 @@ def _shared_vocabulary(spec: Spec, spec_dir: str) -> Iterator[Finding]:
                "teacher's folder (tokenizer.source.path)")
 
 
-RULES = [_architecture, _tokens, _shapes, _training, _quantization, _precision, _gates, _deployment, _training_memory, _teacher, _paths, _shared_vocabulary]
+RULES = [_architecture, _tokens, _shapes, _training, _quantization, _precision, _gates, _deployment, _training_memory, _prompts, _teacher, _paths, _shared_vocabulary]

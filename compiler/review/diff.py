@@ -21,13 +21,15 @@ from compiler.review.tree import overlaps, tree_diff
 CLASSES = ("COSMETIC", "REVERIFY", "REEXPORT", "RETRAIN", "BREAKING_CONTRACT")
 RANK = {c: i for i, c in enumerate(CLASSES)}
 KIND_CLASS = {
-    "tokenizer": "RETRAIN", "dataset": "RETRAIN", "teacher": "RETRAIN", "train": "RETRAIN", "qat": "RETRAIN",
+    "tokenizer": "RETRAIN", "dataset": "RETRAIN", "teacher": "RETRAIN", "generate": "RETRAIN", "train": "RETRAIN",
+    "qat": "RETRAIN",
     "export": "REEXPORT", "convert": "REEXPORT",
     "verify": "REVERIFY", "parity": "REVERIFY", "eval": "REVERIFY", "gates": "REVERIFY", "publish": "REVERIFY",
 }
 FAIL_ON = {"breaking": "BREAKING_CONTRACT", "retrain": "RETRAIN", "reexport": "REEXPORT", "reverify": "REVERIFY"}
 CONTRACTS = ("contracts/io.json", "contracts/tokens.json", "contracts/quantization.json",
-             "contracts/precision.json", "contracts/gates.json", "contracts/budget.json")
+             "contracts/precision.json", "contracts/gates.json", "contracts/budget.json",
+             "contracts/chat_template.jinja")  # the last only when the spec names a template
 
 
 def worst(classes) -> str:
@@ -97,8 +99,8 @@ def diff_compiled(old, new, old_label: str, new_label: str) -> dict:
     of, nf = contract_files(old), contract_files(new)
     files = {}
     for name in CONTRACTS:
-        if of[name] != nf[name]:
-            files[name] = unified(of[name], nf[name], name)
+        if of.get(name, "") != nf.get(name, ""):
+            files[name] = unified(of.get(name, ""), nf.get(name, ""), name)
     breaks = io_breaks(json.loads(of["contracts/io.json"]), json.loads(nf["contracts/io.json"])) + tokens_breaks(
         json.loads(of["contracts/tokens.json"]), json.loads(nf["contracts/tokens.json"]))
 

@@ -10,6 +10,16 @@ from .architecture import TeacherArchitecture
 from .base import F, NonNegFloat, NonNegInt, PosFloat, PosInt, SpecModel
 
 
+class LocalGeneration(SpecModel):
+    max_tokens: PosInt = F("Most tokens the teacher writes per turn.", unit="tokens")
+    temperature: NonNegFloat = F("Sampling temperature (0: greedy; sampling is seeded by training.seed).", default=0.0)
+    tool_rounds: PosInt = F("Most rounds of tool calls answered from the prompt's fixtures; the teacher's final answer "
+                            "follows them.", default=4, unit="rounds")
+    batch: PosInt = F("Prompts generated together.", default=32, unit="prompts")
+    max_failure_rate: float = F("Largest fraction of prompts allowed to fail (no fixture, unparseable call, out of rounds "
+                                "or tokens) before the job fails.", default=0.1, ge=0, lt=1)
+
+
 class TrainTeacher(SpecModel):
     kind: Literal["train"] = F("Train a small transformers Llama teacher inside the pipeline (toy and tests).")
     architecture: TeacherArchitecture = F("Teacher shape; vocabulary, norm, RoPE, context and embedding tying come from the student.")
@@ -18,12 +28,14 @@ class TrainTeacher(SpecModel):
     seq_len: PosInt = F("Teacher training sequence length (<= architecture.max_context).", unit="tokens")
     lr: PosFloat = F("Teacher AdamW learning rate (cosine decay, no warmup).")
     top_k: PosInt = F("Teacher logits kept per position.", unit="logits")
+    generation: Optional[LocalGeneration] = F("How the teacher answers data.prompts (required with them).", default=None)
 
 
 class HfLocalTeacher(SpecModel):
     kind: Literal["hf_local"] = F("Load a transformers causal LM from a local folder (remote code off).")
     path: str = F("Model folder; relative paths are relative to the spec file.", unit="path")
     top_k: PosInt = F("Teacher logits kept per position.", unit="logits")
+    generation: Optional[LocalGeneration] = F("How the teacher answers data.prompts (required with them).", default=None)
 
 
 class Generation(SpecModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field
 
@@ -34,3 +34,7 @@ class Tokenizer(SpecModel):
         "Special tokens by role name; pad, bos and eos are required. Tool-calling roles also need "
         "tool_call_start/tool_call_end."
     )
+    chat_template: Optional[str] = F(
+        "Jinja chat template file (transformers' format) installed in the tokenizer; relative paths are relative to the "
+        "spec file. None: a pretrained tokenizer's own template. Every chat sample is rendered with it, and it ships in "
+        "the package metadata and the release.", default=None, unit="path")

@@ -115,9 +115,32 @@ def status(
         from runtime.keys import JobState
 
         states = [JobState(j.id, j.kind, "", "missing", ["no store yet"]) for j in plan.jobs]
+    store = Store(workdir) if has_store else None
+    for s in states:
+        if s.kind == "generate" and store is not None:
+            s.reasons.append(_prompts_done(store, plan.name, s))
     if json_:
         _emit_json({"spec": plan.name, "jobs": [s.as_json() for s in states]})
         return
     width = max(len(s.id) for s in states)
     for s in states:
-        typer.echo(f"{s.id:<{width}}  {s.state:<10}  {'; '.join(s.reasons)}")
+        typer.echo(f"{s.id:<{width}}  {s.state:<10}  {'; '.join(r for r in s.reasons if r)}")
+
+
+def _prompts_done(store, spec_name: str, state) -> str:
+    """The generate job's prompts finished so far (its progress file survives a kill), or the finished report's count."""
+    import time
+
+    from runtime.jobs.generate import read_progress
+
+    if state.state == "up_to_date":
+        record = store.record(state.kind, state.key) or {}
+        report = (record.get("metrics") or {})
+        if "transcripts" in report:
+            return f"{report['transcripts']} transcripts"
+        return ""
+    progress = read_progress(store.work_dir(spec_name, state.id))
+    if progress is None:
+        return "no prompt answered yet"
+    age = time.time() - float(progress.get("updated", 0))
+    return f"{progress['finished']} of {progress['prompts']} prompts finished ({age:.0f} s ago; answered requests are cached)"

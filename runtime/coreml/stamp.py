@@ -6,6 +6,7 @@ are strings). Nothing time-dependent goes in, so the same inputs give the same p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from compiler.planning.params import ConvertParams
+from runtime.data.chat import folder_chat_template
 from runtime.hashing import tree_sha256
 
 PREFIX = "modelspec."
@@ -59,6 +61,10 @@ def package_metadata(params: ConvertParams, provenance: dict[str, Any], tokenize
         "compute_units": params.compute_units,
         "target": params.target,
     }
+    template = folder_chat_template(tokenizer)
+    if template is not None:  # the app formats prompts exactly as training rendered them
+        values["chat_template"] = template
+        values["chat_template_sha256"] = hashlib.sha256(template.encode("utf-8")).hexdigest()
     init = init_provenance(export_reports)
     if init is not None:  # the pretrained checkpoint the student started from (training.init)
         values["init"] = _json(init)

@@ -185,6 +185,21 @@ class ChatTemplate:
             raise ChatTemplateError(f"{self.name}: rendering failed: {type(exc).__name__}: {exc}") from exc
 
 
+def folder_chat_template(tokenizer: str | Path) -> str | None:
+    """The tokenizer folder's chat template: `chat_template.jinja`, else `tokenizer_config.json`'s
+    `chat_template` (a string, or the template named `default` of a list); None when it has none."""
+    path = Path(tokenizer) / "chat_template.jinja"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    cfg = Path(tokenizer) / "tokenizer_config.json"
+    if not cfg.is_file():
+        return None
+    value = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(value, list):
+        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+    return value if isinstance(value, str) and value else None
+
+
 # -- spans ---------------------------------------------------------------------------------------
 
 def _argument_forms(raw: str) -> list[tuple[str, int]]:

@@ -3,7 +3,9 @@
 For each prompt the engine sends the conversation, and while the teacher answers with tool calls
 (up to `tool_rounds` rounds) it answers each call from the prompt's fixtures and sends the
 conversation again; the teacher's final answer ends the transcript. A call with no fixture drops
-the sample (reason `no_fixture`, counted; the hit rate is reported).
+the sample (reason `no_fixture`, counted; the hit rate is reported). Each answer's finish reason is
+kept on the outcome (`truncated`: one was cut at `max_tokens`; the generate job drops those). The
+teacher's reasoning (`reasoning_content`) is kept on its turn.
 
 Every round is one request, cached by its canonical body (runtime/generation/cache.py). Before
 anything is sent, `replay` walks every prompt through the cache as far as stored answers go: a
@@ -58,6 +60,11 @@ class Outcome:
     responses: list[str] = field(default_factory=list)  # the cache key of each round's answer
     fixture_calls: int = 0
     fixture_hits: int = 0
+    finish_reasons: list[str | None] = field(default_factory=list)  # per answer; "length": cut at max_tokens
+
+    @property
+    def truncated(self) -> bool:
+        return "length" in self.finish_reasons
 
 
 @dataclass
@@ -85,9 +92,15 @@ class Settings:
 
 
 def message_of(parsed: Parsed) -> dict[str, Any]:
-    """The answer's turn as plain data (what the cache keeps beside the raw body)."""
-    return {"content": parsed.content,
-            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in parsed.tool_calls]}
+    """The answer's turn as plain data (what the cache keeps beside the raw body): content, calls, and the
+    reasoning and finish reason when the answer has them (entries stored without them read as None)."""
+    message = {"content": parsed.content,
+               "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in parsed.tool_calls]}
+    if getattr(parsed, "reasoning", None) is not None:
+        message["reasoning_content"] = parsed.reasoning
+    if getattr(parsed, "finish_reason", None) is not None:
+        message["finish_reason"] = parsed.finish_reason
+    return message
 
 
 def find_fixture(prompt: Prompt, name: str, arguments: str) -> tuple[bool, Any]:
@@ -98,6 +111,8 @@ def find_fixture(prompt: Prompt, name: str, arguments: str) -> tuple[bool, Any]:
 class Engine:
     def __init__(self, settings: Settings, cache: ResponseCache, budget: Budget,
                  parse: Callable[[dict[str, Any]], Parsed], on_answer: Callable[[Outcome], None] | None = None) -> None:
+        """`on_answer(outcome)` is called after each answer is recorded, and once for each prompt the cache
+        alone finishes (status no longer "pending": its transcript is complete or it was dropped)."""
         self.s = settings
         self.cache = cache
         self.budget = budget
@@ -118,8 +133,11 @@ class Engine:
         """Record one answer (its `message`: content and tool calls); True when the conversation
         continues (tool calls answered from fixtures)."""
         out.responses.append(key)
+        out.finish_reasons.append(message.get("finish_reason"))
         calls = message.get("tool_calls") or []
         turn: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+        if message.get("reasoning_content") is not None:
+            turn["reasoning_content"] = message["reasoning_content"]
         ids = [c.get("id") or f"call_{len(out.responses)}_{i}" for i, c in enumerate(calls)]  # ids are optional on the wire
         if calls:
             turn["tool_calls"] = [{"id": cid, "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
@@ -161,6 +179,9 @@ class Engine:
     async def run(self, prompts: list[Prompt], send: Callable[[dict[str, Any], int], Any], in_flight: int) -> Result:
         """`send(body, worst_tokens)` -> (raw text, JSON); at most `in_flight` prompts are worked at once."""
         outcomes, hits = self.replay(prompts)
+        for out in outcomes:  # finished from the cache alone: reported like a fresh answer
+            if out.status != "pending":
+                self.on_answer(out)
         result = Result(outcomes, cached=hits)
         pending = [(p, o) for p, o in zip(prompts, outcomes) if o.status == "pending"]
         queue: asyncio.Queue = asyncio.Queue()

@@ -119,6 +119,7 @@ class Completion:
     usage: Usage | None
     tokens: TokenLogprobs | None
     prompt: PromptLogprobs | None = None
+    reasoning: str | None = None  # message.reasoning_content (DeepSeek, Moonshot, vLLM < 0.10) or message.reasoning (vLLM)
 
 
 def request_extras(mode: TokenIds | str, top_k: int, *, prompt_top_k: int | None = None,
@@ -267,7 +268,14 @@ def _completion(choice: dict[str, Any], path: str, usage: Usage | None, tokens: 
                       content=_get(message, "content", f"{path}.message", str, optional=True),
                       tool_calls=tuple(_tool_call(c, f"{path}.message.tool_calls[{i}]") for i, c in enumerate(calls)),
                       finish_reason=_get(choice, "finish_reason", path, str, optional=True),
-                      usage=usage, tokens=tokens, prompt=prompt)
+                      usage=usage, tokens=tokens, prompt=prompt, reasoning=_reasoning(message, f"{path}.message"))
+
+
+def _reasoning(message: dict[str, Any], path: str) -> str | None:
+    for key in ("reasoning_content", "reasoning"):
+        if (text := _get(message, key, path, str, optional=True)) is not None:
+            return text
+    return None
 
 
 def _tool_call(call: Any, path: str) -> ToolCall:

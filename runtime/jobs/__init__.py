@@ -15,6 +15,7 @@ IMPLEMENTED = {
     "tokenizer": "runtime.jobs.tokenizer",
     "dataset": "runtime.jobs.dataset",
     "teacher": "runtime.jobs.teacher",
+    "generate": "runtime.jobs.generate",
     "train": "runtime.jobs.train",
     "qat": "runtime.jobs.qat",
     "eval": "runtime.jobs.eval",
@@ -28,9 +29,10 @@ IMPLEMENTED = {
 
 # Params attributes that name files read by the job: their content is part of the cache key.
 EXTERNAL_INPUTS = {
-    "tokenizer": ("source_path",),
+    "tokenizer": ("source_path", "chat_template"),
     "dataset": ("train", "eval", "tool_registry"),
     "teacher": ("path",),
+    "generate": ("prompts",),
     "train": ("init_checkpoint",),
 }
 

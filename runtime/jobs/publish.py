@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from compiler.planning.params import PublishParams
+from runtime.data.chat import folder_chat_template
 from runtime.jobs.publish_config import (
-    CHAT_TEMPLATE, RUNTIME_CONFIG, TOKENIZER_DIR, ConfigError, chat_template, runtime_config,
+    CHAT_TEMPLATE, RUNTIME_CONFIG, TOKENIZER_DIR, ConfigError, runtime_config,
 )
 
 HF_DIR = "hf"  # the release's Hugging Face folder
@@ -112,7 +113,7 @@ def run(params: PublishParams, inputs: dict[str, dict[str, Path]], out: Path, ct
     tokenizer, tokenizer_sha256 = check_tokenizer(inputs, convert)
     app = Path(out) / "app"
     app.mkdir(parents=True, exist_ok=True)
-    template = chat_template(tokenizer)
+    template = folder_chat_template(tokenizer)
     if template is not None:
         (app / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
     try:

@@ -29,21 +29,6 @@ class ConfigError(RuntimeError):
     """The package or tokenizer cannot be described for an app; the message says what is missing."""
 
 
-def chat_template(tokenizer: Path) -> str | None:
-    """The tokenizer folder's chat template: `chat_template.jinja`, else `tokenizer_config.json`'s
-    `chat_template` (a string, or the template named `default` of a list); None when it has none."""
-    path = Path(tokenizer) / CHAT_TEMPLATE
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
-    cfg = Path(tokenizer) / "tokenizer_config.json"
-    if not cfg.is_file():
-        return None
-    value = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
-    if isinstance(value, list):
-        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
-    return value if isinstance(value, str) and value else None
-
-
 def tokenizer_adds_bos(tokenizer: Path, bos: int) -> bool:
     """Whether `tokenizer.json` itself prepends bos when encoding with special tokens (its post-processor)."""
     from tokenizers import Tokenizer

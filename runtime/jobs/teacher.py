@@ -85,7 +85,7 @@ def _llama_config(arch, tok):
     )
 
 
-def _load_hf_local(folder: Path, device: torch.device):
+def load_hf_folder(folder: Path, device: torch.device):
     """Any transformers-native causal LM from a local folder: safetensors only, remote code off.
 
     On CUDA in bf16 with SDPA attention, sharded over every visible GPU (accelerate's device_map)
@@ -139,7 +139,7 @@ def _token_ids(path: Path) -> dict[str, int]:
         raise TeacherJobError(f"{path} is not a readable tokenizer.json ({exc})") from exc
 
 
-def _check_vocab(model, where: str, tok, tok_report: Path | None, arrays: dict[str, dict[str, np.ndarray]]) -> int:
+def check_vocab(model, where: str, tok, tok_report: Path | None, arrays: dict[str, dict[str, np.ndarray]]) -> int:
     """The number of logit rows the targets are taken from: the tokenizer's size. Rows beyond it
     (the padding of e.g. 152,064 embedding rows for a 151,643-token tokenizer) are dropped by rule,
     never ranked; a teacher with fewer rows than the tokenizer and the data need is refused."""
@@ -175,7 +175,7 @@ def _evaluate(model, arrays: dict[str, np.ndarray], lengths: np.ndarray, device)
             "val_target_tokens": int(count)}  # None: an empty val split
 
 
-def _write_targets(model, folder: Path, splits, top_k: int, teacher_sha: str, cache_dir, device, ctx,
+def write_targets(model, folder: Path, splits, top_k: int, teacher_sha: str, cache_dir, device, ctx,
                    rows: int) -> TargetCache:
     from safetensors.numpy import save_file
 
@@ -232,11 +232,11 @@ def _teacher(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, world: 
         except RuntimeError as exc:
             raise TeacherJobError(f"teacher.path: {exc}") from exc
         where = f"teacher {folder}"
-        model = _load_hf_local(folder, device)
+        model = load_hf_folder(folder, device)
         _check_tokenizers(folder, inputs["tokenizer"]["tokenizer"])
     else:  # pragma: no cover - params are typed
         raise TeacherJobError(f"unknown teacher kind {params.kind!r}")
-    rows = _check_vocab(model, where, tok, inputs["tokenizer"].get("report"), {s: a for s, (a, _) in splits.items()})
+    rows = check_vocab(model, where, tok, inputs["tokenizer"].get("report"), {s: a for s, (a, _) in splits.items()})
     if params.top_k > rows:
         raise TeacherJobError(f"teacher.top_k {params.top_k} exceeds the {rows} logit rows of the shared vocabulary; "
                               "lower teacher.top_k")
@@ -256,7 +256,7 @@ def _teacher(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, world: 
     model.save_pretrained(str(out / "model"))
     tok.save_pretrained(str(out / "model"))  # beside the weights: the folder is itself a valid hf_local teacher
     teacher_sha = weights_sha256(model)
-    cache = _write_targets(model, out / "targets", splits, params.top_k, teacher_sha, ctx.cache_dir, device, ctx, rows)
+    cache = write_targets(model, out / "targets", splits, params.top_k, teacher_sha, ctx.cache_dir, device, ctx, rows)
 
     window = max(1, min(LOSS_WINDOW, len(losses)))
     metrics.update({

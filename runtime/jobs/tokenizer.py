@@ -313,6 +313,23 @@ def make_portable(folder: Path, bos: str, bos_id: int, model_max_length: int | N
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _read_template(ctx, value: str) -> str:
+    """The spec's chat template file, compiled in the sandbox before it is installed (a syntax error or an
+    empty file fails here, naming the file, rather than in the first job that renders a conversation)."""
+    from runtime.data.chat import ChatTemplate, ChatTemplateError
+
+    path = resolve_path(ctx, value)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenizerJobError(f"tokenizer.chat_template {value!r} is unreadable (looked at {path}): {exc}") from exc
+    try:
+        ChatTemplate(text, name=f"tokenizer.chat_template {value!r}")
+    except ChatTemplateError as exc:
+        raise TokenizerJobError(str(exc)) from exc
+    return text
+
+
 def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     from transformers import PreTrainedTokenizerFast
 
@@ -331,6 +348,12 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     else:  # pragma: no cover - params are typed
         raise TokenizerJobError(f"unknown tokenizer source kind {params.source_kind!r}")
 
+    if params.chat_template is not None:  # the spec's template replaces a pretrained tokenizer's own
+        extra["chat_template"] = _read_template(ctx, params.chat_template)
+        report["chat_template"] = {"path": params.chat_template,
+                                   "sha256": hashlib.sha256(extra["chat_template"].encode("utf-8")).hexdigest()}
+    elif extra.get("chat_template"):
+        report["chat_template"] = {"path": None, "sha256": hashlib.sha256(str(extra["chat_template"]).encode("utf-8")).hexdigest()}
     others = [text for name, text, _ in items if name not in ("bos", "eos", "pad")]
     fast = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=names["bos"], eos_token=names["eos"],
                                    pad_token=names["pad"], additional_special_tokens=others, **extra)

@@ -56,6 +56,27 @@ def load_split(data_dir: Path, targets_dir: Path, split: str) -> Split:
     return Split(tensors)
 
 
+def with_extra_rows(split: Split, data_dir: Path, targets_dir: Path) -> Split:
+    """`split` followed by the rows of another source (the generate job's transcripts: same row layout,
+    same targets layout); the teacher's T is padded to the longer of the two."""
+    extra = load_split(data_dir, targets_dir, "train").tensors
+    base = split.tensors
+    if extra["input_ids"].shape[1] != base["input_ids"].shape[1]:
+        raise TrainDataError(f"{data_dir}: rows of {extra['input_ids'].shape[1]} tokens cannot join rows of "
+                             f"{base['input_ids'].shape[1]}; rebuild the generate job with the dataset's max_seq_len")
+    if extra["topk_ids"].shape[2] != base["topk_ids"].shape[2]:
+        raise TrainDataError(f"{targets_dir}: top-{extra['topk_ids'].shape[2]} targets cannot join top-"
+                             f"{base['topk_ids'].shape[2]}; rebuild the generate job")
+    T = max(extra["topk_ids"].shape[1], base["topk_ids"].shape[1])
+    out = {}
+    for name, value in base.items():
+        other = extra[name]
+        if name in ("topk_ids", "topk_logits"):
+            value, other = (torch.nn.functional.pad(v, (0, 0, 0, T - v.shape[1])) for v in (value, other))
+        out[name] = torch.cat([value, other])
+    return Split(out)
+
+
 def epoch_order(rows: int, seed: int, epoch: int) -> Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(rows, generator=g)

@@ -24,7 +24,7 @@ from runtime.model.fakequant import attach_fake_quant, remove_fake_quant
 from runtime.model.pretrained import load_pretrained
 from runtime.model.student import Student
 
-from .data import load_split
+from .data import load_split, with_extra_rows
 from .loop import Trainer, evaluate, make_optimizer, seed_everything
 from .metrics import run_dir
 
@@ -68,6 +68,8 @@ def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Pat
         grad_accum = accumulation(tp.global_batch, tp.micro_batch, world.size)
         seed_everything(tp.seed)
         train = load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "train")
+        if "generate" in inputs:  # the teacher's transcripts of data.prompts join the train split
+            train = with_extra_rows(train, inputs["generate"]["data"], inputs["generate"]["targets"])
         model, quantized, init = _student(params, inputs, world.device, ctx)
         model.train()
         model = wrap(model, model.layers, world)

@@ -156,7 +156,7 @@ def _precision(params: VerifyParams, obs: dict[str, Any]) -> list[Mismatch]:
 
 
 def _provenance(params: VerifyParams, obs: dict[str, Any], spec_hash: str, tokenizer_sha256: str | None,
-                convert_fingerprint: str | None) -> tuple[list[Mismatch], list[str]]:
+                convert_fingerprint: str | None, chat_template_sha256: str | None = None) -> tuple[list[Mismatch], list[str]]:
     """Built from this spec: the stamped spec hash is this spec's, or the package's convert
     fingerprint is the one this spec compiles to (the spec changed only where the package does
     not depend on it: a gate, a comment). Missing provenance always fails."""
@@ -191,17 +191,22 @@ def _provenance(params: VerifyParams, obs: dict[str, Any], spec_hash: str, token
     elif meta.get(META + "tokenizer_sha256") != tokenizer_sha256:
         out.append(Mismatch("provenance", "tokenizer fingerprint", tokenizer_sha256, meta.get(META + "tokenizer_sha256") or "missing",
                             "tokenizer"))
+    if tokenizer_sha256 is not None and meta.get(META + "chat_template_sha256") != chat_template_sha256:
+        out.append(Mismatch("provenance", "chat template (the app formats prompts with the package's; training rendered "
+                            "them with the tokenizer's)", chat_template_sha256 or "none",
+                            meta.get(META + "chat_template_sha256") or "none", "tokenizer.chat_template"))
     if meta.get(META + "name") not in (None, params.name):
         out.append(Mismatch("provenance", "model name", params.name, meta.get(META + "name"), "name"))
     return out, not_checked
 
 
 def check(params: VerifyParams, obs: dict[str, Any], *, spec_hash: str,
-          tokenizer_sha256: str | None, convert_fingerprint: str | None = None) -> dict[str, Any]:
+          tokenizer_sha256: str | None, convert_fingerprint: str | None = None,
+          chat_template_sha256: str | None = None) -> dict[str, Any]:
     mismatches = [Mismatch("integrity", p, "every weight reference inside the package", "unresolved", "export.coreml")
                   for p in obs["problems"]]
     mismatches += _io(params, obs) + _quantization(params, obs) + _precision(params, obs)
-    prov, not_checked = _provenance(params, obs, spec_hash, tokenizer_sha256, convert_fingerprint)
+    prov, not_checked = _provenance(params, obs, spec_hash, tokenizer_sha256, convert_fingerprint, chat_template_sha256)
     mismatches += prov
     if params.size_budget_mb is not None and obs["size_mb"] > params.size_budget_mb:
         mismatches.append(Mismatch("size", "package size (MiB)", f"<= {params.size_budget_mb:g}", round(obs["size_mb"], 4),

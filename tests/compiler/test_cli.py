@@ -174,7 +174,7 @@ def test_explain_json(run):
     result = json.loads(out)
     assert result["id"] == "train" and result["kind"] == "train"
     assert result["reads"] == ["architecture", "training", "tokenizer.special_tokens"]
-    assert result["upstream"] == ["dataset", "teacher", "tokenizer"]
+    assert result["upstream"] == ["dataset", "generate", "teacher", "tokenizer"]
     assert "qat" in result["downstream"] and "publish" in result["downstream"]
     assert result["fingerprint"] == next(j["fingerprint"] for j in TOY_PLAN["jobs"] if j["id"] == "train")
     code, out, _ = run("explain", "--json", TOY)
@@ -191,7 +191,7 @@ def test_explain_job_text(run):
     assert out.startswith("train (train)\n")
     assert "reads spec paths: architecture, training, tokenizer.special_tokens" in out
     invalidated = next(line for line in out.splitlines() if "invalidated by:" in line)
-    assert "dataset, teacher, tokenizer" in invalidated and "code version" in invalidated
+    assert "dataset, generate, teacher, tokenizer" in invalidated and "code version" in invalidated
     invalidates = next(line for line in out.splitlines() if "invalidates when it changes:" in line)
     assert "qat" in invalidates and "publish" in invalidates and "tokenizer" not in invalidates
 

@@ -31,14 +31,14 @@ SPECS = {"toy": REPO / "specs" / "toy.yaml", "w9": REPO / "specs" / "worker-9b.y
 LENGTHS = {"toy": (64, 128, 256), "w9": (4096, 8192, 16384)}
 
 
-def plan_sets(lengths) -> dict[str, frozenset[str]]:
+def plan_sets(lengths, generate: bool) -> dict[str, frozenset[str]]:
     exports = frozenset({f"export-prefill-{t}" for t in lengths} | {"export-decode"})
     parity = frozenset({f"parity-prefill-{t}" for t in lengths} | {"parity-decode"})
     from_convert = frozenset({"convert", "verify", "gates", "publish"}) | parity
     package = exports | from_convert
     from_qat = frozenset({"qat", "eval"}) | package
     from_train = frozenset({"train"}) | from_qat
-    from_teacher = frozenset({"teacher"}) | from_train
+    from_teacher = frozenset({"teacher"} | ({"generate"} if generate else set())) | from_train  # the toy answers data.prompts
     from_dataset = frozenset({"dataset"}) | from_teacher
     return {"NONE": frozenset(), "GATES": frozenset({"gates", "publish"}), "PUBLISH": frozenset({"publish"}),
             "EXPORTS": exports, "PARITY": parity, "FROM_CONVERT": from_convert, "PACKAGE": package,
@@ -46,7 +46,7 @@ def plan_sets(lengths) -> dict[str, frozenset[str]]:
             "FROM_DATASET": from_dataset, "ALL": from_dataset | {"tokenizer"}}
 
 
-T, W = plan_sets(LENGTHS["toy"]), plan_sets(LENGTHS["w9"])
+T, W = plan_sets(LENGTHS["toy"], generate=True), plan_sets(LENGTHS["w9"], generate=False)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class Case:
 HTTP_TEACHER = (
     "  kind: openai_compatible\n  base_url: http://localhost:8000/v1\n  model: kimi-k2-0905\n  api_key_env: KIMI_KEY\n"
     "  token_ids: vllm\n  generation: {max_tokens: 256}\n"
-    "  budget: {max_usd: 20, usd_per_million_input: 0.6, usd_per_million_output: 2.5}\n"
+    "  budget: {max_usd: 20, usd_per_million_input: 0.6, usd_per_million_output: 2.5}\n  top_k: 16\n"
 )
 TEACHER_TRAIN_BODY = (
     "  kind: train\n"
@@ -62,6 +62,8 @@ TEACHER_TRAIN_BODY = (
     "  micro_batch: 16\n"
     "  seq_len: 128\n"
     "  lr: 2.0e-3\n"
+    "  top_k: 16\n"
+    "  generation: {max_tokens: 96, tool_rounds: 2, batch: 32, max_failure_rate: 0.1}   # answers data.prompts\n"
 )
 
 CASES: list[Case] = [
@@ -127,7 +129,7 @@ CASES: list[Case] = [
          "cannot apply to an HTTP teacher's logprobs", "temperature: 1.0"),
     Case("teacher_http_key_env_name", TEACHER_TRAIN_BODY, HTTP_TEACHER.replace("api_key_env: KIMI_KEY", "api_key_env: sk-abc"),
          "teacher.api_key_env", "api_key_env: sk-abc", "not an environment variable name", "never write the key itself"),
-    Case("teacher_hf_local_empty_path", TEACHER_TRAIN_BODY, '  kind: hf_local\n  path: ""\n', "teacher.path",
+    Case("teacher_hf_local_empty_path", TEACHER_TRAIN_BODY, '  kind: hf_local\n  path: ""\n  top_k: 16\n  generation: {max_tokens: 96}\n', "teacher.path",
          'path: ""', "empty path"),
     Case("teacher_seq_len_exceeds_max_context", "  seq_len: 128\n  lr: 2.0e-3", "  seq_len: 512\n  lr: 2.0e-3",
          "teacher.seq_len", "seq_len: 512", "exceeds architecture.max_context"),
@@ -238,7 +240,7 @@ CASES: list[Case] = [
     Case("gate_value_nan", "value: 55}", "value: .nan}", "gates[0].value", "value: .nan", "finite number"),
     Case("gate_duplicate", '  - {metric: package.size_mb, op: "<=", value: 2.0}\n',
          '  - {metric: package.size_mb, op: "<=", value: 2.0}\n  - {metric: package.size_mb, op: "<=", value: 3.0}\n',
-         "gates[11]", "value: 3.0", "gate package.size_mb <= appears twice"),
+         "gates[12]", "value: 3.0", "gate package.size_mb <= appears twice"),
     # --- deployment ----------------------------------------------------------------------------
     Case("profile_does_not_fit", "memory_gb: 64", "memory_gb: 0.0001", "deployment.profiles[0].memory_gb",
          "memory_gb: 0.0001", "but memory_gb is 0.0001"),

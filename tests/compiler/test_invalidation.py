@@ -5,6 +5,7 @@ compares job fingerprints. The expected sets are written out literally: they fol
 params each builder in `compiler/planning/jobs.py` fills in and from the needs of the DAG
 
     tokenizer -> dataset -> teacher -> train -> qat -> export-* -> convert -> verify
+    tokenizer + teacher -> generate (the teacher's answers to data.prompts) -> train, qat, gates
     convert + qat -> parity-*;  qat + dataset + tokenizer -> eval
     convert + verify + parity-* + eval -> gates;  gates + convert + verify + parity-* + tokenizer + qat -> publish
 
@@ -32,7 +33,7 @@ TOY = REPO / "specs" / "toy.yaml"
 # --- the toy plan, spelled out -------------------------------------------------------------
 
 ALL = frozenset({
-    "tokenizer", "dataset", "teacher", "train", "qat",
+    "tokenizer", "dataset", "teacher", "generate", "train", "qat",
     "export-prefill-64", "export-prefill-128", "export-prefill-256", "export-decode",
     "convert", "verify",
     "parity-prefill-64", "parity-prefill-128", "parity-prefill-256", "parity-decode",
@@ -48,7 +49,7 @@ FROM_CONVERT = frozenset({"convert", "verify", "gates", "publish"}) | PARITY
 PACKAGE = EXPORTS | FROM_CONVERT
 FROM_QAT = frozenset({"qat", "eval"}) | PACKAGE
 FROM_TRAIN = frozenset({"train"}) | FROM_QAT
-FROM_TEACHER = frozenset({"teacher"}) | FROM_TRAIN
+FROM_TEACHER = frozenset({"teacher", "generate"}) | FROM_TRAIN
 FROM_DATASET = frozenset({"dataset"}) | FROM_TEACHER
 
 assert FROM_DATASET | {"tokenizer"} == ALL
@@ -130,7 +131,7 @@ EDITS = [
          direct=frozenset({"train", "qat"}), changed=FROM_TRAIN),
     Edit("training-seed", ("training.seed",),
          (R("seed: 1234", "seed: 4321"),),
-         direct=frozenset({"teacher", "train", "qat"}) | PARITY, changed=FROM_TEACHER),
+         direct=frozenset({"teacher", "generate", "train", "qat"}) | PARITY, changed=FROM_TEACHER),
     Edit("qat-start-fraction", ("training.qat.start_fraction",),
          (R("start_fraction: 0.8", "start_fraction: 0.75"),),
          direct=frozenset({"train", "qat"}), changed=FROM_TRAIN),
@@ -142,7 +143,7 @@ EDITS = [
          direct=frozenset({"teacher"}), changed=FROM_TEACHER),
     Edit("teacher-top-k", ("teacher.top_k",),
          (R("top_k: 16", "top_k: 8"),),
-         direct=frozenset({"teacher"}), changed=FROM_TEACHER),
+         direct=frozenset({"teacher", "generate"}), changed=FROM_TEACHER),
     # exports and parity read no quantization; they change only because they consume qat
     Edit("quant-rule-dtype", ("quantization.weights.rules",),
          (R('{match: "layers.*.mlp.*", dtype: int4,', '{match: "layers.*.mlp.*", dtype: uint4,'),),
@@ -178,7 +179,7 @@ EDITS = [
     # dropping the longest shape also lowers the dataset's max_seq_len
     Edit("prefill-shape-removed", ("shapes.prefill",),
          (R("prefill: [64, 128, 256]", "prefill: [64, 128]"),),
-         direct=frozenset({"dataset", "convert", "verify"}),
+         direct=frozenset({"dataset", "generate", "convert", "verify"}),
          changed=FROM_DATASET - {"export-prefill-256", "parity-prefill-256"},
          removed=frozenset({"export-prefill-256", "parity-prefill-256"})),
     # cache_len cannot grow past max_context (256 = the longest prefill), so both sides use 512
@@ -199,7 +200,8 @@ EDITS = [
                             "parity-prefill-64", "parity-prefill-128", "parity-prefill-256"})),
     Edit("special-token-id", ("tokenizer.special_tokens",),
          (R('think_start: {text: "<think>", id: 3}', 'think_start: {text: "<think>", id: 9}'),),
-         direct=frozenset({"tokenizer", "dataset", "train", "qat", "convert", "verify", "eval", "publish"}), changed=ALL),
+         direct=frozenset({"tokenizer", "dataset", "generate", "train", "qat", "convert", "verify", "eval", "publish"}),
+         changed=ALL),
     Edit("tokenizer-vocab-size", ("tokenizer.source.vocab_size",),
          (R("source: {kind: bpe, corpus: data/toy/corpus.txt, vocab_size: 512}",
             "source: {kind: bpe, corpus: data/toy/corpus.txt, vocab_size: 500}"),),
@@ -287,12 +289,13 @@ def test_toy_plan_is_the_one_the_expectations_describe(compile_text, toy_text):
     jobs = index(compile_text(toy_text))
     assert set(jobs) == ALL
     needs = {k: set(j.job.needs) for k, j in jobs.items()}
-    assert needs["qat"] == {"train", "dataset", "teacher"}
+    assert needs["qat"] == needs["train"] | {"train"} == {"train", "dataset", "teacher", "generate"}
+    assert needs["generate"] == {"tokenizer", "teacher"}
     assert all(needs[e] == {"qat"} for e in EXPORTS)
     assert needs["convert"] == EXPORTS | {"tokenizer"}
     assert all(needs[p] == {"convert", "qat"} for p in PARITY)
     assert needs["eval"] == {"qat", "dataset", "tokenizer"}
-    assert needs["gates"] == {"convert", "verify", "eval"} | PARITY
+    assert needs["gates"] == {"convert", "verify", "eval", "generate"} | PARITY  # generate.fixture_hit_rate
     # golden vectors, the tokenizer and the student's hf/ folder (from the QAT checkpoint) ship with the release
     assert needs["publish"] == {"gates", "convert", "verify", "tokenizer", "qat"} | PARITY
 

@@ -53,7 +53,7 @@ EXTRA = [
     Case("gate_db_with_upper_bound_op", 'parity.snr_db, op: ">="', 'parity.snr_db, op: "<="', "gates[0].op", None,
          "operator '<=' is not valid for db metric"),
     Case("gate_relative_below_minus_one", 'speed.ttft_p50_regression, op: "<=", value: 0.05',
-         'speed.ttft_p50_regression, op: "<=", value: -2', "gates[11].value", None, "outside [-1.0, inf]"),
+         'speed.ttft_p50_regression, op: "<=", value: -2', "gates[12].value", None, "outside [-1.0, inf]"),
     Case("mps_two_processes", "resources: {device: cpu, nproc: 1}", "resources: {device: mps, nproc: 2}",
          "training.resources.nproc", None, "processes on mps"),
     Case("mps_two_nodes", "resources: {device: cpu, nproc: 1}", "resources: {device: mps, nproc: 1, nodes: 2}",

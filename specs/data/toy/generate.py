@@ -66,8 +66,44 @@ def round_robin(pools: dict[str, list[Sample]], count: int) -> list[Sample]:
     return [per_tool[TOOL_NAMES[i % len(TOOL_NAMES)]][i // len(TOOL_NAMES)] for i in range(count)]
 
 
+# Prompts for the teacher (data.prompts): distinct train-side prompts, in the OpenAI chat format.
+PROMPTS_PER_TOOL = 16
+PROMPTS_CONTROL = 16
+PROMPTS_PRIVACY = 16
+
+
+def openai_tools() -> list[dict]:
+    """The registry as OpenAI function tools (what an HTTP teacher is sent)."""
+    return [{"type": "function", "function": tool} for tool in registry()["tools"]]
+
+
+def chat_prompt(sample: Sample, index: int) -> dict:
+    """A prompt for the teacher: the user turn, the tools, the PII to keep out of the answer and the
+    fixture answering the reference call (the teacher must make that call to get a result)."""
+    call = sample.get("tool_call")
+    fixtures = {call["name"]: [{"arguments": call["arguments"], "result": sample["tool_result"]}]} if call else {}
+    return {"id": f"prompt-{index:05d}", "kind": sample["kind"], "messages": [{"role": "user", "content": sample["prompt"]}],
+            "tools": openai_tools(), "pii": sample["pii"], "fixtures": fixtures}
+
+
+def distinct(samples: list[Sample], count: int) -> list[Sample]:
+    """The first ``count`` samples with a prompt not seen before (no randomness: the train files do not change)."""
+    seen, out = set(), []
+    for s in samples:
+        if s["prompt"] not in seen and len(out) < count:
+            seen.add(s["prompt"])
+            out.append(s)
+    return out
+
+
 def build(seed: int = SEED) -> tuple[list[Sample], list[Sample], Counter]:
     """Build (train, eval, defect counts); deterministic for a given seed."""
+    train, eval_set, defects, _ = build_all(seed)
+    return train, eval_set, defects
+
+
+def build_all(seed: int = SEED) -> tuple[list[Sample], list[Sample], Counter, list[dict]]:
+    """Build (train, eval, defect counts, teacher prompts); deterministic for a given seed."""
     rng = random.Random(seed)
     eval_set: list[Sample] = []
     train: list[Sample] = []
@@ -86,7 +122,10 @@ def build(seed: int = SEED) -> tuple[list[Sample], list[Sample], Counter]:
         train.append(invalid_sample(base, defect, rng))
         defects[defect] += 1
 
+    prompt_sources = [s for name in TOOL_NAMES for s in distinct(train_tools[name], PROMPTS_PER_TOOL)]
+
     eval_part, train_part = split(control_pool(), EVAL_COUNTS["control"], rng)
+    prompt_sources += distinct(train_part, PROMPTS_CONTROL)
     eval_set += eval_part
     train += cycle(train_part, TRAIN_COUNTS["control"])
 
@@ -97,10 +136,12 @@ def build(seed: int = SEED) -> tuple[list[Sample], list[Sample], Counter]:
         pool = sample_unique(make, EVAL_COUNTS[kind] + TRAIN_COUNTS[kind], rng)
         eval_set += pool[: EVAL_COUNTS[kind]]
         train += pool[EVAL_COUNTS[kind] :]
+        prompt_sources += distinct(pool[EVAL_COUNTS[kind]:], PROMPTS_PRIVACY // 2)
 
     rng.shuffle(train)
     rng.shuffle(eval_set)
-    return finalize(train, "train"), finalize(eval_set, "eval"), defects
+    prompts = [chat_prompt(s, i) for i, s in enumerate(prompt_sources, start=1)]
+    return finalize(train, "train"), finalize(eval_set, "eval"), defects, prompts
 
 
 def finalize(samples: list[Sample], split_name: str) -> list[Sample]:
@@ -132,7 +173,7 @@ def kind_counts(samples: list[Sample]) -> str:
     return ", ".join(f"{kind} {counts[kind]}" for kind in ("tool", "control", "privacy"))
 
 
-def readme(train: list[Sample], eval_set: list[Sample], defects: Counter) -> str:
+def readme(train: list[Sample], eval_set: list[Sample], defects: Counter, len_prompts: int) -> str:
     """README.md text, including the current counts."""
     invalid = sum(defects.values())
     defect_list = ", ".join(f"{d} {defects[d]}" for d in DEFECTS)
@@ -159,6 +200,12 @@ which rewrites every file below byte-for-byte identically.
   also occurs in train (each pool is split before train is drawn).
 - `corpus.txt`: tokenizer training text, each train prompt and then its
   target on its own line, in train order.
+- `prompts.jsonl`: {len_prompts} prompts for the teacher (`data.prompts`) in the OpenAI chat
+  format (docs/chat_data.md): distinct train-side prompts ({PROMPTS_PER_TOOL} per tool,
+  {PROMPTS_CONTROL} control, {PROMPTS_PRIVACY} privacy), each with the tools, its `pii` and a
+  fixture answering the reference call. The generate job writes the teacher's answers to them.
+- `chat_template.jinja` (written by hand, not generated): the chat template that renders a
+  conversation exactly as `train.jsonl` writes a sample (bos, prompt, target, eos).
 
 ## Sample schema
 
@@ -211,13 +258,14 @@ def main(out_dir: Path | str = HERE) -> None:
     """Write tools.json, train.jsonl, eval.jsonl, corpus.txt and README.md into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, eval_set, defects = build()
+    train, eval_set, defects, prompts = build_all()
     files = {
+        "prompts.jsonl": jsonl(prompts),
         "tools.json": json.dumps(registry(), sort_keys=True, indent=2) + "\n",
         "train.jsonl": jsonl(train),
         "eval.jsonl": jsonl(eval_set),
         "corpus.txt": corpus(train),
-        "README.md": readme(train, eval_set, defects),
+        "README.md": readme(train, eval_set, defects, len(prompts)),
     }
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8", newline="\n")
