@@ -14,14 +14,14 @@ from compiler.analysis.catalogue import CATALOGUE
 from compiler.planning.interface import default_function, functions
 from compiler.planning.params import (
     CPU_JOB, ArchitectureP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
-    GenerateParams, ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
+    GenerateParams, HttpTeacherP, ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
     TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
 )
 from compiler.analysis.resolve import precision_plan, quant_plan
 from compiler.schema.architecture import Architecture
 from compiler.schema.deploy import PackageMetadata
 from compiler.schema.spec import Spec
-from compiler.schema.teacher import TrainTeacher
+from compiler.schema.teacher import OpenAICompatibleTeacher, TrainTeacher, UsdBudget
 from compiler.schema.tokenizer import BpeSource
 
 KINDS = ("tokenizer", "dataset", "teacher", "generate", "train", "qat", "export", "convert",
@@ -176,6 +176,32 @@ def _package_metadata(spec: Spec) -> PackageMetadataP:
     return PackageMetadataP(author=meta.author, license=meta.license, version=spec.version, description=spec.description)
 
 
+def _http(t: OpenAICompatibleTeacher) -> HttpTeacherP:
+    usd = isinstance(t.budget, UsdBudget)
+    return HttpTeacherP(
+        base_url=t.base_url, model=t.model, api_key_env=t.api_key_env, token_ids=t.token_ids, tokenizer=t.tokenizer,
+        top_p=t.generation.top_p, sampling_seed=t.generation.seed, in_flight=t.limits.in_flight,
+        requests_per_minute=t.limits.requests_per_minute, tokens_per_minute=t.limits.tokens_per_minute,
+        retries=t.retries, timeout_s=t.timeout_s, max_usd=t.budget.max_usd if usd else None,
+        usd_per_million_input=t.budget.usd_per_million_input if usd else 0.0,
+        usd_per_million_output=t.budget.usd_per_million_output if usd else 0.0,
+        max_tokens_budget=None if usd else t.budget.max_tokens)
+
+
+def _generate_job(spec: Spec, special: dict[str, SpecialTokenP], needs: tuple[str, ...]) -> Job:
+    t = spec.teacher
+    gen = t.generation
+    http = isinstance(t, OpenAICompatibleTeacher)
+    return Job("generate", "generate", needs, GenerateParams(
+        teacher_kind=t.kind, prompts=spec.data.prompts, max_tokens=gen.max_tokens, temperature=gen.temperature,
+        tool_rounds=t.tool_rounds if http else gen.tool_rounds, batch=t.limits.in_flight if http else gen.batch,
+        max_failure_rate=t.max_failure_rate if http else gen.max_failure_rate, seed=spec.training.seed, top_k=t.top_k,
+        max_seq_len=max(spec.shapes.prefill), special_tokens=special, http=_http(t) if http else None,
+    ), {"transcripts": "transcripts.jsonl", "data": "data", "report": "report.json"}
+        | ({"logprobs": "logprobs"} if http and t.top_k > 0 else {}) | ({} if http else {"targets": "targets"}),
+        CPU_JOB if http else _one_device(spec))
+
+
 def build_jobs(spec: Spec) -> list[Job]:
     src = spec.tokenizer.source
     special = _special(spec)
@@ -198,29 +224,25 @@ def build_jobs(spec: Spec) -> list[Job]:
             train=spec.data.train, eval=spec.data.eval, tool_registry=spec.data.tool_registry, role=spec.role,
             max_seq_len=max(spec.shapes.prefill), special_tokens=special,
         ), {"data": "data", "report": "report.json"}),
-        Job("teacher", "teacher", ("tokenizer", "dataset"), _teacher(spec), {"model": "model", "targets": "targets", "report": "report.json"},
-            training_resources(spec) if isinstance(spec.teacher, TrainTeacher) else _one_device(spec)),
-        Job("train", "train", ("dataset", "teacher"), TrainParams(training=_training(spec), start_step=0, end_step=kd_end,
-                                                        init_checkpoint=tr.init.checkpoint if tr.init else None),
-            {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
-            training_resources(spec)),
     ]
-    generated: tuple[str, ...] = ()
-    if spec.data.prompts is not None:
-        gen = spec.teacher.generation
-        train_job = jobs[3]
-        jobs[3:4] = [Job("generate", "generate", ("tokenizer", "teacher"), GenerateParams(
-            teacher_kind=spec.teacher.kind, prompts=spec.data.prompts, max_tokens=gen.max_tokens,
-            temperature=gen.temperature, tool_rounds=gen.tool_rounds, batch=gen.batch,
-            max_failure_rate=gen.max_failure_rate, seed=tr.seed, top_k=spec.teacher.top_k,
-            max_seq_len=max(spec.shapes.prefill), special_tokens=special,
-        ), {"transcripts": "transcripts.jsonl", "data": "data", "targets": "targets", "report": "report.json"},
-            _one_device(spec)),
-            Job("train", "train", ("dataset", "teacher", "generate"), train_job.params, train_job.outputs, train_job.resources)]
-        generated = ("generate",)
+    # the teacher: a local model (its job trains or loads it and writes top-k targets), and the generate job
+    # when there are prompts; an HTTP teacher is only the generate job (it talks to the endpoint)
+    http = isinstance(spec.teacher, OpenAICompatibleTeacher)
+    teacher: tuple[str, ...] = () if http else ("teacher",)
+    generated: tuple[str, ...] = ("generate",) if http or spec.data.prompts is not None else ()
+    if not http:
+        jobs.append(Job("teacher", "teacher", ("tokenizer", "dataset"), _teacher(spec),
+                        {"model": "model", "targets": "targets", "report": "report.json"},
+                        training_resources(spec) if isinstance(spec.teacher, TrainTeacher) else _one_device(spec)))
+    if generated:
+        jobs.append(_generate_job(spec, special, ("tokenizer", *teacher)))
+    jobs.append(Job("train", "train", ("dataset", *teacher, *generated), TrainParams(
+        training=_training(spec), start_step=0, end_step=kd_end, init_checkpoint=tr.init.checkpoint if tr.init else None),
+        {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
+        training_resources(spec)))
     student = "train"
     if tr.qat.enabled:
-        jobs.append(Job("qat", "qat", ("train", "dataset", "teacher", *generated), QatParams(
+        jobs.append(Job("qat", "qat", ("train", "dataset", *teacher, *generated), QatParams(
             training=_training(spec), start_step=kd_end, end_step=tr.steps, lr_scale=tr.qat.lr_scale, quantization=quant,
         ), {"checkpoint": "checkpoint", "metrics": "metrics.jsonl", "tensorboard": "tensorboard", "report": "report.json"},
             training_resources(spec)))

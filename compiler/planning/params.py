@@ -109,10 +109,31 @@ class TeacherParams(Params):
     top_k: int
 
 
+class HttpTeacherP(Params):
+    """An openai_compatible teacher: where it is and how to talk to it (the key stays in the environment)."""
+
+    base_url: str
+    model: str
+    api_key_env: str  # the variable's name; its value is read by the job and never written anywhere
+    token_ids: Literal["vllm", "sglang", "bytes"]
+    tokenizer: str | None  # the served model's tokenizer folder (an external input)
+    top_p: float
+    sampling_seed: int | None
+    in_flight: int
+    requests_per_minute: float | None
+    tokens_per_minute: float | None
+    retries: int
+    timeout_s: float
+    max_usd: float | None
+    usd_per_million_input: float
+    usd_per_million_output: float
+    max_tokens_budget: int | None
+
+
 class GenerateParams(Params):
     """The teacher's answers to data.prompts (runtime/jobs/generate.py)."""
 
-    teacher_kind: Literal["train", "hf_local"]
+    teacher_kind: Literal["train", "hf_local", "openai_compatible"]
     prompts: str  # data.prompts as written in the spec (an external input)
     max_tokens: int  # per teacher turn
     temperature: float
@@ -120,9 +141,12 @@ class GenerateParams(Params):
     batch: int
     max_failure_rate: float
     seed: int
-    top_k: int  # the teacher's logits kept per position of the transcripts' rows (the KL targets)
+    top_k: int  # local: logits kept per position of the rows (the KL targets); openai_compatible: top logprobs asked per generated token
     max_seq_len: int  # rows longer than this are dropped (too_long), as in the dataset job
     special_tokens: dict[str, SpecialTokenP]
+    http: HttpTeacherP | None = None  # openai_compatible only
+
+    OMIT_WHEN_DEFAULT = frozenset({"http"})
 
 
 class ModuleQuantP(Params):

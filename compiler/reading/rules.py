@@ -325,24 +325,21 @@ def _teacher(spec: Spec) -> Iterator[Finding]:
     if t.token_ids == "bytes" and t.tokenizer is None and t.top_k > 0:
         yield (base + ("tokenizer",), "token_ids: bytes maps each token's bytes to an id through the served model's tokenizer, "
                "and none is given", "set teacher.tokenizer to a local folder holding the served model's tokenizer.json")
-    kl = spec.training.losses.kl
-    if kl is not None and (not isinstance(kl.weight, (int, float)) or kl.weight > 0):  # a schedule counts as used
-        if t.top_k == 0:
-            yield (("training", "losses", "kl"), "logit KD (kl) needs the teacher's top logprobs, and teacher.top_k is 0",
-                   "set teacher.top_k (1-20), or drop losses.kl and distil on the teacher's tokens (ce_teacher)")
-        elif t.tokenizer is None:
-            yield (("training", "losses", "kl"), "logit KD (kl) compares teacher and student id by id, which needs the served "
-                   "model's tokenizer to equal the student's, and teacher.tokenizer is not set",
-                   "set teacher.tokenizer to the served model's tokenizer folder, or drop losses.kl (sequence-level KD: ce_teacher)")
-        if kl.temperature != 1.0:
-            yield (("training", "losses", "kl", "temperature"), f"temperature {kl.temperature:g} cannot apply to an HTTP teacher's "
-                   "logprobs: they are its temperature-1 top k plus the mass outside them, which cannot be re-tempered",
-                   "set temperature: 1.0 (runtime/train/sparse_kl.py)")
-    # The generation stage (runtime/generation/) is built and tested against a loopback server; the
-    # plan does not yet turn its transcripts into the dataset (chat data, docs/teachers.md).
-    yield (base + ("kind",), "teacher kind 'openai_compatible' cannot be planned by this version of modelspec: the generation "
-           "stage exists (docs/teachers.md) but its transcripts do not feed the dataset job yet",
-           "use kind: train or kind: hf_local for now")
+    if spec.data.prompts is None:
+        yield (base + ("kind",), "an openai_compatible teacher writes its transcripts for data.prompts, and data.prompts is not set",
+               "set data.prompts to a JSONL file of chat prompts (docs/chat_data.md)")
+    # Logit KD from an HTTP teacher: its top-k logprobs are recorded (the generate job's logprobs/), but the
+    # student's rows are not yet aligned to the teacher's own token ids, so training uses its tokens only.
+    # (When it lands, kl will also need top_k > 0, teacher.tokenizer equal to the student's, temperature 1:
+    # runtime/train/sparse_kl.py.) A schedule counts as used.
+    for name, what in (("kl", "logit KD (kl)"), ("ce_teacher", "cross-entropy on the teacher's top-1 (ce_teacher)"),
+                       ("length_kd", "length-aware KD (length_kd)")):
+        term = getattr(spec.training.losses, name)
+        if term is not None and (not isinstance(term.weight, (int, float)) or term.weight > 0):
+            yield (("training", "losses", name), f"{what} needs the teacher's distribution at every position of every "
+                   "training row, which an openai_compatible teacher does not give in this version (its top-k logprobs "
+                   "are recorded per generated token, not yet aligned to the student's rows)",
+                   "drop it: ce_ground_truth on the teacher's transcripts is sequence-level KD (docs/teachers.md)")
 
 
 def _is_local_relative(path: str) -> bool:

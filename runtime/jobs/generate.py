@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,7 +47,7 @@ from runtime.data.chat_checks import is_ready_made, validate_chat
 from runtime.distributed.world import pick_device
 from runtime.generation.budget import Budget, Prices
 from runtime.generation.cache import ResponseCache
-from runtime.generation.engine import Engine, Prompt, Settings
+from runtime.generation.engine import Engine, Prompt, Settings, message_of
 from runtime.generation.local import LocalTeacher, Markers
 from runtime.generation.wire import parse_completion
 from runtime.hashing import tree_sha256
@@ -128,6 +129,108 @@ def _markup_left(messages: list[dict], markers: Markers) -> bool:
                for m in messages)
 
 
+def _run_http(params, ctx, prompts: list[Prompt], cache: ResponseCache, answered, student_tok: Path):
+    """The engine against an OpenAI-compatible endpoint: the key from the environment, a preflight request
+    first (endpoint, key, model, logprobs at k, recoverable ids, shared vocabulary), then every prompt.
+    (result, report facts, budget)."""
+    from runtime.generation.client import Endpoint, FatalTeacherError, TeacherClient
+    from runtime.generation.preflight import PreflightFailed, preflight
+    from runtime.generation.wire import ByteVocab, request_extras
+
+    h = params.http
+    key = os.environ.get(h.api_key_env)
+    if not key:
+        raise GenerateJobError(f"the teacher's API key is read from the environment variable {h.api_key_env} "
+                               f"(teacher.api_key_env), which is not set: export {h.api_key_env}=... before running")
+    teacher_tok = None
+    if h.tokenizer is not None:
+        try:
+            teacher_tok = resolve_path(ctx, h.tokenizer)
+        except TokenizerJobError as exc:
+            raise GenerateJobError(f"teacher.tokenizer: {exc}") from exc
+        if not (teacher_tok / "tokenizer.json").is_file():
+            raise GenerateJobError(f"teacher.tokenizer {h.tokenizer!r} has no tokenizer.json (looked in {teacher_tok})")
+    vocab = ByteVocab.from_tokenizer_json(teacher_tok / "tokenizer.json") if h.token_ids == "bytes" and teacher_tok else None
+    body = {"temperature": params.temperature, "top_p": h.top_p} | ({"seed": h.sampling_seed} if h.sampling_seed is not None else {})
+    body |= request_extras(h.token_ids, params.top_k)
+    settings = Settings(endpoint=h.base_url, model=h.model, body=body, max_tokens=params.max_tokens,
+                        tool_rounds=params.tool_rounds,
+                        tokenizer_sha256=tree_sha256(teacher_tok / "tokenizer.json") if teacher_tok else None)
+    prices = Prices(max_usd=h.max_usd, input_per_million=h.usd_per_million_input,
+                    output_per_million=h.usd_per_million_output, max_tokens=h.max_tokens_budget)
+    budget = Budget(prices)
+    ep = Endpoint(h.base_url, h.model, h.api_key_env, timeout_s=h.timeout_s, retries=h.retries, max_in_flight=h.in_flight,
+                  requests_per_minute=h.requests_per_minute, tokens_per_minute=h.tokens_per_minute)
+    parse = (lambda d: parse_completion(d, h.token_ids, vocab=vocab, top_k=params.top_k or None))
+    engine = Engine(settings, cache, budget, parse, answered)
+
+    async def go():
+        client = TeacherClient(ep, key)
+        try:
+            async def checked(body: dict, worst: int):  # the preflight is an ordinary request: cached and budgeted
+                request_key_, request = engine.key(body)
+                entry = cache.get(request_key_)
+                text = cache.body(entry) if entry is not None else None
+                if text is not None:
+                    budget.add_paid(entry.usage)
+                    return text, json.loads(text)
+                reservation = budget.reserve(worst, 0)
+                if reservation is None:
+                    raise GenerateJobError(f"the spend budget ({budget.describe()}) cannot cover even the preflight request")
+                try:
+                    text, data = await client.complete(body, worst)
+                except BaseException:
+                    budget.release(reservation)
+                    raise
+                usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+                budget.settle(reservation, usage)
+                await asyncio.to_thread(cache.put, request_key_, request, text, usage, message_of(parse(data)))
+                return text, data
+
+            check = await preflight(checked, h.model, body, h.token_ids, params.top_k, teacher_tok, student_tok)
+            return check, await engine.run(prompts, client.complete, ep.max_in_flight)
+        finally:
+            await client.aclose()
+
+    try:
+        check, result = asyncio.run(go())
+    except (FatalTeacherError, PreflightFailed) as exc:
+        raise GenerateJobError(f"teacher {h.base_url} (model {h.model}): {exc}") from None
+    facts = {"endpoint": h.base_url, "model": h.model, "token_ids": h.token_ids,
+             "preflight": {"positions": check.positions, "top_k": check.top_k, "logit_kd_possible": check.logit_kd,
+                           "why_not": check.reason},
+             "kd": "sequence-level (cross-entropy on the teacher's tokens)"}
+    if not check.logit_kd:
+        ctx.log(f"teacher {h.model}: logit KD is not possible ({check.reason}); training uses the teacher's tokens")
+    return result, facts, budget, parse
+
+
+def _write_logprobs(params, cache: ResponseCache, kept: list[str], result, folder: Path, parse) -> dict:
+    """The teacher's top-k logprobs of every generated token of the kept transcripts, as it sent them (exact
+    ids), in a sparse store (runtime/generation/sparse.py), one sequence per answer; `answers.jsonl` names each
+    sequence (transcript id, answer index) and its chosen token ids."""
+    from runtime.generation.sparse import SparseStore, SparseWriter
+
+    keep = set(kept)
+    index = []
+    with SparseWriter(folder, params.top_k) as writer:
+        for outcome in result.outcomes:
+            if outcome.prompt_id not in keep:
+                continue
+            for n, key in enumerate(outcome.responses):
+                entry = cache.get(key)
+                text = cache.body(entry) if entry is not None else None
+                tokens = parse(json.loads(text)).tokens if text is not None else None
+                if tokens is None:
+                    raise GenerateJobError(f"the stored answer {key[:16]} of {outcome.prompt_id} has no logprobs")
+                writer.append_entries([list(zip(ids, lps)) for ids, lps in zip(tokens.top_ids, tokens.top_logprobs)])
+                index.append({"id": outcome.prompt_id, "answer": n, "token_ids": list(tokens.token_ids)})
+    (folder / "answers.jsonl").write_text("".join(json.dumps(i, separators=(",", ":")) + "\n" for i in index), encoding="utf-8")
+    store = SparseStore(folder)
+    return {"logprobs": {"top_k": params.top_k, "answers": len(index), "tokens": store.n_tokens,
+                         "bytes_per_token": round(store.bytes_per_token(), 2)}}
+
+
 def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     start = time.perf_counter()
     out = Path(out)
@@ -136,9 +239,8 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     try:
         tok_dir = Path(inputs["tokenizer"]["tokenizer"])
         tok = load_tokenizer(tok_dir)
-        model_dir = Path(inputs["teacher"]["model"])
     except (KeyError, TokenizerJobError) as exc:
-        raise GenerateJobError(f"the generate job needs the tokenizer and teacher outputs: {exc}") from exc
+        raise GenerateJobError(f"the generate job needs the tokenizer job's folder: {exc}") from exc
     try:
         template = ChatTemplate.from_tokenizer(tok, tools=[])
         template = ChatTemplate(template.source, name="the tokenizer's chat_template")
@@ -155,21 +257,8 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         raise GenerateJobError(f"data.prompts {params.prompts!r}: no valid prompt (dropped: {dict(dropped)}; "
                                f"examples: {examples}); docs/chat_data.md describes the format")
 
-    device = pick_device(ctx.resources["device"])
-    model = load_hf_folder(model_dir, device)
-    model.eval()
-    teacher_sha = weights_sha256(model)
     think = (special["think_start"].text, special["think_end"].text) if {"think_start", "think_end"} <= set(special) else None
     markers = Markers(call=(special["tool_call_start"].text, special["tool_call_end"].text), think=think)
-    stops = [special["eos"].id] + ([special["tool_result_start"].id] if "tool_result_start" in special else [])
-    teacher = LocalTeacher(model, tok, template, markers, stops, name=f"local-{params.teacher_kind}", batch=params.batch,
-                           temperature=params.temperature, seed=params.seed)
-    body = {"temperature": params.temperature} | ({"seed": params.seed} if params.temperature > 0 else {})
-    settings = Settings(endpoint=f"local:{params.teacher_kind}", model=f"weights-sha256:{teacher_sha}", body=body,
-                        max_tokens=params.max_tokens, tool_rounds=params.tool_rounds,
-                        tokenizer_sha256=tree_sha256(tok_dir))
-    cache_root = Path(ctx.cache_dir or ctx.work_dir) / "responses"
-    engine = Engine(settings, ResponseCache(cache_root), Budget(Prices()), lambda d: parse_completion(d, "vllm"))
     prompts = [Prompt(s["id"], tuple(s["messages"]), tuple(s.get("tools") or ()), s.get("fixtures") or {}) for s in samples]
     update = ctx.progress("generate: teacher answers", len(prompts))
     progress = Progress(Path(ctx.work_dir) / PROGRESS_FILE, len(prompts))
@@ -179,8 +268,30 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
             update(1)
             progress.add(1)
 
-    engine.on_answer = answered
-    result = asyncio.run(engine.run(prompts, teacher.complete, in_flight=2 * params.batch))
+    cache = ResponseCache(Path(ctx.cache_dir or ctx.work_dir) / "responses")
+    if params.teacher_kind == "openai_compatible":
+        teacher = None
+        result, facts, budget, parse = _run_http(params, ctx, prompts, cache, answered, tok_dir)
+    else:
+        try:
+            model_dir = Path(inputs["teacher"]["model"])
+        except KeyError as exc:
+            raise GenerateJobError(f"the generate job needs the teacher job's model folder: {exc}") from exc
+        device = pick_device(ctx.resources["device"])
+        model = load_hf_folder(model_dir, device)
+        model.eval()
+        teacher_sha = weights_sha256(model)
+        stops = [special["eos"].id] + ([special["tool_result_start"].id] if "tool_result_start" in special else [])
+        teacher = LocalTeacher(model, tok, template, markers, stops, name=f"local-{params.teacher_kind}",
+                               batch=params.batch, temperature=params.temperature, seed=params.seed)
+        body = {"temperature": params.temperature} | ({"seed": params.seed} if params.temperature > 0 else {})
+        settings = Settings(endpoint=f"local:{params.teacher_kind}", model=f"weights-sha256:{teacher_sha}", body=body,
+                            max_tokens=params.max_tokens, tool_rounds=params.tool_rounds,
+                            tokenizer_sha256=tree_sha256(tok_dir))
+        engine = Engine(settings, cache, Budget(Prices()), lambda d: parse_completion(d, "vllm"), answered)
+        result = asyncio.run(engine.run(prompts, teacher.complete, in_flight=2 * params.batch))
+        facts, budget = {"teacher_sha256": teacher_sha, "device": device.type, "generated_tokens": teacher.generated_tokens,
+                         "batches": teacher.batches}, None
     progress.finish(sum(o.status != "pending" for o in result.outcomes))
 
     # -- verify the transcripts -----------------------------------------------------------------
@@ -241,9 +352,13 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         for m in meta:
             fh.write(json.dumps(m, sort_keys=True, separators=(",", ":")) + "\n")
     lengths = arrays["attention_mask"].sum(axis=1).astype(np.int64)
-    vocab_rows = check_vocab(model, f"teacher {model_dir}", tok, inputs["tokenizer"].get("report"), {"train": arrays})
-    cache = write_targets(model, out / "targets", {"train": (arrays, lengths)}, params.top_k, teacher_sha,
-                          ctx.cache_dir, device, ctx, vocab_rows)
+    if teacher is not None:  # a local teacher: its top-k logits over the rows, as the teacher job computes them
+        vocab_rows = check_vocab(model, f"teacher {model_dir}", tok, inputs["tokenizer"].get("report"), {"train": arrays})
+        targets = write_targets(model, out / "targets", {"train": (arrays, lengths)}, params.top_k, teacher_sha,
+                                ctx.cache_dir, device, ctx, vocab_rows)
+        facts |= {"target_cache_hits": targets.hits, "target_cache_misses": targets.misses}
+    elif params.top_k > 0:  # an HTTP teacher: its top-k logprobs per generated token, as it sent them
+        facts |= _write_logprobs(params, cache, [t["id"] for t in transcripts], result, out / "logprobs", parse)
 
     valid = len(samples)
     failed = valid - len(rows)
@@ -255,14 +370,12 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         "rows": len(rows), "tokens": int(lengths.sum()),
         "padding_fraction": float(1 - lengths.sum() / (len(rows) * L)) if rows else 0.0,
         "requests_generated": result.sent, "requests_cached": result.cached,
-        "generated_tokens": teacher.generated_tokens, "batches": teacher.batches,
-        "target_cache_hits": cache.hits, "target_cache_misses": cache.misses,
-        "seconds": round(time.perf_counter() - start, 3),
+        **facts, "seconds": round(time.perf_counter() - start, 3),
     }
     report = {
         "metrics": {k: metrics[k] for k in ("fixture_hit_rate", "failure_rate")},
         **{k: v for k, v in metrics.items() if k not in ("fixture_hit_rate", "failure_rate")},
-        "teacher_kind": params.teacher_kind, "teacher_sha256": teacher_sha, "device": device.type,
+        "teacher_kind": params.teacher_kind,
         "prompts": {"path": params.prompts, "sha256": tree_sha256(prompts_path)},
         "prompts_dropped_by_reason": dict(sorted(dropped.items())),
         "transcripts_dropped_by_reason": dict(sorted(reasons.items())),
@@ -272,7 +385,15 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         "chat_template_sha256": hashlib.sha256(template.source.encode("utf-8")).hexdigest(), "max_failure_rate": params.max_failure_rate,
         "provenance": ctx.provenance,
     }
+    if budget is not None:
+        report["budget"] = {"spent": budget.spent, "cap": budget.prices.cap, "described": budget.describe(),
+                            "stopped": result.stopped}
     write_report(out, report)
+    if result.stopped:
+        field = "teacher.budget.max_usd" if params.http.max_usd is not None else "teacher.budget.max_tokens"
+        raise GenerateJobError(
+            f"the spend budget is reached ({budget.describe()}): {sum(o.status == 'done' for o in result.outcomes)} of "
+            f"{valid} prompts are done and stored; raise {field} and run again: answered requests are not paid twice")
     if failure_rate > params.max_failure_rate:
         raise GenerateJobError(
             f"{failed} of {valid} prompts ({failure_rate:.1%}) gave no usable transcript, more than "

@@ -37,10 +37,16 @@ class Split:
         return self.tensors["input_ids"].shape[0]
 
 
-def load_split(data_dir: Path, targets_dir: Path, split: str) -> Split:
-    """Dataset rows and the teacher's top-k targets for them (row i of both is the same sample)."""
+def load_split(data_dir: Path, targets_dir: Path | None, split: str) -> Split:
+    """Dataset rows and the teacher's top-k targets for them (row i of both is the same sample). Without a
+    targets folder (an HTTP teacher: sequence-level KD) the targets are empty (k = 0); the compiler refuses
+    the loss terms that read them (kl, ce_teacher, length_kd)."""
     data = load_file(str(data_dir / f"{split}.safetensors"))
-    targets = load_file(str(targets_dir / f"{split}.safetensors"))
+    if targets_dir is None:
+        shape = (*data["input_ids"].shape, 0)
+        targets = {"topk_ids": torch.zeros(shape, dtype=torch.int32), "topk_logits": torch.zeros(shape)}
+    else:
+        targets = load_file(str(targets_dir / f"{split}.safetensors"))
     missing = [n for n in TOKEN_TENSORS if n not in data] + [n for n in ("topk_ids", "topk_logits") if n not in targets]
     if missing:
         raise TrainDataError(f"{data_dir} / {targets_dir}: missing tensors {missing}; rebuild the dataset and teacher jobs")
@@ -56,7 +62,7 @@ def load_split(data_dir: Path, targets_dir: Path, split: str) -> Split:
     return Split(tensors)
 
 
-def with_extra_rows(split: Split, data_dir: Path, targets_dir: Path) -> Split:
+def with_extra_rows(split: Split, data_dir: Path, targets_dir: Path | None) -> Split:
     """`split` followed by the rows of another source (the generate job's transcripts: same row layout,
     same targets layout); the teacher's T is padded to the longer of the two."""
     extra = load_split(data_dir, targets_dir, "train").tensors

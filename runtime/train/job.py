@@ -60,6 +60,12 @@ def _student(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]]
     return model, 0, facts
 
 
+def _targets(inputs: dict[str, dict[str, Path]], job: str) -> Path | None:
+    """A job's top-k targets folder; None for an HTTP teacher (no teacher job; the generate job writes no targets)."""
+    folder = inputs.get(job, {}).get("targets")
+    return Path(folder) if folder is not None else None
+
+
 def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]], out: Path, ctx: Any, stage: str) -> dict:
     tp = params.training
     started = time.perf_counter()
@@ -67,9 +73,9 @@ def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Pat
     try:
         grad_accum = accumulation(tp.global_batch, tp.micro_batch, world.size)
         seed_everything(tp.seed)
-        train = load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "train")
+        train = load_split(inputs["dataset"]["data"], _targets(inputs, "teacher"), "train")
         if "generate" in inputs:  # the teacher's transcripts of data.prompts join the train split
-            train = with_extra_rows(train, inputs["generate"]["data"], inputs["generate"]["targets"])
+            train = with_extra_rows(train, inputs["generate"]["data"], _targets(inputs, "generate"))
         model, quantized, init = _student(params, inputs, world.device, ctx)
         model.train()
         model = wrap(model, model.layers, world)
@@ -77,7 +83,7 @@ def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Pat
         trainer = Trainer(tp=tp, model=model, optimizer=optimizer, train=train, world=world, grad_accum=grad_accum,
                           start_step=params.start_step, end_step=params.end_step,
                           lr_scale=params.lr_scale if isinstance(params, QatParams) else 1.0, stage=stage,
-                          val=load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "val"))
+                          val=load_split(inputs["dataset"]["data"], _targets(inputs, "teacher"), "val"))
         loop = trainer.run(Path(ctx.work_dir), params.model_dump(mode="json"), ctx.provenance, ctx.force, ctx.job_id,
                            ctx.progress, ctx.log)
         state = full_state(model, world)
@@ -100,7 +106,7 @@ def _outputs(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]]
     if isinstance(params, QatParams):
         attach_fake_quant(model, params.quantization)
     model.load_state_dict(state)
-    val = load_split(inputs["dataset"]["data"], inputs["teacher"]["targets"], "val")
+    val = load_split(inputs["dataset"]["data"], _targets(inputs, "teacher"), "val")
     # the loop validated these weights at end_step (same model, fake quantization attached in
     # QAT); only a run that resumed at end_step has no such point and validates here
     val_metrics = loop.pop("last_val") or evaluate(model, val, tp, world.device)

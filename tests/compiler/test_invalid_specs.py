@@ -66,6 +66,10 @@ TEACHER_TRAIN_BODY = (
     "  generation: {max_tokens: 96, tool_rounds: 2, batch: 32, max_failure_rate: 0.1}   # answers data.prompts\n"
 )
 
+TOY_PROMPTS = "  prompts: data/toy/prompts.jsonl   # the teacher's transcripts of these join the train split\n"
+TOY_DATA = ("\ndata:\n  train: data/toy/train.jsonl\n  eval: data/toy/eval.jsonl\n  tool_registry: data/toy/tools.json\n"
+            + TOY_PROMPTS)
+
 CASES: list[Case] = [
     # --- unknown keys at several depths, with did-you-mean -------------------------------------
     Case("unknown_key_top_level", "description: Tiny", "descripton: Tiny", "descripton", "descripton:",
@@ -119,14 +123,13 @@ CASES: list[Case] = [
     # --- teacher -------------------------------------------------------------------------------
     Case("teacher_kind_typo", "  kind: train\n", "  kind: trian\n", "teacher.kind", "kind: trian",
          "unknown kind 'trian'", "did you mean 'train'?"),
-    Case("teacher_openai_compatible", TEACHER_TRAIN_BODY, HTTP_TEACHER, "teacher.kind",
-         "kind: openai_compatible", "'openai_compatible' cannot be planned", "kind: train or kind: hf_local"),
+    Case("teacher_http_without_prompts", TEACHER_TRAIN_BODY + TOY_DATA, HTTP_TEACHER + TOY_DATA.replace(TOY_PROMPTS, ""),
+         "teacher.kind", "kind: openai_compatible", "writes its transcripts for data.prompts, and data.prompts is not set",
+         "set data.prompts"),
+    Case("teacher_http_logit_kd_not_yet", TEACHER_TRAIN_BODY, HTTP_TEACHER, "training.losses.ce_teacher", "ce_teacher: {weight",
+         "needs the teacher's distribution at every position of every training row", "sequence-level KD"),
     Case("teacher_http_bytes_without_tokenizer", TEACHER_TRAIN_BODY, HTTP_TEACHER.replace("token_ids: vllm", "token_ids: bytes"),
          "teacher.tokenizer", None, "through the served model's tokenizer, and none is given", "set teacher.tokenizer"),
-    Case("teacher_http_kl_without_logprobs", TEACHER_TRAIN_BODY, HTTP_TEACHER, "training.losses.kl", "kl: {weight: 1.0",
-         "logit KD (kl) compares teacher and student id by id", "ce_teacher"),
-    Case("teacher_http_kl_temperature", TEACHER_TRAIN_BODY, HTTP_TEACHER, "training.losses.kl.temperature", "temperature: 2.0",
-         "cannot apply to an HTTP teacher's logprobs", "temperature: 1.0"),
     Case("teacher_http_key_env_name", TEACHER_TRAIN_BODY, HTTP_TEACHER.replace("api_key_env: KIMI_KEY", "api_key_env: sk-abc"),
          "teacher.api_key_env", "api_key_env: sk-abc", "not an environment variable name", "never write the key itself"),
     Case("teacher_hf_local_empty_path", TEACHER_TRAIN_BODY, '  kind: hf_local\n  path: ""\n  top_k: 16\n  generation: {max_tokens: 96}\n', "teacher.path",

@@ -21,8 +21,10 @@ from compiler.reading.validate import validate_file
 TOY = Path(__file__).resolve().parents[2] / "specs" / "toy.yaml"
 
 
-def rejected(path: Path, *, max_seconds: float = 5.0, max_peak_mb: float = 50.0) -> SpecError:
-    """Validate `path`; it must raise a SpecError (never RecursionError), in bounded time and memory."""
+def rejected(path: Path, *, max_seconds: float = 20.0, max_peak_mb: float = 50.0) -> SpecError:
+    """Validate `path`; it must raise a SpecError (never RecursionError), in bounded time and memory. The time
+    bound catches blowups (a billion laughs never finishes), not speed: 100,000 nesting levels parse in ~2 s
+    under tracemalloc alone and took over 5 s on 2 cores shared with the rest of the suite."""
     tracemalloc.start()
     start = time.perf_counter()
     try:

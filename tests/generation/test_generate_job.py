@@ -1,0 +1,157 @@
+"""The generate job in a plan with an openai_compatible teacher, against the loopback server.
+
+A tiny spec (specs/toy.yaml made small) whose teacher is the loopback ChatServer: `modelspec run`
+starts the plan, the generate job sends the prompts through the real openai client (scripted tool
+calls and answers, teacher-forced through the server's tiny model, so logprobs and token ids are
+real), and the transcripts join the student's train split (sequence-level KD). The server counts
+every paid request, so the tests prove: a rerun pays nothing, a budget stop leaves a resumable state
+and the rerun with a raised cap pays only for what was missing, and a missing key fails before any
+request with nothing about the key in any output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.generation.server import ChatServer
+from tests.runtime.test_pipeline_resume import tiny_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "sk-generate-job-0123456789abcdefghijklmnop"
+ENV_NAME = "TINY_TEACHER_KEY"
+N_PROMPTS = 10
+
+
+def _prompts(folder: Path) -> Path:
+    """Toy prompts, each offered only the tool its fixture answers (the tiny server model has 512 positions)."""
+    rows = []
+    for line in (ROOT / "specs" / "data" / "toy" / "prompts.jsonl").read_text(encoding="utf-8").splitlines():
+        p = json.loads(line)
+        names = set(p["fixtures"])
+        p["tools"] = [t for t in p["tools"] if t["function"]["name"] in names]
+        rows.append(p)
+    picked = [p for p in rows if p["kind"] == "tool"][::10][:N_PROMPTS - 2] + [p for p in rows if p["kind"] == "control"][:2]
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in picked), encoding="utf-8")
+    return path
+
+
+def script(body: dict) -> dict:
+    """Call the one offered tool with the reference arguments (read back from the prompt's text by the test's
+    fixture lookup), then restate the tool's result; a prompt without tools gets a short answer."""
+    last = body["messages"][-1]
+    if last["role"] == "tool":
+        return {"content": f"Done: {last['content']}."}
+    if not body.get("tools"):
+        return {"content": "Four."}
+    return {"tool_calls": [{"name": body["tools"][0]["function"]["name"], "arguments": REFERENCE[last["content"]]}]}
+
+
+REFERENCE: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module")
+def server(teacher_dir):
+    with ChatServer(teacher_dir, api_key=KEY, script=script, default_max_tokens=200) as srv:
+        yield srv
+
+
+def _spec(folder: Path, server, teacher_dir: Path, budget: str = "{max_tokens: 10000000}") -> Path:
+    spec = tiny_spec(folder)
+    prompts = _prompts(folder)
+    for line in prompts.read_text(encoding="utf-8").splitlines():
+        p = json.loads(line)
+        for name, entries in p["fixtures"].items():
+            REFERENCE[p["messages"][0]["content"]] = entries[0]["arguments"]
+    text = spec.read_text(encoding="utf-8")
+    teacher = (f"teacher:\n  kind: openai_compatible\n  base_url: {server.base_url}\n  model: tiny-teacher\n"
+               f"  api_key_env: {ENV_NAME}\n  token_ids: vllm\n  tokenizer: {teacher_dir}\n  top_k: 3\n"
+               f"  generation: {{max_tokens: 200}}\n  limits: {{in_flight: 4}}\n  retries: 1\n  timeout_s: 60\n"
+               f"  budget: {budget}\n  max_failure_rate: 0.2\n\n")
+    text = re.sub(r"teacher:\n.*?\n\n", teacher, text, count=1, flags=re.DOTALL)
+    for line in ("    kl: {weight: 1.0, temperature: 2.0}\n", "    ce_teacher: {weight: 0.5}\n",
+                 "    length_kd: {weight: 0.05, hinge: 0.15, slope: 1.0}\n"):
+        assert line in text
+        text = text.replace(line, "")
+    text = text.replace("  tool_registry: data/toy/tools.json\n", f"  tool_registry: data/toy/tools.json\n  prompts: {prompts}\n")
+    spec.write_text(text, encoding="utf-8")
+    return spec
+
+
+def _run(spec: Path, store: Path, *args: str, key: str | None = KEY) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != ENV_NAME} | ({ENV_NAME: key} if key else {})
+    return subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(spec), "--workdir", str(store), "--allow-stale", *args],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+
+
+def _report(store: Path, kind: str) -> dict:
+    reports = sorted((store / "jobs" / kind).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(reports[-1].read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_http_teacher_transcripts_train_the_student_and_a_rerun_pays_nothing(server, teacher_dir, tmp_path):
+    spec = _spec(tmp_path, server, teacher_dir)
+    store = tmp_path / "store"
+    server.stats.reset()
+    proc = _run(spec, store, "--until", "train")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stats = server.stats.snapshot()
+    gen = _report(store, "generate")
+    assert gen["transcripts"] == N_PROMPTS and gen["metrics"]["fixture_hit_rate"] == {"value": 1.0, "n": N_PROMPTS - 2}
+    # one preflight + 2 rounds per tool prompt + 1 per control prompt, each paid once
+    assert stats["paid"] == 1 + 2 * (N_PROMPTS - 2) + 2 == gen["requests_generated"] + 1
+    assert gen["preflight"]["logit_kd_possible"] is False and "differs" in gen["preflight"]["why_not"]
+    assert gen["logprobs"]["answers"] == 2 * (N_PROMPTS - 2) + 2 and gen["logprobs"]["top_k"] == 3
+    assert gen["budget"]["spent"] > 0 and not gen["budget"]["stopped"]
+    train = _report(store, "train")
+    dataset = _report(store, "dataset")
+    assert train["train_rows"] == dataset["counts"]["train"] + N_PROMPTS
+    transcripts = [json.loads(line) for line in next((store / "jobs" / "generate").glob("*/transcripts.jsonl")).read_text().splitlines()]
+    assert all(t["messages"][-1]["role"] == "assistant" for t in transcripts)
+    assert not any(KEY in p.read_text(errors="ignore") for p in store.rglob("*") if p.is_file() and p.stat().st_size < 5_000_000)
+
+    server.stats.reset()
+    again = _run(spec, store, "--until", "train")
+    assert again.returncode == 0 and server.stats.snapshot()["paid"] == 0
+    # the job is cached; forcing it replays every answer from the response cache, preflight included
+    forced = _run(spec, store, "--until", "generate", "--force", "generate")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert server.stats.snapshot()["paid"] == 0 and _report(store, "generate")["requests_cached"] == 2 * (N_PROMPTS - 2) + 2
+
+
+@pytest.mark.slow
+def test_a_budget_stop_resumes_and_pays_only_for_the_rest(server, teacher_dir, tmp_path):
+    spec = _spec(tmp_path, server, teacher_dir, budget="{max_tokens: 6000}")
+    store = tmp_path / "store"
+    server.stats.reset()
+    first = _run(spec, store, "--until", "generate")
+    paid_first = server.stats.snapshot()["paid_bodies"]
+    assert first.returncode != 0
+    out = first.stdout + first.stderr
+    assert "the spend budget is reached" in out and "raise teacher.budget.max_tokens" in out, out[-2000:]
+    assert 0 < len(paid_first) < 1 + 2 * (N_PROMPTS - 2) + 2
+    server.stats.reset()
+    second = _run(spec, store, "--until", "generate", "--set", "teacher.budget.max_tokens=10000000")
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    paid_second = server.stats.snapshot()["paid_bodies"]
+    assert len(paid_first) + len(paid_second) == 1 + 2 * (N_PROMPTS - 2) + 2, "every request paid exactly once"
+    assert not {json.dumps(b, sort_keys=True) for b in paid_first} & {json.dumps(b, sort_keys=True) for b in paid_second}
+    assert _report(store, "generate")["transcripts"] == N_PROMPTS
+
+
+def test_a_missing_key_fails_before_any_request(server, teacher_dir, tmp_path):
+    spec = _spec(tmp_path, server, teacher_dir)
+    server.stats.reset()
+    proc = _run(spec, tmp_path / "store", "--until", "generate", key=None)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert f"environment variable {ENV_NAME}" in out and f"export {ENV_NAME}=" in out, out[-2000:]
+    assert server.stats.snapshot()["requests"] == 0
