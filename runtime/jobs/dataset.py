@@ -13,6 +13,14 @@ array / object / null; a bool is neither an integer nor a number), ``unknown_arg
 is there), ``control_with_tool_call``, ``tool_kind_without_call``, ``integration_missing`` (an integration string is not
 in the final answer). Corruption rate = dropped / read, per input file and per output split.
 
+Chat samples: a line of ``data.train`` in the OpenAI chat format (``messages``; docs/chat_data.md)
+is checked with ``validate_chat`` (its reasons: ``schema_violation``, ``pii_echoed``, ...), must be
+ready-made (``not_ready_made``: a prompt belongs in data.prompts) and call only registry tools
+(``unknown_tool``); it is rendered with the tokenizer's chat template and encoded with
+``encode_chat`` (loss on assistant turns only; a template failure drops it: ``template_error``).
+Its row metadata carries ``"format": "chat"``. ``data.eval`` must stay in the toy format (the eval
+job replays tool results in it): a chat sample there fails the job.
+
 Split: train-file samples go to ``val`` when sha256(id) read as a fraction of 2**64 falls below
 ``VAL_FRACTION`` (deterministic, independent of order); the eval file is ``eval``.
 
@@ -43,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.data.chat import ChatTemplate, ChatTemplateError, encode_chat
+from runtime.data.chat_checks import is_ready_made, validate_chat
 from runtime.hashing import tree_sha256
 
 from .dataset_checks import (  # noqa: F401  (SPAN_MASKS and the error are this job's public names too)
@@ -79,6 +89,28 @@ def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
 
 def _overlap(offsets: list[tuple[int, int]], a: int, b: int) -> list[int]:
     return [i for i, (s, e) in enumerate(offsets) if s < b and e > a and e > s]
+
+
+CHAT = {}  # the spans marker of a chat sample (its spans come from the chat template at encoding)
+
+
+def is_chat(sample: Any) -> bool:
+    """A sample in the OpenAI chat format (docs/chat_data.md) rather than the toy's prompt/target format."""
+    return isinstance(sample, dict) and "messages" in sample and "target" not in sample
+
+
+def _check_chat(sample: dict, seen: set[str], registry: dict) -> str | None:
+    """The first reason to drop a chat sample: `validate_chat`'s reasons, `not_ready_made` (a prompt: it belongs
+    in data.prompts), `unknown_tool` (a call to a tool the registry lacks)."""
+    drop = validate_chat(sample, seen)
+    if drop is not None:
+        return drop.reason
+    if not is_ready_made(sample):
+        return "not_ready_made"
+    called = {c["function"]["name"] for m in sample["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or []}
+    if called - set(registry):
+        return "unknown_tool"
+    return None
 
 
 def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
@@ -129,7 +161,14 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
             key = sid if isinstance(sid, str) else raw
             split = "eval" if fname == "eval" else split_of(key)
             read[split] += 1
-            reason, spans = check_sample(sample, registry, markers, seen)
+            if is_chat(sample):
+                if fname == "eval":
+                    raise DatasetJobError(f"data.eval {params.eval!r}: {sid!r} is a chat sample; the eval job replays tool "
+                                          "results in the toy format (specs/data/toy/README.md), so data.eval must use "
+                                          "it; chat samples are read in data.train (docs/chat_data.md)")
+                reason, spans = _check_chat(sample, seen, registry), CHAT
+            else:
+                reason, spans = check_sample(sample, registry, markers, seen)
             if reason:
                 dropped[split][reason] += 1
                 file_dropped[fname][reason] += 1
@@ -150,6 +189,29 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     data_dir.mkdir(parents=True, exist_ok=True)
     split_reports: dict[str, dict] = {}
     from safetensors.numpy import save_file
+
+    template = None
+    chat_rows: dict[str, list[tuple[dict, Any]]] = {}
+    if any(spans is CHAT for split in SPLITS for _, spans in kept[split]):
+        try:
+            template = ChatTemplate.from_tokenizer(tok, tools=[])
+        except ChatTemplateError as exc:
+            raise DatasetJobError(f"data.train has chat samples and {exc}; set tokenizer.chat_template in the spec") from exc
+    for split in SPLITS:
+        chat_rows[split] = []
+        plain = []
+        for sample, spans in kept[split]:
+            if spans is not CHAT:
+                plain.append((sample, spans))
+                continue
+            try:
+                enc = encode_chat(sample, tok, template, arguments_as_dict=True)
+            except ChatTemplateError:
+                dropped[split]["template_error"] += 1
+                file_dropped["train"]["template_error"] += 1
+                continue
+            chat_rows[split].append((sample, enc))
+        kept[split] = plain
 
     for split in SPLITS:
         samples = kept[split]
@@ -195,6 +257,25 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
                 "tool": call["name"] if call else None, "tool_call": call, "pii": sample["pii"],
                 "integration": sample["integration"], "prompt": sample["prompt"], "target": sample["target"],
             })
+
+        for sample, enc in chat_rows[split]:  # ready-made chat samples: the template wrote bos and eos
+            step(1)
+            if len(enc.input_ids) > L:
+                too_long[split] += 1
+                continue
+            roundtrip_errors += not enc.roundtrip_ok
+            for m in SPAN_MASKS:
+                align[m] += enc.alignment_errors.get(m, 0)
+            rows.append({"input_ids": enc.input_ids, **enc.masks})
+            for m in MASKS:
+                mask_tokens[m] += sum(enc.masks[m])
+            by_kind[sample["kind"]] += 1
+            calls = [c["function"]["name"] for m in sample["messages"] if m["role"] == "assistant"
+                     for c in m.get("tool_calls") or []]
+            first = next(i for i, v in enumerate(enc.masks["loss_mask"]) if v) if any(enc.masks["loss_mask"]) else len(enc.input_ids)
+            meta.append({"id": sample["id"], "kind": sample["kind"], "row": len(meta), "prompt_len": first,
+                         "length": len(enc.input_ids), "tool": calls[0] if calls else None, "tools": calls,
+                         "pii": sample.get("pii") or [], "format": "chat"})
 
         n = len(rows)
         arrays = {name: np.zeros((n, L), dtype=np.int32) for name in TENSORS}

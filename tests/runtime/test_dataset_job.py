@@ -328,3 +328,92 @@ def test_tokenizer_that_disagrees_with_spec_fails(tok_dir, tmp_path):
     special = {**ds_params().special_tokens, "bos": SpecialTokenP(text="<s>", id=3)}
     with pytest.raises(dsjob.DatasetJobError, match="'bos'.*spec says \\[3\\]"):
         run_ds(tok_dir, tmp_path, ds_params().model_copy(update={"special_tokens": special}))
+
+
+# --- ready-made chat samples in data.train (docs/chat_data.md) --------------------------------------------
+
+def _chat_tools() -> list[dict]:
+    registry = json.loads((TOY / "tools.json").read_text())["tools"]
+    return [{"type": "function", "function": t} for t in registry]
+
+
+def _call(cid: str, name: str, args: dict) -> dict:
+    return {"id": cid, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+
+
+CHAT_OK = [
+    {"id": "chat-parallel", "kind": "tool", "tools": _chat_tools(), "messages": [
+        {"role": "user", "content": "Weather in Paris and in Oslo?"},
+        {"role": "assistant", "reasoning_content": "Two cities.", "content": None, "tool_calls": [
+            _call("a", "get_weather", {"city": "Paris", "unit": "celsius"}),
+            _call("b", "get_weather", {"city": "Oslo", "unit": "celsius"})]},
+        {"role": "tool", "tool_call_id": "a", "content": "21C and sunny"},
+        {"role": "tool", "tool_call_id": "b", "content": "4C and rain"},
+        {"role": "assistant", "content": "Paris is 21C and sunny; Oslo is 4C and rain."}]},
+    {"id": "chat-two-rounds", "kind": "tool", "tools": _chat_tools(), "messages": [
+        {"role": "user", "content": "Find Ana, then add lunch with her on Monday."},
+        {"role": "assistant", "content": None, "tool_calls": [_call("c", "search_contacts", {"query": "Ana"})]},
+        {"role": "tool", "tool_call_id": "c", "content": "1 match"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            _call("d", "add_event", {"title": "lunch", "day": "Monday", "hour": 12})]},
+        {"role": "tool", "tool_call_id": "d", "content": "added"},
+        {"role": "assistant", "content": "Found 1 match and the lunch is added."}]},
+    {"id": "chat-multi-turn", "kind": "control", "messages": [
+        {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6."}]},
+]
+CHAT_BAD = {
+    "not_ready_made": {"id": "chat-prompt", "kind": "control", "messages": [{"role": "user", "content": "hi"}]},
+    "pii_echoed": {"id": "chat-pii", "kind": "privacy", "pii": ["Priya Shah"], "messages": [
+        {"role": "user", "content": "Write to Priya Shah."}, {"role": "assistant", "content": "Dear Priya Shah,"}]},
+    "schema_violation": {"id": "chat-schema", "kind": "tool", "tools": _chat_tools(), "messages": [
+        {"role": "user", "content": "Timer"},
+        {"role": "assistant", "content": None, "tool_calls": [_call("e", "set_timer", {"minutes": "five", "label": "tea"})]},
+        {"role": "tool", "tool_call_id": "e", "content": "ok"}, {"role": "assistant", "content": "Set."}]},
+}
+
+
+def test_ready_made_chat_samples_join_the_train_split(tok_dir, tmp_path):
+    """Chat samples beside the toy format: validated, rendered with the tokenizer's template, loss on assistant
+    turns only; prompts, PII echoes and schema violations are dropped by reason."""
+    train = tmp_path / "train.jsonl"
+    toy_rows = (TOY / "train.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    train.write_text("\n".join(toy_rows + [json.dumps(s) for s in CHAT_OK + list(CHAT_BAD.values())]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    report = run_ds(tok_dir, out, ds_params(train=str(train), eval=str(TOY / "eval.jsonl")))
+    dropped = report["inputs"]["train"]["dropped_by_reason"]
+    assert {r: dropped.get(r) for r in CHAT_BAD} == {reason: 1 for reason in CHAT_BAD}
+    assert set(dropped) - set(CHAT_BAD) <= set(DEFECTS)  # the rest: the toy rows' deliberate defects
+    tok = tokjob.load_tokenizer(tok_dir)
+    rows = {}
+    for split in ("train", "val"):
+        arrays = load_file(str(out / "data" / f"{split}.safetensors"))
+        for m in load_jsonl(out / "data" / f"{split}.jsonl"):
+            if m.get("format") == "chat":
+                rows[m["id"]] = (m, {k: v[m["row"]] for k, v in arrays.items()})
+    assert set(rows) == {s["id"] for s in CHAT_OK}
+    for sample in CHAT_OK:
+        meta, a = rows[sample["id"]]
+        n = int(a["attention_mask"].sum())
+        ids = a["input_ids"][:n].tolist()
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and n == meta["length"]
+        learned = tok.decode([t for t, m in zip(ids, a["loss_mask"][:n]) if m], skip_special_tokens=False)
+        for turn in sample["messages"]:
+            if turn["role"] == "assistant" and turn.get("content"):
+                assert turn["content"] in learned  # every assistant text is trained on
+            if turn["role"] == "user":
+                assert turn["content"] not in learned  # no user text is
+        assert "<tool_result>" not in learned  # nor a tool's result (the answer may restate it)
+        names = tok.decode([t for t, m in zip(ids, a["tool_name_mask"][:n]) if m])
+        for turn in sample["messages"]:
+            for call in turn.get("tool_calls") or []:
+                assert call["function"]["name"] in names
+    assert rows["chat-parallel"][0]["tools"] == ["get_weather", "get_weather"]
+    assert int(rows["chat-parallel"][1]["integration_mask"].sum()) > 0  # "21C and sunny" restated in the answer
+
+
+def test_a_chat_sample_in_data_eval_is_refused(tok_dir, tmp_path):
+    evalf = tmp_path / "eval.jsonl"
+    evalf.write_text((TOY / "eval.jsonl").read_text(encoding="utf-8") + json.dumps(CHAT_OK[2]) + "\n", encoding="utf-8")
+    with pytest.raises(dsjob.DatasetJobError, match="is a chat sample; the eval job replays tool results in the toy format"):
+        run_ds(tok_dir, tmp_path / "out", ds_params(eval=str(evalf)))
