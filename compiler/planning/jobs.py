@@ -176,6 +176,11 @@ def _package_metadata(spec: Spec) -> PackageMetadataP:
     return PackageMetadataP(author=meta.author, license=meta.license, version=spec.version, description=spec.description)
 
 
+def _uses(term) -> bool:
+    """A loss term that is configured and not constantly zero (a schedule counts as used)."""
+    return term is not None and (not isinstance(term.weight, (int, float)) or term.weight > 0)
+
+
 def _http(t: OpenAICompatibleTeacher) -> HttpTeacherP:
     usd = isinstance(t.budget, UsdBudget)
     return HttpTeacherP(
@@ -197,8 +202,10 @@ def _generate_job(spec: Spec, special: dict[str, SpecialTokenP], needs: tuple[st
         tool_rounds=t.tool_rounds if http else gen.tool_rounds, batch=t.limits.in_flight if http else gen.batch,
         max_failure_rate=t.max_failure_rate if http else gen.max_failure_rate, seed=spec.training.seed, top_k=t.top_k,
         max_seq_len=max(spec.shapes.prefill), special_tokens=special, http=_http(t) if http else None,
+        logit_kd=http and _uses(spec.training.losses.kl),
     ), {"transcripts": "transcripts.jsonl", "data": "data", "report": "report.json"}
-        | ({"logprobs": "logprobs"} if http and t.top_k > 0 else {}) | ({} if http else {"targets": "targets"}),
+        | ({"logprobs": "logprobs"} if http and t.top_k > 0 else {})
+        | ({"targets": "targets"} if not http or _uses(spec.training.losses.kl) else {}),
         CPU_JOB if http else _one_device(spec))
 
 

@@ -145,8 +145,9 @@ class GenerateParams(Params):
     max_seq_len: int  # rows longer than this are dropped (too_long), as in the dataset job
     special_tokens: dict[str, SpecialTokenP]
     http: HttpTeacherP | None = None  # openai_compatible only
+    logit_kd: bool = False  # openai_compatible with losses.kl: rows on the teacher's ids, sparse targets with the tail
 
-    OMIT_WHEN_DEFAULT = frozenset({"http"})
+    OMIT_WHEN_DEFAULT = frozenset({"http", "logit_kd"})
 
 
 class ModuleQuantP(Params):

@@ -328,18 +328,33 @@ def _teacher(spec: Spec) -> Iterator[Finding]:
     if spec.data.prompts is None:
         yield (base + ("kind",), "an openai_compatible teacher writes its transcripts for data.prompts, and data.prompts is not set",
                "set data.prompts to a JSONL file of chat prompts (docs/chat_data.md)")
-    # Logit KD from an HTTP teacher: its top-k logprobs are recorded (the generate job's logprobs/), but the
-    # student's rows are not yet aligned to the teacher's own token ids, so training uses its tokens only.
-    # (When it lands, kl will also need top_k > 0, teacher.tokenizer equal to the student's, temperature 1:
-    # runtime/train/sparse_kl.py.) A schedule counts as used.
-    for name, what in (("kl", "logit KD (kl)"), ("ce_teacher", "cross-entropy on the teacher's top-1 (ce_teacher)"),
+    # Logit KD from an HTTP teacher: the generated rows hold the teacher's own token ids and the KL compares the
+    # student with its top-k logprobs plus the mass outside them (runtime/train/sparse_kl.py), on those rows only.
+    kl = spec.training.losses.kl
+    if kl is not None and (not isinstance(kl.weight, (int, float)) or kl.weight > 0):  # a schedule counts as used
+        if t.top_k == 0:
+            yield (("training", "losses", "kl"), "logit KD (kl) needs the teacher's top logprobs, and teacher.top_k is 0",
+                   "set teacher.top_k (1-20), or drop losses.kl (sequence-level KD: ce_ground_truth on the transcripts)")
+        elif t.tokenizer is None:
+            yield (("training", "losses", "kl"), "logit KD (kl) compares teacher and student id by id, which needs the served "
+                   "model's tokenizer to equal the student's, and teacher.tokenizer is not set",
+                   "set teacher.tokenizer to the served model's tokenizer folder, or drop losses.kl (sequence-level KD)")
+        if kl.temperature != 1.0:
+            yield (("training", "losses", "kl", "temperature"), f"temperature {kl.temperature:g} cannot apply to an HTTP teacher's "
+                   "logprobs: they are its temperature-1 top k plus the mass outside them, which cannot be re-tempered",
+                   "set temperature: 1.0 (runtime/train/sparse_kl.py)")
+    # ce_teacher and length_kd read a dense teacher distribution at every position of every row
+    for name, what in (("ce_teacher", "cross-entropy on the teacher's top-1 (ce_teacher)"),
                        ("length_kd", "length-aware KD (length_kd)")):
         term = getattr(spec.training.losses, name)
         if term is not None and (not isinstance(term.weight, (int, float)) or term.weight > 0):
             yield (("training", "losses", name), f"{what} needs the teacher's distribution at every position of every "
-                   "training row, which an openai_compatible teacher does not give in this version (its top-k logprobs "
-                   "are recorded per generated token, not yet aligned to the student's rows)",
-                   "drop it: ce_ground_truth on the teacher's transcripts is sequence-level KD (docs/teachers.md)")
+                   "training row (ready-made rows included), which an openai_compatible teacher does not give",
+                   "drop it: kl distils the teacher's logprobs on its transcripts, ce_ground_truth its tokens")
+
+
+def _used(term) -> bool:
+    return term is not None and (not isinstance(term.weight, (int, float)) or term.weight > 0)
 
 
 def _is_local_relative(path: str) -> bool:
@@ -378,9 +393,16 @@ def _shared_vocabulary(spec: Spec, spec_dir: str) -> Iterator[Finding]:
     time when both folders are local: the student's is the pretrained source plus the spec's special
     tokens the source lacks (the tokenizer job appends them at their ids)."""
     src = spec.tokenizer.source
-    if not isinstance(spec.teacher, HfLocalTeacher) or not isinstance(src, PretrainedSource):
+    t = spec.teacher
+    if isinstance(t, HfLocalTeacher):
+        folder, key = t.path, ("teacher", "path")
+    elif isinstance(t, OpenAICompatibleTeacher) and t.tokenizer is not None and _used(spec.training.losses.kl):
+        folder, key = t.tokenizer, ("teacher", "tokenizer")  # logit KD from an HTTP teacher
+    else:
         return
-    paths = [os.path.join(spec_dir, p) if _is_local_relative(p) else p for p in (spec.teacher.path, src.path)]
+    if not isinstance(src, PretrainedSource):
+        return  # a corpus-trained student tokenizer exists only after its job: the generate job checks before any request
+    paths = [os.path.join(spec_dir, p) if _is_local_relative(p) else p for p in (folder, src.path)]
     if any("://" in p for p in paths):
         return
     teacher, student = (read_vocab(PathLib(p) / "tokenizer.json") for p in paths)
@@ -390,7 +412,7 @@ def _shared_vocabulary(spec: Spec, spec_dir: str) -> Iterator[Finding]:
         student.setdefault(tok.text, tok.id)
     problems = vocabulary_differences(teacher, student)
     if problems:
-        yield (("teacher", "path"), f"the teacher's tokenizer differs from the student's (tokenizer.source.path plus the "
+        yield (key, f"the teacher's tokenizer differs from the student's (tokenizer.source.path plus the "
                f"spec's special tokens), so its logits cannot be distilled id by id: {problems}",
                "distil from a teacher saved with the student's tokenizer, or start the student's tokenizer from the "
                "teacher's folder (tokenizer.source.path)")

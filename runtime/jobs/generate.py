@@ -44,6 +44,7 @@ import numpy as np
 
 from runtime.data.chat import MASKS, ChatTemplate, ChatTemplateError, encode_chat
 from runtime.data.chat_checks import is_ready_made, validate_chat
+from runtime.data.teacher_ids import encode_with_answers
 from runtime.distributed.world import pick_device
 from runtime.generation.budget import Budget, Prices
 from runtime.generation.cache import ResponseCache
@@ -150,6 +151,14 @@ def _run_http(params, ctx, prompts: list[Prompt], cache: ResponseCache, answered
             raise GenerateJobError(f"teacher.tokenizer: {exc}") from exc
         if not (teacher_tok / "tokenizer.json").is_file():
             raise GenerateJobError(f"teacher.tokenizer {h.tokenizer!r} has no tokenizer.json (looked in {teacher_tok})")
+    if params.logit_kd:  # before any paid request: logit KD compares ids, so the vocabularies must be one
+        from runtime.generation.preflight import shared_vocabulary
+
+        equal, why = shared_vocabulary(teacher_tok, student_tok)
+        if not equal:
+            raise GenerateJobError(f"training.losses.kl asks for logit KD from {h.model}, which needs its tokenizer to equal "
+                                   f"the student's: {why}; drop losses.kl (sequence-level KD) or distil a student "
+                                   "whose tokenizer is the teacher's (tokenizer.source: pretrained, its folder)")
     vocab = ByteVocab.from_tokenizer_json(teacher_tok / "tokenizer.json") if h.token_ids == "bytes" and teacher_tok else None
     body = {"temperature": params.temperature, "top_p": h.top_p} | ({"seed": h.sampling_seed} if h.sampling_seed is not None else {})
     body |= request_extras(h.token_ids, params.top_k)
@@ -229,6 +238,55 @@ def _write_logprobs(params, cache: ResponseCache, kept: list[str], result, folde
     store = SparseStore(folder)
     return {"logprobs": {"top_k": params.top_k, "answers": len(index), "tokens": store.n_tokens,
                          "bytes_per_token": round(store.bytes_per_token(), 2)}}
+
+
+def _answers(cache: ResponseCache, result, parse, keep: set[str]) -> dict[str, list]:
+    """Per kept transcript, its answers' token logprobs (ids, top ids, top logprobs), read back from the cache."""
+    out = {}
+    for outcome in result.outcomes:
+        if outcome.prompt_id not in keep:
+            continue
+        tokens = []
+        for key in outcome.responses:
+            entry = cache.get(key)
+            text = cache.body(entry) if entry is not None else None
+            parsed = parse(json.loads(text)).tokens if text is not None else None
+            if parsed is None or len(parsed) == 0:
+                raise GenerateJobError(f"the stored answer {key[:16]} of {outcome.prompt_id} has no token logprobs; "
+                                       "logit KD needs them (teacher.top_k > 0 and a server that returns them)")
+            tokens.append(parsed)
+        out[outcome.prompt_id] = tokens
+    return out
+
+
+def _write_sparse_targets(folder: Path, rows: list, n: int, L: int, k: int) -> dict:
+    """The KL targets of the generated rows, aligned to the row: at position p - 1 for each answer token at p, the
+    teacher's top-k ids (-1 where it sent fewer) and full-distribution logprobs, the log of the mass outside them,
+    and `kd_mask` 1 (0 everywhere else)."""
+    from safetensors.numpy import save_file
+
+    from runtime.generation.sparse import log_tail, pad_entries
+
+    ids = np.full((n, L, k), -1, dtype=np.int32)
+    lps = np.zeros((n, L, k), dtype=np.float32)
+    tail = np.zeros((n, L), dtype=np.float32)
+    kd = np.zeros((n, L), dtype=np.int32)
+    positions = 0
+    for r, (answer_positions, answers) in enumerate(rows):
+        for where, tokens in zip(answer_positions, answers):
+            top_ids, top_lps = pad_entries([list(zip(i, lp)) for i, lp in zip(tokens.top_ids, tokens.top_logprobs)], k)
+            at = np.asarray(where, dtype=np.int64) - 1
+            ok = at >= 0  # a row never starts with an answer (the template writes bos first), but never index -1
+            ids[r, at[ok]] = top_ids[ok]
+            lps[r, at[ok]] = np.where(top_ids[ok] >= 0, top_lps[ok], 0.0)
+            tail[r, at[ok]] = log_tail(top_lps[ok])
+            kd[r, at[ok]] = 1
+            positions += int(ok.sum())
+    folder.mkdir(parents=True, exist_ok=True)
+    info = json.dumps({"split": "train", "format": "sparse-tail", "top_k": k}, sort_keys=True)
+    save_file({"topk_ids": ids, "topk_logprobs": lps, "topk_log_tail": tail, "kd_mask": kd},
+              str(folder / "train.safetensors"), metadata={"modelspec": info})
+    return {"kd_positions": positions}
 
 
 def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
@@ -322,13 +380,22 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     # -- rows and targets -------------------------------------------------------------------------
     L, pad = params.max_seq_len, special["pad"].id
     rows, meta, align, roundtrip = [], [], Counter(), 0
+    answers = _answers(cache, result, parse, {t["id"] for t in transcripts}) if params.logit_kd else {}
+    sparse_targets, mismatch = [], 0
     for t in transcripts:
-        enc = encode_chat(t, tok, template, arguments_as_dict=True)
+        if params.logit_kd:  # the row holds the teacher's own ids where it wrote, so its logprobs line up
+            enc = encode_with_answers(t, tok, template, [a.token_ids for a in answers[t["id"]]])
+            mismatch += enc.template_mismatch
+        else:
+            enc = encode_chat(t, tok, template, arguments_as_dict=True)
         if len(enc.input_ids) > L:
             reasons["too_long"] += 1
             continue
-        align.update({m: n for m, n in enc.alignment_errors.items() if n})
-        roundtrip += not enc.roundtrip_ok
+        if params.logit_kd:
+            sparse_targets.append((enc.answer_positions, answers[t["id"]]))
+        else:
+            align.update({m: n for m, n in enc.alignment_errors.items() if n})
+            roundtrip += not enc.roundtrip_ok
         rows.append(enc)
         tools = [c["function"]["name"] for m in t["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or []]
         meta.append({"id": t["id"], "kind": t["kind"], "row": len(meta), "length": len(enc.input_ids),
@@ -359,6 +426,10 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         facts |= {"target_cache_hits": targets.hits, "target_cache_misses": targets.misses}
     elif params.top_k > 0:  # an HTTP teacher: its top-k logprobs per generated token, as it sent them
         facts |= _write_logprobs(params, cache, [t["id"] for t in transcripts], result, out / "logprobs", parse)
+        if params.logit_kd:
+            facts |= _write_sparse_targets(out / "targets", sparse_targets, len(rows), L, params.top_k)
+            facts["template_mismatch"] = mismatch
+            facts["kd"] = "logit (kl on the teacher's top-k logprobs and the mass outside them)"
 
     valid = len(samples)
     failed = valid - len(rows)

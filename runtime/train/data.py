@@ -47,9 +47,18 @@ def load_split(data_dir: Path, targets_dir: Path | None, split: str) -> Split:
         targets = {"topk_ids": torch.zeros(shape, dtype=torch.int32), "topk_logits": torch.zeros(shape)}
     else:
         targets = load_file(str(targets_dir / f"{split}.safetensors"))
-    missing = [n for n in TOKEN_TENSORS if n not in data] + [n for n in ("topk_ids", "topk_logits") if n not in targets]
+    wanted = ("topk_ids", "topk_logprobs", "topk_log_tail", "kd_mask") if "kd_mask" in targets else ("topk_ids", "topk_logits")
+    missing = [n for n in TOKEN_TENSORS if n not in data] + [n for n in wanted if n not in targets]
     if missing:
         raise TrainDataError(f"{data_dir} / {targets_dir}: missing tensors {missing}; rebuild the dataset and teacher jobs")
+    if "kd_mask" in targets:  # sparse targets with the tail (an HTTP teacher's logprobs, runtime/jobs/generate.py)
+        rows = data["input_ids"].shape[0]
+        if targets["topk_ids"].shape[0] != rows:
+            raise TrainDataError(f"{targets_dir}: {targets['topk_ids'].shape[0]} target rows for {rows} rows; rebuild the generate job")
+        tensors = {n: data[n].long() for n in TOKEN_TENSORS}
+        tensors |= {"topk_ids": targets["topk_ids"].long(), "topk_logprobs": targets["topk_logprobs"].float(),
+                    "topk_log_tail": targets["topk_log_tail"].float(), "kd_mask": targets["kd_mask"].long()}
+        return Split(tensors)
     rows = data["input_ids"].shape[0]
     if targets["topk_ids"].shape[0] != rows:
         raise TrainDataError(f"teacher targets have {targets['topk_ids'].shape[0]} rows for split '{split}', the dataset "
@@ -67,6 +76,14 @@ def with_extra_rows(split: Split, data_dir: Path, targets_dir: Path | None) -> S
     same targets layout); the teacher's T is padded to the longer of the two."""
     extra = load_split(data_dir, targets_dir, "train").tensors
     base = split.tensors
+    if "kd_mask" in extra and "kd_mask" not in base:  # rows without an HTTP teacher's targets: none of theirs count
+        if base["topk_ids"].shape[2] != 0:
+            raise TrainDataError("a dense teacher's targets cannot join an HTTP teacher's sparse ones")
+        rows, length = base["input_ids"].shape
+        k = extra["topk_ids"].shape[2]
+        base = {n: base[n] for n in TOKEN_TENSORS} | {
+            "topk_ids": torch.full((rows, length, k), -1, dtype=torch.long), "topk_logprobs": torch.zeros((rows, length, k)),
+            "topk_log_tail": torch.zeros((rows, length)), "kd_mask": torch.zeros((rows, length), dtype=torch.long)}
     if extra["input_ids"].shape[1] != base["input_ids"].shape[1]:
         raise TrainDataError(f"{data_dir}: rows of {extra['input_ids'].shape[1]} tokens cannot join rows of "
                              f"{base['input_ids'].shape[1]}; rebuild the generate job with the dataset's max_seq_len")
@@ -77,8 +94,9 @@ def with_extra_rows(split: Split, data_dir: Path, targets_dir: Path | None) -> S
     out = {}
     for name, value in base.items():
         other = extra[name]
-        if name in ("topk_ids", "topk_logits"):
-            value, other = (torch.nn.functional.pad(v, (0, 0, 0, T - v.shape[1])) for v in (value, other))
+        if name in ("topk_ids", "topk_logits", "topk_logprobs"):
+            fill = -1 if name == "topk_ids" and "kd_mask" in base else 0
+            value, other = (torch.nn.functional.pad(v, (0, 0, 0, T - v.shape[1]), value=fill) for v in (value, other))
         out[name] = torch.cat([value, other])
     return Split(out)
 
@@ -112,7 +130,12 @@ def make_batch(split: Split, rows: list[int], seq_len: int, device: torch.device
     length = int(min(seq_len, int(lengths.max())))
     batch = {n: split.tensors[n][idx, :length] for n in TOKEN_TENSORS}
     t = split.tensors["topk_ids"].shape[1]
-    for n in ("topk_ids", "topk_logits"):
+    for n in ("topk_log_tail", "kd_mask"):  # sparse targets: rows are as long as the dataset's
+        if n in split.tensors:
+            batch[n] = split.tensors[n][idx, :length]
+    for n in ("topk_ids", "topk_logits", "topk_logprobs"):
+        if n not in split.tensors:
+            continue
         cut = split.tensors[n][idx, :min(length, t)]
         if cut.shape[1] < length:  # rows are never longer than the teacher's T; pad defensively
             pad = torch.zeros((cut.shape[0], length - cut.shape[1], cut.shape[2]), dtype=cut.dtype)

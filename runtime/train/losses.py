@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .sparse_kl import kl_sparse_tail
+
 SPAN_TERMS = {"tool_name": "tool_name_mask", "json_args": "json_args_mask", "integration": "integration_mask"}
 ORDER = ("kl", "ce_teacher", "ce_ground_truth", "tool_name", "json_args", "integration", "length_kd", "early_tool")
 
@@ -95,7 +97,11 @@ def compute(logits: Tensor, batch: dict[str, Tensor], losses: dict[str, Any], sp
         cfg = losses.get(name)
         if cfg is None:
             continue
-        if name == "kl":
+        if name == "kl" and "kd_mask" in batch:  # an HTTP teacher: its top-k logprobs + the mass outside, where it wrote
+            out[name] = kl_sparse_tail(logits, batch["topk_ids"][:, :-1], batch["topk_logprobs"][:, :-1],
+                                       mask & (batch["kd_mask"][:, :-1] > 0), cfg["temperature"],
+                                       batch["topk_log_tail"][:, :-1])
+        elif name == "kl":
             out[name] = kl_topk(logits, batch["topk_ids"][:, :-1], batch["topk_logits"][:, :-1], mask, cfg["temperature"])
         elif name == "ce_teacher":
             out[name] = _masked_mean(_token_ce(logp, batch["topk_ids"][:, :-1, 0]), mask)

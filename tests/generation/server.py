@@ -77,14 +77,15 @@ Caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00fcber \u00e5 \u65e5\u672c\u8a9e \U0001
 """
 
 
-def tiny_teacher(folder: str | Path, *, seed: int = 0, vocab_size: int = 384) -> Path:
-    """Build and save a tiny random Llama chat model and its tokenizer into `folder`."""
+def tiny_teacher(folder: str | Path, *, seed: int = 0, vocab_size: int = 384, extra_specials: tuple[str, ...] = ()) -> Path:
+    """Build and save a tiny random Llama chat model and its tokenizer into `folder`; `extra_specials` are more
+    special tokens, numbered right after the built-in ones (so a student spec can name them at fixed ids)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tiny_tokenizer(vocab_size)
+    tokenizer = _tiny_tokenizer(vocab_size, extra_specials)
     tokenizer.save_pretrained(folder)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -98,12 +99,12 @@ def tiny_teacher(folder: str | Path, *, seed: int = 0, vocab_size: int = 384) ->
     return folder
 
 
-def _tiny_tokenizer(vocab_size: int) -> Any:
+def _tiny_tokenizer(vocab_size: int, extra_specials: tuple[str, ...] = ()) -> Any:
     """Train a byte-level BPE on the built-in corpus and wrap it as a fast HF tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = [SPECIALS["pad"], SPECIALS["bos"], "<|im_start|>", SPECIALS["eos"]]
+    specials = [SPECIALS["pad"], SPECIALS["bos"], "<|im_start|>", SPECIALS["eos"], *extra_specials]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -114,7 +115,7 @@ def _tiny_tokenizer(vocab_size: int) -> Any:
     bpe.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=SPECIALS["bos"], eos_token=SPECIALS["eos"],
-        pad_token=SPECIALS["pad"], additional_special_tokens=["<|im_start|>"],
+        pad_token=SPECIALS["pad"], additional_special_tokens=["<|im_start|>", *extra_specials],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

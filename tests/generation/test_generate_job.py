@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.generation.server import ChatServer
@@ -154,4 +155,84 @@ def test_a_missing_key_fails_before_any_request(server, teacher_dir, tmp_path):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert f"environment variable {ENV_NAME}" in out and f"export {ENV_NAME}=" in out, out[-2000:]
+    assert server.stats.snapshot()["requests"] == 0
+
+
+# --- logit KD from an HTTP teacher that shares the student's tokenizer ------------------------------------
+
+KD_SPECIALS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_result>", "</tool_result>")
+KD_TOKENS = (
+    "  special_tokens:\n"
+    '    pad: {text: "<|pad|>", id: 0}\n    bos: {text: "<|bos|>", id: 1}\n    eos: {text: "<|im_end|>", id: 3}\n'
+    '    think_start: {text: "<think>", id: 4}\n    think_end: {text: "</think>", id: 5}\n'
+    '    tool_call_start: {text: "<tool_call>", id: 6}\n    tool_call_end: {text: "</tool_call>", id: 7}\n'
+    '    tool_result_start: {text: "<tool_result>", id: 8}\n    tool_result_end: {text: "</tool_result>", id: 9}\n'
+)
+
+
+@pytest.fixture(scope="module")
+def kd_teacher(tmp_path_factory):
+    """A served model whose tokenizer is the student's: the toy's special tokens at ids 4-9."""
+    from tests.generation.server import tiny_teacher
+
+    folder = tiny_teacher(tmp_path_factory.mktemp("kd-teacher"), extra_specials=KD_SPECIALS)
+    with ChatServer(folder, api_key=KEY, script=script, default_max_tokens=200) as srv:
+        yield folder, srv
+
+
+@pytest.mark.slow
+def test_logit_kd_from_an_http_teacher_trains_on_its_own_token_ids(kd_teacher, tmp_path):
+    """The student starts from the served model's tokenizer; losses.kl (temperature 1) is distilled from the teacher's
+    top-k logprobs: the generated rows hold exactly the ids the teacher sent (checked against logprobs/answers.jsonl),
+    the targets sit one position before each answer token, and the KL term is trained on them."""
+    from safetensors.numpy import load_file
+
+    folder, server = kd_teacher
+    spec = _spec(tmp_path, server, folder)
+    text = spec.read_text(encoding="utf-8")
+    start = text.index("tokenizer:\n")
+    end = text.index("\n\n", start)
+    text = text[:start] + f"tokenizer:\n  source: {{kind: pretrained, path: {folder}}}\n" + KD_TOKENS + text[end:]
+    text = text.replace("    ce_ground_truth: {weight: 0.2}\n", "    kl: {weight: 1.0, temperature: 1.0}\n    ce_ground_truth: {weight: 0.2}\n")
+    # the served template puts each tool's JSON schema in a system turn: rows need more than 256 tokens here
+    for old, new in (("max_context: 256", "max_context: 512"), ("prefill: [64, 128, 256]", "prefill: [64, 128, 512]"),
+                     ("cache_len: 256", "cache_len: 512"), ("- {until_step: 60, seq_len: 64}", "- {until_step: 60, seq_len: 512}")):
+        assert old in text, old
+        text = text.replace(old, new)
+    spec.write_text(text, encoding="utf-8")
+    store = tmp_path / "store"
+    proc = _run(spec, store, "--until", "train")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    gen = _report(store, "generate")
+    assert gen["kd"].startswith("logit") and gen["preflight"]["logit_kd_possible"] is True
+    assert gen["template_mismatch"] == 0 and gen["transcripts"] >= N_PROMPTS - 2
+    job = next((store / "jobs" / "generate").glob("*/report.json")).parent
+    data, targets = load_file(str(job / "data" / "train.safetensors")), load_file(str(job / "targets" / "train.safetensors"))
+    answers: dict[str, list[int]] = {}
+    for line in (job / "logprobs" / "answers.jsonl").read_text().splitlines():
+        a = json.loads(line)
+        answers.setdefault(a["id"], []).extend(a["token_ids"])
+    meta = [json.loads(line) for line in (job / "data" / "train.jsonl").read_text().splitlines()]
+    assert int(targets["kd_mask"].sum()) == gen["kd_positions"] == sum(len(answers[m["id"]]) for m in meta)
+    for m in meta:
+        r = m["row"]
+        at = np.flatnonzero(targets["kd_mask"][r])
+        assert data["input_ids"][r, at + 1].tolist() == answers[m["id"]]  # the teacher's ids, one after each target
+        assert (data["loss_mask"][r, at + 1] == 1).all() and (targets["topk_ids"][r, at] >= 0).all()
+    steps = [json.loads(line) for line in next((store / "jobs" / "train").glob("*/metrics.jsonl")).read_text().splitlines()]
+    kl = [s["loss"]["kl"] for s in steps if "loss" in s]
+    assert kl and all(np.isfinite(kl)) and max(kl) > 0
+
+
+def test_logit_kd_from_a_teacher_with_another_vocabulary_fails_before_any_request(server, teacher_dir, tmp_path):
+    """A corpus-trained student tokenizer exists only after its job, so the compiler cannot compare it: the generate
+    job compares the vocabularies first and fails, naming the first differing ids, before paying for anything."""
+    spec = _spec(tmp_path, server, teacher_dir)
+    text = spec.read_text(encoding="utf-8")
+    spec.write_text(text.replace("    ce_ground_truth: {weight: 0.2}\n",
+                                 "    kl: {weight: 1.0, temperature: 1.0}\n    ce_ground_truth: {weight: 0.2}\n"), encoding="utf-8")
+    server.stats.reset()
+    proc = _run(spec, tmp_path / "store", "--until", "generate")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "needs its tokenizer to equal the student's" in out and "id 0: teacher" in out, out[-2000:]
     assert server.stats.snapshot()["requests"] == 0
