@@ -86,6 +86,24 @@ def _spec(folder: Path, server, teacher_dir: Path, budget: str = "{max_tokens: 1
     return spec
 
 
+@pytest.fixture(scope="module")
+def prebuilt(server, teacher_dir, tmp_path_factory) -> Path:
+    """A store holding the tiny spec's tokenizer and dataset jobs, built once: each test copies it, so only the
+    jobs it is about run (their keys depend on content, not on the folder the spec sits in)."""
+    folder = tmp_path_factory.mktemp("prebuilt")
+    spec = _spec(folder, server, teacher_dir)
+    proc = _run(spec, folder / "store", "--until", "dataset")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return folder / "store"
+
+
+def _store(prebuilt: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(prebuilt, tmp_path / "store", symlinks=True)
+    return tmp_path / "store"
+
+
 def _run(spec: Path, store: Path, *args: str, key: str | None = KEY) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != ENV_NAME} | ({ENV_NAME: key} if key else {})
     return subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(spec), "--workdir", str(store), "--allow-stale", *args],
@@ -98,9 +116,9 @@ def _report(store: Path, kind: str) -> dict:
 
 
 @pytest.mark.slow
-def test_http_teacher_transcripts_train_the_student_and_a_rerun_pays_nothing(server, teacher_dir, tmp_path):
+def test_http_teacher_transcripts_train_the_student_and_a_rerun_pays_nothing(server, teacher_dir, tmp_path, prebuilt):
     spec = _spec(tmp_path, server, teacher_dir)
-    store = tmp_path / "store"
+    store = _store(prebuilt, tmp_path)
     server.stats.reset()
     proc = _run(spec, store, "--until", "train")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -129,9 +147,9 @@ def test_http_teacher_transcripts_train_the_student_and_a_rerun_pays_nothing(ser
 
 
 @pytest.mark.slow
-def test_a_budget_stop_resumes_and_pays_only_for_the_rest(server, teacher_dir, tmp_path):
+def test_a_budget_stop_resumes_and_pays_only_for_the_rest(server, teacher_dir, tmp_path, prebuilt):
     spec = _spec(tmp_path, server, teacher_dir, budget="{max_tokens: 6000}")
-    store = tmp_path / "store"
+    store = _store(prebuilt, tmp_path)
     server.stats.reset()
     first = _run(spec, store, "--until", "generate")
     paid_first = server.stats.snapshot()["paid_bodies"]
@@ -148,10 +166,10 @@ def test_a_budget_stop_resumes_and_pays_only_for_the_rest(server, teacher_dir, t
     assert _report(store, "generate")["transcripts"] == N_PROMPTS
 
 
-def test_a_missing_key_fails_before_any_request(server, teacher_dir, tmp_path):
+def test_a_missing_key_fails_before_any_request(server, teacher_dir, tmp_path, prebuilt):
     spec = _spec(tmp_path, server, teacher_dir)
     server.stats.reset()
-    proc = _run(spec, tmp_path / "store", "--until", "generate", key=None)
+    proc = _run(spec, _store(prebuilt, tmp_path), "--until", "generate", key=None)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert f"environment variable {ENV_NAME}" in out and f"export {ENV_NAME}=" in out, out[-2000:]
@@ -224,7 +242,7 @@ def test_logit_kd_from_an_http_teacher_trains_on_its_own_token_ids(kd_teacher, t
     assert kl and all(np.isfinite(kl)) and max(kl) > 0
 
 
-def test_logit_kd_from_a_teacher_with_another_vocabulary_fails_before_any_request(server, teacher_dir, tmp_path):
+def test_logit_kd_from_a_teacher_with_another_vocabulary_fails_before_any_request(server, teacher_dir, tmp_path, prebuilt):
     """A corpus-trained student tokenizer exists only after its job, so the compiler cannot compare it: the generate
     job compares the vocabularies first and fails, naming the first differing ids, before paying for anything."""
     spec = _spec(tmp_path, server, teacher_dir)
@@ -232,7 +250,65 @@ def test_logit_kd_from_a_teacher_with_another_vocabulary_fails_before_any_reques
     spec.write_text(text.replace("    ce_ground_truth: {weight: 0.2}\n",
                                  "    kl: {weight: 1.0, temperature: 1.0}\n    ce_ground_truth: {weight: 0.2}\n"), encoding="utf-8")
     server.stats.reset()
-    proc = _run(spec, tmp_path / "store", "--until", "generate")
+    proc = _run(spec, _store(prebuilt, tmp_path), "--until", "generate")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "needs its tokenizer to equal the student's" in out and "id 0: teacher" in out, out[-2000:]
     assert server.stats.snapshot()["requests"] == 0
+
+
+def test_a_refused_key_stops_the_job_with_the_status_and_no_key_in_any_output(server, teacher_dir, tmp_path, prebuilt):
+    wrong = "sk-wrong-key-9876543210zyxwvutsrqponmlk"
+    spec = _spec(tmp_path, server, teacher_dir)
+    server.stats.reset()
+    proc = _run(spec, _store(prebuilt, tmp_path), "--until", "generate", key=wrong)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "401" in out and f"${ENV_NAME}" in out, out[-2000:]
+    assert server.stats.snapshot()["requests"] == 1, "the preflight request, refused, and nothing after it"
+    leaked = [p for p in (tmp_path / "store").rglob("*") if p.is_file() and wrong[8:20] in p.read_text(errors="ignore")]
+    assert wrong[8:20] not in out and not leaked, leaked
+
+
+@pytest.mark.slow
+def test_the_job_killed_mid_generation_resumes_and_pays_each_request_once(server, teacher_dir, tmp_path, prebuilt):
+    """SIGKILL the whole `modelspec run` process group while the generate job is working (after a seeded number of
+    paid answers), twice; the third run finishes. No answer stored before a run is requested again (only requests in
+    flight at a kill, answered but not yet stored, can be paid twice: at most `in_flight` per kill), and the job's
+    completion record verifies."""
+    from runtime.generation.cache import request_key
+    from runtime.hashing import tree_sha256
+    import random
+    import signal
+    import time
+
+    spec = _spec(tmp_path, server, teacher_dir)
+    store = _store(prebuilt, tmp_path)
+    rng = random.Random(20261203)
+    env = {k: v for k, v in os.environ.items() if k != ENV_NAME} | {ENV_NAME: KEY}
+    paid_total = []
+    responses = store / "cache" / "generate" / "responses"
+    tok_sha = tree_sha256(Path(teacher_dir) / "tokenizer.json")
+    for attempt in range(3):
+        stored_before = {p.stem for p in responses.glob("??/*.json")}
+        server.stats.reset()
+        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(spec), "--workdir", str(store), "--allow-stale",
+                                 "--until", "generate"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        if attempt < 2:
+            target = rng.randint(2, 6)
+            deadline = time.monotonic() + 120
+            while server.stats.paid < target and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+        bodies = server.stats.snapshot()["paid_bodies"]
+        keys = {request_key(server.base_url, "tiny-teacher", b, tok_sha)[0] for b in bodies}
+        assert not keys & stored_before, f"attempt {attempt}: a stored answer was requested again"
+        paid_total += [json.dumps(b, sort_keys=True) for b in bodies]
+        if attempt == 2:
+            assert proc.returncode == 0, err.decode()[-2000:]
+    requests = 1 + 2 * (N_PROMPTS - 2) + 2
+    assert len(set(paid_total)) == requests and len(paid_total) <= requests + 2 * 4
+    status = subprocess.run([sys.executable, "-m", "runtime.cli", "status", str(spec), "--workdir", str(store)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    line = next(x for x in status.stdout.splitlines() if x.startswith("generate"))
+    assert "up_to_date" in line and f"{N_PROMPTS} transcripts" in line, status.stdout

@@ -16,7 +16,8 @@ checkpoint).
 Outputs that record wall-clock timings (reports, per-step metrics, tensorboard files, and the
 release manifest's hashes of the shipped reports) are checked for integrity, not equality.
 
-For each job of a small copy of the toy spec (all 12 kinds, in plan order), at least `--kills`
+For each job of a small copy of the toy spec (every kind but generate, whose kills are tested in
+tests/generation/test_generate_job.py; in plan order), at least `--kills`
 kills land per kind while the job is working; after every kill:
   - every completion record in the store verifies (no job is done with partial outputs);
   - every recorded job's outputs equal the uninterrupted reference run's;

@@ -56,7 +56,7 @@ def toy(tmp_path_factory):
 def test_plan_params_match_these_tests():
     plan = json.loads((ROOT / "generated" / "toy-worker" / "plan.json").read_text())
     params = next(j for j in plan["jobs"] if j["id"] == "tokenizer")["params"]
-    assert TokenizerParams.model_validate(params, strict=False) == bpe_params()
+    assert TokenizerParams.model_validate(params, strict=False) == bpe_params(chat_template="data/toy/chat_template.jinja")
 
 
 def test_outputs_and_report(toy):
