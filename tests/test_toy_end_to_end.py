@@ -36,12 +36,23 @@ def modelspec(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("toy-e2e")
-    proc = modelspec("run", SPEC, "--workdir", str(root / "store"), "--json", check=True)
-    result = json.loads(proc.stdout)
-    return {"root": root, "store": root / "store", "jobs": {j["id"]: j for j in result["jobs"]}, "stderr": proc.stderr}
+    """The one full run, shared by every xdist worker of the session under a lock: a module fixture was built
+    twice in one CI run (540 s each) when the module's tests did not stay together on one worker."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "toy-e2e"
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done.json").exists():
+            proc = modelspec("run", SPEC, "--workdir", str(root / "store"), "--json", check=True)
+            (root / "done.json").write_text(json.dumps({"stdout": proc.stdout, "stderr": proc.stderr}))
+    done = json.loads((root / "done.json").read_text())
+    result = json.loads(done["stdout"])
+    return {"root": root, "store": root / "store", "jobs": {j["id"]: j for j in result["jobs"]}, "stderr": done["stderr"]}
 
 
 def _report(store: dict, job: str) -> dict:
