@@ -22,6 +22,7 @@ from compiler.schema.architecture import Architecture
 from compiler.schema.deploy import PackageMetadata
 from compiler.schema.spec import Spec
 from compiler.schema.teacher import OpenAICompatibleTeacher, TrainTeacher, UsdBudget
+from compiler.schema.training import loss_used
 from compiler.schema.tokenizer import BpeSource
 
 KINDS = ("tokenizer", "dataset", "teacher", "generate", "train", "qat", "export", "convert",
@@ -176,11 +177,6 @@ def _package_metadata(spec: Spec) -> PackageMetadataP:
     return PackageMetadataP(author=meta.author, license=meta.license, version=spec.version, description=spec.description)
 
 
-def _uses(term) -> bool:
-    """A loss term that is configured and not constantly zero (a schedule counts as used)."""
-    return term is not None and (not isinstance(term.weight, (int, float)) or term.weight > 0)
-
-
 def _http(t: OpenAICompatibleTeacher) -> HttpTeacherP:
     usd = isinstance(t.budget, UsdBudget)
     return HttpTeacherP(
@@ -202,10 +198,10 @@ def _generate_job(spec: Spec, special: dict[str, SpecialTokenP], needs: tuple[st
         tool_rounds=t.tool_rounds if http else gen.tool_rounds, batch=t.limits.in_flight if http else gen.batch,
         max_failure_rate=t.max_failure_rate if http else gen.max_failure_rate, seed=spec.training.seed, top_k=t.top_k,
         max_seq_len=max(spec.shapes.prefill), special_tokens=special, http=_http(t) if http else None,
-        logit_kd=http and _uses(spec.training.losses.kl),
+        logit_kd=http and loss_used(spec.training.losses.kl),
     ), {"transcripts": "transcripts.jsonl", "data": "data", "report": "report.json"}
         | ({"logprobs": "logprobs"} if http and t.top_k > 0 else {})
-        | ({"targets": "targets"} if not http or _uses(spec.training.losses.kl) else {}),
+        | ({"targets": "targets"} if not http or loss_used(spec.training.losses.kl) else {}),
         CPU_JOB if http else _one_device(spec))
 
 

@@ -24,7 +24,7 @@ from compiler.schema.spec import Spec
 from compiler.schema.teacher import HfLocalTeacher, OpenAICompatibleTeacher, TrainTeacher
 from compiler.reading.vocab import read_vocab, vocabulary_differences
 from compiler.schema.tokenizer import BpeSource, PretrainedSource
-from compiler.schema.training import Ramp, StepChange
+from compiler.schema.training import Ramp, StepChange, loss_used
 
 Finding = tuple[Path, str, str | None]
 REQUIRED_TOKENS = ("pad", "bos", "eos")
@@ -331,7 +331,7 @@ def _teacher(spec: Spec) -> Iterator[Finding]:
     # Logit KD from an HTTP teacher: the generated rows hold the teacher's own token ids and the KL compares the
     # student with its top-k logprobs plus the mass outside them (runtime/train/sparse_kl.py), on those rows only.
     kl = spec.training.losses.kl
-    if kl is not None and (not isinstance(kl.weight, (int, float)) or kl.weight > 0):  # a schedule counts as used
+    if loss_used(kl):
         if t.top_k == 0:
             yield (("training", "losses", "kl"), "logit KD (kl) needs the teacher's top logprobs, and teacher.top_k is 0",
                    "set teacher.top_k (1-20), or drop losses.kl (sequence-level KD: ce_ground_truth on the transcripts)")
@@ -347,14 +347,10 @@ def _teacher(spec: Spec) -> Iterator[Finding]:
     for name, what in (("ce_teacher", "cross-entropy on the teacher's top-1 (ce_teacher)"),
                        ("length_kd", "length-aware KD (length_kd)")):
         term = getattr(spec.training.losses, name)
-        if term is not None and (not isinstance(term.weight, (int, float)) or term.weight > 0):
+        if loss_used(term):
             yield (("training", "losses", name), f"{what} needs the teacher's distribution at every position of every "
                    "training row (ready-made rows included), which an openai_compatible teacher does not give",
                    "drop it: kl distils the teacher's logprobs on its transcripts, ce_ground_truth its tokens")
-
-
-def _used(term) -> bool:
-    return term is not None and (not isinstance(term.weight, (int, float)) or term.weight > 0)
 
 
 def _is_local_relative(path: str) -> bool:
@@ -396,7 +392,7 @@ def _shared_vocabulary(spec: Spec, spec_dir: str) -> Iterator[Finding]:
     t = spec.teacher
     if isinstance(t, HfLocalTeacher):
         folder, key = t.path, ("teacher", "path")
-    elif isinstance(t, OpenAICompatibleTeacher) and t.tokenizer is not None and _used(spec.training.losses.kl):
+    elif isinstance(t, OpenAICompatibleTeacher) and t.tokenizer is not None and loss_used(spec.training.losses.kl):
         folder, key = t.tokenizer, ("teacher", "tokenizer")  # logit KD from an HTTP teacher
     else:
         return

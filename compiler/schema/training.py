@@ -146,3 +146,8 @@ class Training(SpecModel):
     grad_balance: GradBalance = F("Per-loss gradient-norm balance alert.")
     qat: Annotated[Union[QatOn, QatOff], Field(discriminator="enabled")] = F("Quantization-aware training.")
     resources: Resources = F("Where the training jobs run.")
+
+
+def loss_used(term) -> bool:
+    """A loss term that is configured and not constantly zero (a schedule counts as used)."""
+    return term is not None and (not isinstance(term.weight, (int, float)) or term.weight > 0)
