@@ -131,7 +131,7 @@ def _prompts_done(store, spec_name: str, state) -> str:
     """The generate job's prompts finished so far (its progress file survives a kill), or the finished report's count."""
     import time
 
-    from runtime.jobs.generate import read_progress
+    from runtime.generation.progress import read_progress
 
     if state.state == "up_to_date":
         record = store.record(state.kind, state.key) or {}

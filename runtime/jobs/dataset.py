@@ -49,10 +49,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from runtime.data.chat import ChatTemplate, ChatTemplateError, encode_chat
-from runtime.data.chat_checks import is_ready_made, validate_chat
+from runtime.data.chat import MASKS, ChatTemplate, ChatTemplateError, encode_chat
+from runtime.data.chat_checks import is_ready_made, iter_calls, validate_chat
+from runtime.data.rows import TENSORS, write_rows  # noqa: F401  (TENSORS: this job's public name too)
 from runtime.hashing import tree_sha256
 
 from .dataset_checks import (  # noqa: F401  (SPAN_MASKS and the error are this job's public names too)
@@ -61,8 +61,6 @@ from .dataset_checks import (  # noqa: F401  (SPAN_MASKS and the error are this 
 from .tokenizer import TokenizerJobError, load_tokenizer, resolve_path, special_token_mismatch, write_report
 
 SPLITS = ("train", "val", "eval")
-MASKS = ("loss_mask", "tool_name_mask", "json_args_mask", "integration_mask")
-TENSORS = ("input_ids", "attention_mask") + MASKS
 
 
 
@@ -107,8 +105,7 @@ def _check_chat(sample: dict, seen: set[str], registry: dict) -> str | None:
         return drop.reason
     if not is_ready_made(sample):
         return "not_ready_made"
-    called = {c["function"]["name"] for m in sample["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or []}
-    if called - set(registry):
+    if {call["function"]["name"] for *_, call in iter_calls(sample["messages"])} - set(registry):
         return "unknown_tool"
     return None
 
@@ -188,8 +185,6 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     split_reports: dict[str, dict] = {}
-    from safetensors.numpy import save_file
-
     template = None
     chat_rows: dict[str, list[tuple[dict, Any]]] = {}
     if any(spans is CHAT for split in SPLITS for _, spans in kept[split]):
@@ -270,30 +265,14 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
             for m in MASKS:
                 mask_tokens[m] += sum(enc.masks[m])
             by_kind[sample["kind"]] += 1
-            calls = [c["function"]["name"] for m in sample["messages"] if m["role"] == "assistant"
-                     for c in m.get("tool_calls") or []]
+            calls = [call["function"]["name"] for *_, call in iter_calls(sample["messages"])]
             first = next(i for i, v in enumerate(enc.masks["loss_mask"]) if v) if any(enc.masks["loss_mask"]) else len(enc.input_ids)
             meta.append({"id": sample["id"], "kind": sample["kind"], "row": len(meta), "prompt_len": first,
                          "length": len(enc.input_ids), "tool": calls[0] if calls else None, "tools": calls,
                          "pii": sample.get("pii") or [], "format": "chat"})
 
         n = len(rows)
-        arrays = {name: np.zeros((n, L), dtype=np.int32) for name in TENSORS}
-        arrays["input_ids"].fill(pad)
-        for r, row in enumerate(rows):
-            k = len(row["input_ids"])
-            arrays["input_ids"][r, :k] = row["input_ids"]
-            arrays["attention_mask"][r, :k] = 1
-            for m in MASKS:
-                arrays[m][r, :k] = row[m]
-        # One metadata key only: safetensors keeps metadata in a hash map, so several keys come out in
-        # a different order from run to run and the file would not be byte-identical.
-        info = json.dumps({"split": split, "max_seq_len": L, "pad_id": pad, "bos_id": bos, "eos_id": eos},
-                          sort_keys=True, separators=(",", ":"))
-        save_file(arrays, str(data_dir / f"{split}.safetensors"), metadata={"modelspec": info})
-        with open(data_dir / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as fh:
-            for m in meta:
-                fh.write(json.dumps(m, sort_keys=True, separators=(",", ":")) + "\n")
+        write_rows(data_dir, split, rows, meta, L, {"split": split, "max_seq_len": L, "pad_id": pad, "bos_id": bos, "eos_id": eos})
         lengths = [m["length"] for m in meta]
         n_dropped = sum(dropped[split].values())
         split_reports[split] = {

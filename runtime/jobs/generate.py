@@ -26,7 +26,8 @@ teacher's model folder ``inputs["teacher"]["model"]`` (kinds ``train`` and ``hf_
 Outputs: ``out/transcripts.jsonl`` (ready-made chat samples), ``out/data/train.safetensors`` and
 ``train.jsonl`` (the dataset job's row layout), ``out/targets/train.safetensors`` (the teacher job's
 target layout) and ``out/report.json`` (counts, reasons, fixture hit rate, failure rate, tokens).
-The train and QAT jobs append these rows to the dataset's train split.
+The train and QAT jobs append these rows to the dataset's train split. An HTTP teacher (`openai_compatible`) is
+handled in generate_http.py.
 """
 
 from __future__ import annotations
@@ -34,69 +35,29 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from runtime.data.chat import MASKS, ChatTemplate, ChatTemplateError, encode_chat
-from runtime.data.chat_checks import is_ready_made, validate_chat
+from runtime.data.chat import ChatTemplate, ChatTemplateError, encode_chat
+from runtime.data.chat_checks import is_ready_made, iter_calls, validate_chat
+from runtime.data.rows import write_rows
 from runtime.data.teacher_ids import encode_with_answers
 from runtime.distributed.world import pick_device
 from runtime.generation.budget import Budget, Prices
 from runtime.generation.cache import ResponseCache
-from runtime.generation.engine import Engine, Prompt, Settings, message_of
+from runtime.generation.engine import Engine, Prompt, Settings
 from runtime.generation.local import LocalTeacher, Markers
+from runtime.generation.progress import PROGRESS_FILE, Progress
 from runtime.generation.wire import parse_completion
 from runtime.hashing import tree_sha256
 
+from .generate_http import GenerateJobError, answer_tokens, run_http, write_logprobs, write_sparse_targets
 from .teacher import check_vocab, load_hf_folder, write_targets
 from .teacher_targets import weights_sha256
 from .tokenizer import TokenizerJobError, load_tokenizer, resolve_path, write_report
-
-TENSORS = ("input_ids", "attention_mask") + MASKS
-
-
-PROGRESS_FILE = "progress.json"  # in the job's work dir: read by `modelspec status` while the job runs or after a kill
-
-
-class GenerateJobError(RuntimeError):
-    pass
-
-
-class Progress:
-    """How many prompts have their transcript finished (from the cache or just now), written at most once
-    a second, atomically, for `modelspec status`."""
-
-    def __init__(self, path: Path, total: int) -> None:
-        self.path, self.total, self.finished, self._last = path, total, 0, 0.0
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def add(self, n: int) -> None:
-        self.finished += n
-        if time.monotonic() - self._last >= 1.0:
-            self._write()
-
-    def finish(self, finished: int) -> None:
-        self.finished = finished
-        self._write()
-
-    def _write(self) -> None:
-        self._last = time.monotonic()
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"prompts": self.total, "finished": self.finished, "updated": time.time()}), encoding="utf-8")
-        tmp.replace(self.path)
-
-
-def read_progress(work_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(work_dir) / PROGRESS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
 
 def read_prompts(path: Path) -> tuple[list[dict], Counter, dict[str, list[str]]]:
     """The valid prompts, the drop counts by reason and up to 5 examples per reason."""
@@ -128,165 +89,6 @@ def read_prompts(path: Path) -> tuple[list[dict], Counter, dict[str, list[str]]]
 def _markup_left(messages: list[dict], markers: Markers) -> bool:
     return any(m.get("role") == "assistant" and isinstance(m.get("content"), str) and markers.call[0] in m["content"]
                for m in messages)
-
-
-def _run_http(params, ctx, prompts: list[Prompt], cache: ResponseCache, answered, student_tok: Path):
-    """The engine against an OpenAI-compatible endpoint: the key from the environment, a preflight request
-    first (endpoint, key, model, logprobs at k, recoverable ids, shared vocabulary), then every prompt.
-    (result, report facts, budget)."""
-    from runtime.generation.client import Endpoint, FatalTeacherError, TeacherClient
-    from runtime.generation.preflight import PreflightFailed, preflight
-    from runtime.generation.wire import ByteVocab, request_extras
-
-    h = params.http
-    key = os.environ.get(h.api_key_env)
-    if not key:
-        raise GenerateJobError(f"the teacher's API key is read from the environment variable {h.api_key_env} "
-                               f"(teacher.api_key_env), which is not set: export {h.api_key_env}=... before running")
-    teacher_tok = None
-    if h.tokenizer is not None:
-        try:
-            teacher_tok = resolve_path(ctx, h.tokenizer)
-        except TokenizerJobError as exc:
-            raise GenerateJobError(f"teacher.tokenizer: {exc}") from exc
-        if not (teacher_tok / "tokenizer.json").is_file():
-            raise GenerateJobError(f"teacher.tokenizer {h.tokenizer!r} has no tokenizer.json (looked in {teacher_tok})")
-    if params.logit_kd:  # before any paid request: logit KD compares ids, so the vocabularies must be one
-        from runtime.generation.preflight import shared_vocabulary
-
-        equal, why = shared_vocabulary(teacher_tok, student_tok)
-        if not equal:
-            raise GenerateJobError(f"training.losses.kl asks for logit KD from {h.model}, which needs its tokenizer to equal "
-                                   f"the student's: {why}; drop losses.kl (sequence-level KD) or distil a student "
-                                   "whose tokenizer is the teacher's (tokenizer.source: pretrained, its folder)")
-    vocab = ByteVocab.from_tokenizer_json(teacher_tok / "tokenizer.json") if h.token_ids == "bytes" and teacher_tok else None
-    body = {"temperature": params.temperature, "top_p": h.top_p} | ({"seed": h.sampling_seed} if h.sampling_seed is not None else {})
-    body |= request_extras(h.token_ids, params.top_k)
-    settings = Settings(endpoint=h.base_url, model=h.model, body=body, max_tokens=params.max_tokens,
-                        tool_rounds=params.tool_rounds,
-                        tokenizer_sha256=tree_sha256(teacher_tok / "tokenizer.json") if teacher_tok else None)
-    prices = Prices(max_usd=h.max_usd, input_per_million=h.usd_per_million_input,
-                    output_per_million=h.usd_per_million_output, max_tokens=h.max_tokens_budget)
-    budget = Budget(prices)
-    ep = Endpoint(h.base_url, h.model, h.api_key_env, timeout_s=h.timeout_s, retries=h.retries, max_in_flight=h.in_flight,
-                  requests_per_minute=h.requests_per_minute, tokens_per_minute=h.tokens_per_minute)
-    parse = (lambda d: parse_completion(d, h.token_ids, vocab=vocab, top_k=params.top_k or None))
-    engine = Engine(settings, cache, budget, parse, answered)
-
-    async def go():
-        client = TeacherClient(ep, key)
-        try:
-            async def checked(body: dict, worst: int):  # the preflight is an ordinary request: cached and budgeted
-                request_key_, request = engine.key(body)
-                entry = cache.get(request_key_)
-                text = cache.body(entry) if entry is not None else None
-                if text is not None:
-                    budget.add_paid(entry.usage)
-                    return text, json.loads(text)
-                reservation = budget.reserve(worst, 0)
-                if reservation is None:
-                    raise GenerateJobError(f"the spend budget ({budget.describe()}) cannot cover even the preflight request")
-                try:
-                    text, data = await client.complete(body, worst)
-                except BaseException:
-                    budget.release(reservation)
-                    raise
-                usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
-                budget.settle(reservation, usage)
-                await asyncio.to_thread(cache.put, request_key_, request, text, usage, message_of(parse(data)))
-                return text, data
-
-            check = await preflight(checked, h.model, body, h.token_ids, params.top_k, teacher_tok, student_tok)
-            return check, await engine.run(prompts, client.complete, ep.max_in_flight)
-        finally:
-            await client.aclose()
-
-    try:
-        check, result = asyncio.run(go())
-    except (FatalTeacherError, PreflightFailed) as exc:
-        raise GenerateJobError(f"teacher {h.base_url} (model {h.model}): {exc}") from None
-    facts = {"endpoint": h.base_url, "model": h.model, "token_ids": h.token_ids,
-             "preflight": {"positions": check.positions, "top_k": check.top_k, "logit_kd_possible": check.logit_kd,
-                           "why_not": check.reason},
-             "kd": "sequence-level (cross-entropy on the teacher's tokens)"}
-    if not check.logit_kd:
-        ctx.log(f"teacher {h.model}: logit KD is not possible ({check.reason}); training uses the teacher's tokens")
-    return result, facts, budget, parse
-
-
-def _write_logprobs(params, cache: ResponseCache, kept: list[str], result, folder: Path, parse) -> dict:
-    """The teacher's top-k logprobs of every generated token of the kept transcripts, as it sent them (exact
-    ids), in a sparse store (runtime/generation/sparse.py), one sequence per answer; `answers.jsonl` names each
-    sequence (transcript id, answer index) and its chosen token ids."""
-    from runtime.generation.sparse import SparseStore, SparseWriter
-
-    keep = set(kept)
-    index = []
-    with SparseWriter(folder, params.top_k) as writer:
-        for outcome in result.outcomes:
-            if outcome.prompt_id not in keep:
-                continue
-            for n, key in enumerate(outcome.responses):
-                entry = cache.get(key)
-                text = cache.body(entry) if entry is not None else None
-                tokens = parse(json.loads(text)).tokens if text is not None else None
-                if tokens is None:
-                    raise GenerateJobError(f"the stored answer {key[:16]} of {outcome.prompt_id} has no logprobs")
-                writer.append_entries([list(zip(ids, lps)) for ids, lps in zip(tokens.top_ids, tokens.top_logprobs)])
-                index.append({"id": outcome.prompt_id, "answer": n, "token_ids": list(tokens.token_ids)})
-    (folder / "answers.jsonl").write_text("".join(json.dumps(i, separators=(",", ":")) + "\n" for i in index), encoding="utf-8")
-    store = SparseStore(folder)
-    return {"logprobs": {"top_k": params.top_k, "answers": len(index), "tokens": store.n_tokens,
-                         "bytes_per_token": round(store.bytes_per_token(), 2)}}
-
-
-def _answers(cache: ResponseCache, result, parse, keep: set[str]) -> dict[str, list]:
-    """Per kept transcript, its answers' token logprobs (ids, top ids, top logprobs), read back from the cache."""
-    out = {}
-    for outcome in result.outcomes:
-        if outcome.prompt_id not in keep:
-            continue
-        tokens = []
-        for key in outcome.responses:
-            entry = cache.get(key)
-            text = cache.body(entry) if entry is not None else None
-            parsed = parse(json.loads(text)).tokens if text is not None else None
-            if parsed is None or len(parsed) == 0:
-                raise GenerateJobError(f"the stored answer {key[:16]} of {outcome.prompt_id} has no token logprobs; "
-                                       "logit KD needs them (teacher.top_k > 0 and a server that returns them)")
-            tokens.append(parsed)
-        out[outcome.prompt_id] = tokens
-    return out
-
-
-def _write_sparse_targets(folder: Path, rows: list, n: int, L: int, k: int) -> dict:
-    """The KL targets of the generated rows, aligned to the row: at position p - 1 for each answer token at p, the
-    teacher's top-k ids (-1 where it sent fewer) and full-distribution logprobs, the log of the mass outside them,
-    and `kd_mask` 1 (0 everywhere else)."""
-    from safetensors.numpy import save_file
-
-    from runtime.generation.sparse import log_tail, pad_entries
-
-    ids = np.full((n, L, k), -1, dtype=np.int32)
-    lps = np.zeros((n, L, k), dtype=np.float32)
-    tail = np.zeros((n, L), dtype=np.float32)
-    kd = np.zeros((n, L), dtype=np.int32)
-    positions = 0
-    for r, (answer_positions, answers) in enumerate(rows):
-        for where, tokens in zip(answer_positions, answers):
-            top_ids, top_lps = pad_entries([list(zip(i, lp)) for i, lp in zip(tokens.top_ids, tokens.top_logprobs)], k)
-            at = np.asarray(where, dtype=np.int64) - 1
-            ok = at >= 0  # a row never starts with an answer (the template writes bos first), but never index -1
-            ids[r, at[ok]] = top_ids[ok]
-            lps[r, at[ok]] = np.where(top_ids[ok] >= 0, top_lps[ok], 0.0)
-            tail[r, at[ok]] = log_tail(top_lps[ok])
-            kd[r, at[ok]] = 1
-            positions += int(ok.sum())
-    folder.mkdir(parents=True, exist_ok=True)
-    info = json.dumps({"split": "train", "format": "sparse-tail", "top_k": k}, sort_keys=True)
-    save_file({"topk_ids": ids, "topk_logprobs": lps, "topk_log_tail": tail, "kd_mask": kd},
-              str(folder / "train.safetensors"), metadata={"modelspec": info})
-    return {"kd_positions": positions}
 
 
 def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
@@ -329,7 +131,7 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     cache = ResponseCache(Path(ctx.cache_dir or ctx.work_dir) / "responses")
     if params.teacher_kind == "openai_compatible":
         teacher = None
-        result, facts, budget, parse = _run_http(params, ctx, prompts, cache, answered, tok_dir)
+        result, facts, budget, parse = run_http(params, ctx, prompts, cache, answered, tok_dir)
     else:
         try:
             model_dir = Path(inputs["teacher"]["model"])
@@ -380,7 +182,7 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     # -- rows and targets -------------------------------------------------------------------------
     L, pad = params.max_seq_len, special["pad"].id
     rows, meta, align, roundtrip = [], [], Counter(), 0
-    answers = _answers(cache, result, parse, {t["id"] for t in transcripts}) if params.logit_kd else {}
+    answers = answer_tokens(cache, result, parse, {t["id"] for t in transcripts}) if params.top_k > 0 and teacher is None else {}
     sparse_targets, mismatch = [], 0
     for t in transcripts:
         if params.logit_kd:  # the row holds the teacher's own ids where it wrote, so its logprobs line up
@@ -396,28 +198,13 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         else:
             align.update({m: n for m, n in enc.alignment_errors.items() if n})
             roundtrip += not enc.roundtrip_ok
-        rows.append(enc)
-        tools = [c["function"]["name"] for m in t["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+        rows.append({"input_ids": enc.input_ids, **enc.masks})
+        tools = [call["function"]["name"] for *_, call in iter_calls(t["messages"])]
         meta.append({"id": t["id"], "kind": t["kind"], "row": len(meta), "length": len(enc.input_ids),
                      "tool": tools[0] if tools else None, "tools": tools})
-    arrays = {name: np.zeros((len(rows), L), dtype=np.int32) for name in TENSORS}
-    arrays["input_ids"].fill(pad)
-    for r, enc in enumerate(rows):
-        k = len(enc.input_ids)
-        arrays["input_ids"][r, :k] = enc.input_ids
-        arrays["attention_mask"][r, :k] = 1
-        for m in MASKS:
-            arrays[m][r, :k] = enc.masks[m]
-    data_dir = out / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
-
-    info = json.dumps({"split": "train", "max_seq_len": L, "pad_id": pad, "bos_id": special["bos"].id,
-                       "eos_id": special["eos"].id, "source": "generate"}, sort_keys=True, separators=(",", ":"))
-    save_file(arrays, str(data_dir / "train.safetensors"), metadata={"modelspec": info})
-    with open(data_dir / "train.jsonl", "w", encoding="utf-8", newline="\n") as fh:
-        for m in meta:
-            fh.write(json.dumps(m, sort_keys=True, separators=(",", ":")) + "\n")
+    arrays = write_rows(out / "data", "train", rows, meta, L, {"split": "train", "max_seq_len": L, "pad_id": pad,
+                                                               "bos_id": special["bos"].id, "eos_id": special["eos"].id,
+                                                               "source": "generate"})
     lengths = arrays["attention_mask"].sum(axis=1).astype(np.int64)
     if teacher is not None:  # a local teacher: its top-k logits over the rows, as the teacher job computes them
         vocab_rows = check_vocab(model, f"teacher {model_dir}", tok, inputs["tokenizer"].get("report"), {"train": arrays})
@@ -425,9 +212,9 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
                                 ctx.cache_dir, device, ctx, vocab_rows)
         facts |= {"target_cache_hits": targets.hits, "target_cache_misses": targets.misses}
     elif params.top_k > 0:  # an HTTP teacher: its top-k logprobs per generated token, as it sent them
-        facts |= _write_logprobs(params, cache, [t["id"] for t in transcripts], result, out / "logprobs", parse)
+        facts |= write_logprobs(out / "logprobs", params.top_k, answers)
         if params.logit_kd:
-            facts |= _write_sparse_targets(out / "targets", sparse_targets, len(rows), L, params.top_k)
+            facts |= write_sparse_targets(out / "targets", sparse_targets, len(rows), L, params.top_k)
             facts["template_mismatch"] = mismatch
             facts["kd"] = "logit (kl on the teacher's top-k logprobs and the mass outside them)"
 

@@ -126,7 +126,8 @@ def test_the_job_fails_past_its_failure_rate_naming_the_reasons(teacher_dir, tmp
     report is still written, and the error says how many failed, why, and which fields to change."""
     from compiler.planning.params import GenerateParams, SpecialTokenP
     from runtime.context import JobContext
-    from runtime.jobs.generate import GenerateJobError, read_progress, run
+    from runtime.generation.progress import read_progress
+    from runtime.jobs.generate import GenerateJobError, run
 
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"id": f"p{i}", "kind": "control", "messages": [{"role": "user", "content": f"hello {i}"}]} for i in range(5)]
