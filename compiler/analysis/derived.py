@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from compiler.analysis.estimates import Dims, RankMemory, attention_flops_per_token, flops_per_token, rank_memory
+from compiler.analysis.estimates import Dims, Kernels, RankMemory, attention_flops_per_token, flops_per_token, rank_memory
 from compiler.analysis.modules import Module, canonical_modules
 from compiler.analysis.resolve import DTYPE_BYTES, quant_plan
 from compiler.schema.architecture import Architecture
@@ -81,22 +81,36 @@ def dims(arch: Architecture, modules: list[Module], qat_params: int = 0) -> Dims
     for m in modules:
         unit = ".".join(m.name.split(".")[:2]) if m.name.startswith("layers.") else "root"
         units[unit] = units.get(unit, 0) + m.params
+    layer_linear = sum(math.prod(m.shape) for m in modules if m.kind == "linear" and m.name.startswith("layers."))
+    head = arch.vocab_size * arch.d_model
     return Dims(params=sum(units.values()), n_layers=arch.n_layers, d_model=arch.d_model, n_heads=arch.n_heads,
                 d_head=arch.d_head, mlp_hidden=arch.mlp.hidden, vocab_size=arch.vocab_size,
-                largest_unit=max(units.values()), qat_params=qat_params)
+                largest_unit=max(units.values()), qat_params=qat_params, n_kv_heads=arch.n_kv_heads,
+                layer_linear_params=layer_linear, head_params=head)
+
+
+def kernels(spec: Spec) -> Kernels:
+    """`training.compute` and the loss terms, as the estimate reads them."""
+    c, ls = spec.training.compute, spec.training.losses
+    sparse = getattr(spec.teacher, "kind", None) == "openai_compatible"
+    copies = 1 + (1 if ls.kl is not None else 0)  # the fp32 logits, and the tempered (dense) or knocked-out (sparse) copy
+    return Kernels(precision=c.precision, attention=c.attention, recompute=c.activation_checkpointing,
+                   loss_chunk=c.loss_chunk, logit_copies=copies, top_k=0 if sparse and ls.kl is None else spec.teacher.top_k)
 
 
 def _training_memory(spec: Spec, student: Dims, teacher: Dims | None) -> dict[str, dict[int, RankMemory]]:
     tr, res = spec.training, spec.training.resources
     world = res.nodes * res.nproc
     out: dict[str, dict[int, RankMemory]] = {}
-    if teacher is not None:
+    if teacher is not None:  # the trained teacher's own loop: fp32, eager, whole logits (runtime/jobs/teacher_train.py)
         t = spec.teacher
-        out["teacher"] = {t.seq_len: rank_memory(teacher, res.strategy, world, t.micro_batch, t.seq_len)}
+        out["teacher"] = {t.seq_len: rank_memory(teacher, res.strategy, world, t.micro_batch, t.seq_len,
+                                                 kernels=Kernels(attention="eager", loss_chunk=0, logit_copies=2))}
+    k = kernels(spec)
     seq_lens = sorted({stage.seq_len for stage in tr.curriculum})
-    out["train"] = {s: rank_memory(student, res.strategy, world, tr.micro_batch, s) for s in seq_lens}
+    out["train"] = {s: rank_memory(student, res.strategy, world, tr.micro_batch, s, kernels=k) for s in seq_lens}
     if tr.qat.enabled:
-        out["qat"] = {s: rank_memory(student, res.strategy, world, tr.micro_batch, s, qat=True) for s in seq_lens}
+        out["qat"] = {s: rank_memory(student, res.strategy, world, tr.micro_batch, s, qat=True, kernels=k) for s in seq_lens}
     return out
 
 

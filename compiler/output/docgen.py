@@ -60,11 +60,18 @@ def _readers(path: str) -> str:
     return ", ".join(kinds) if kinds else "compiler only"
 
 
+def _default(field) -> str:
+    """A default as people read it: the value, or for a section built by a factory, that its fields default."""
+    if field.default_factory is not None:
+        return "every field's default"
+    return f"`{field.default}`"
+
+
 def _rows(model: type[BaseModel], prefix: str, out: list[str], seen: set[str]) -> None:
     for name, field in model.model_fields.items():
         path = f"{prefix}.{name}" if prefix else name
         unit = (field.json_schema_extra or {}).get("unit", "") if isinstance(field.json_schema_extra, dict) else ""
-        required = "yes" if field.is_required() else f"no (default `{field.default}`)"
+        required = "yes" if field.is_required() else f"no (default {_default(field)})"
         key = f"{path}|{model.__name__}"
         if key in seen:
             continue

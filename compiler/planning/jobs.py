@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from compiler.analysis.catalogue import CATALOGUE
 from compiler.planning.interface import default_function, functions
 from compiler.planning.params import (
-    CPU_JOB, ArchitectureP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
+    CPU_JOB, ArchitectureP, ComputeP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
     GenerateParams, HttpTeacherP, ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
     TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
 )
@@ -156,6 +156,7 @@ def _training(spec: Spec) -> TrainingP:
         checkpoint_every=tr.checkpoint_every, losses=tr.losses.model_dump(exclude_none=True),
         grad_balance=tr.grad_balance.model_dump(),
         special_token_ids={k: v.id for k, v in sorted(spec.tokenizer.special_tokens.items())},
+        compute=ComputeP(**tr.compute.model_dump()),
     )
 
 

@@ -159,6 +159,15 @@ class ModuleQuantP(Params):
     block_size: int | None
 
 
+class ComputeP(Params):
+    """`training.compute`: how the train and qat jobs compute (runtime/train/loop.py)."""
+
+    precision: Literal["fp32", "bf16"]
+    attention: Literal["sdpa", "eager"]
+    activation_checkpointing: bool
+    loss_chunk: int  # positions per chunk of the loss (0: all at once)
+
+
 class TrainingP(Params):
     architecture: ArchitectureP
     seed: int
@@ -172,6 +181,7 @@ class TrainingP(Params):
     losses: dict[str, Any]
     grad_balance: dict[str, Any]
     special_token_ids: dict[str, int]
+    compute: ComputeP
 
 
 class TrainParams(Params):

@@ -12,8 +12,8 @@ import re
 from typing import Iterator
 
 from compiler.analysis.catalogue import CATALOGUE
-from compiler.analysis.derived import derive
-from compiler.analysis.estimates import RUNTIME, min_fsdp2_ranks
+from compiler.analysis.derived import derive, kernels
+from compiler.analysis.estimates import Kernels, min_fsdp2_ranks, unsharded_bytes
 from compiler.core.errors import Path, did_you_mean
 from compiler.analysis.modules import canonical_modules, matches
 from compiler.analysis.resolve import quant_plan
@@ -276,8 +276,9 @@ def _training_memory(spec: Spec) -> Iterator[Finding]:
         if m.state <= have:
             continue
         dims = derived.teacher_dims if job == "teacher" else derived.student_dims
-        need = min_fsdp2_ranks(dims, have, qat=job == "qat")
-        unsharded = 2 * dims.largest_unit * RUNTIME.weights + m.qat_weights
+        k = Kernels() if job == "teacher" else kernels(spec)
+        need = min_fsdp2_ranks(dims, have, qat=job == "qat", kernels=k)
+        unsharded = unsharded_bytes(dims, qat=job == "qat", kernels=k)
         if need is None:
             hint = (f"what no number of ranks shards ({_size(unsharded)}: two gathered fsdp2 units"
                     + (", QAT's fake-quantized weights" if m.qat_weights else "") + ") does not fit: use devices with more memory")

@@ -132,6 +132,29 @@ class Resources(SpecModel):
     memory_gb: PosFloat | None = F("Memory of one device (one GPU on cuda) in GiB. When given, the compiler checks the per-rank model state (weights, gradients, optimizer) against it and reports whether activations fit too (docs/scale.md).", unit="GiB", default=None)
 
 
+class Compute(SpecModel):
+    """How the training jobs compute: precision, attention kernel, recomputation and the loss's chunking.
+
+    Every setting computes the same loss terms (docs/scale.md measures what each costs and saves)."""
+
+    precision: Literal["fp32", "bf16"] = F(
+        "fp32: weights, activations and the loss in float32 (the CPU choice). bf16: matmuls and attention autocast to "
+        "bfloat16 with float32 weights, gradients and AdamW state (fsdp2: layers gathered in bf16, gradients reduced in "
+        "fp32); norms, RoPE and the loss stay float32.", default="fp32")
+    attention: Literal["sdpa", "eager"] = F(
+        "sdpa: torch.nn.functional.scaled_dot_product_attention (flash or memory-efficient kernels on cuda; no "
+        "[batch, heads, seq, seq] scores kept). eager: explicit scores and softmax. Same causal and padding masks.",
+        default="sdpa")
+    activation_checkpointing: bool = F(
+        "Recompute each decoder layer in the backward pass instead of keeping its activations (about a third more "
+        "compute; activations kept drop to each layer's input).", default=False)
+    loss_chunk: NonNegInt = F(
+        "Positions per chunk of the loss: each chunk's logits are computed from the final hidden states, reduced to the "
+        "few per-position values the loss terms read and freed (recomputed in the backward pass), so the "
+        "[batch, seq, vocab] logits never exist whole. 0: all positions at once (the full logits kept for the backward).",
+        unit="positions", default=1024)
+
+
 class Training(SpecModel):
     seed: NonNegInt = F("Seed for every random number generator of training and data order.")
     init: Init | None = F("Where the student's weights start; absent: random (normal 0.02, seeded by seed).", default=None)
@@ -146,6 +169,8 @@ class Training(SpecModel):
     grad_balance: GradBalance = F("Per-loss gradient-norm balance alert.")
     qat: Annotated[Union[QatOn, QatOff], Field(discriminator="enabled")] = F("Quantization-aware training.")
     resources: Resources = F("Where the training jobs run.")
+    compute: Compute = F("Precision, attention kernel, activation checkpointing and loss chunking of the training jobs.",
+                         default_factory=Compute)
 
 
 def loss_used(term) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,16 +19,18 @@ from torch.nn.parallel import DistributedDataParallel
 from .world import World
 
 
-def wrap(model: nn.Module, layers: Iterable[nn.Module], world: World) -> nn.Module:
+def wrap(model: nn.Module, layers: Iterable[nn.Module], world: World, mp_policy: Any | None = None) -> nn.Module:
+    """`mp_policy`: FSDP2's `MixedPrecisionPolicy` (bf16 gathers; runtime/train/precision.py), fsdp2 only."""
     if world.strategy == "ddp":
         ids = [world.device.index] if world.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     if world.strategy == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
+        kw = {"mp_policy": mp_policy} if mp_policy is not None else {}
         for layer in layers:
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, **kw)
+        fully_shard(model, **kw)
     return model
 
 

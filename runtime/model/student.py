@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from compiler.analysis.modules import Module, canonical_modules
 from compiler.planning.params import ArchitectureP, RopeScalingP
@@ -61,7 +63,8 @@ def canonical(arch: ArchitectureP) -> list[Module]:
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with a weight only; the statistics are computed in fp32."""
+    """RMSNorm with a weight only; the statistics are computed in fp32. Under autocast the output is
+    cast to the autocast dtype here, so the matmuls that read it share one low-precision copy."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -71,7 +74,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        out = self.weight * h.to(x.dtype)
+        if torch.is_autocast_enabled(x.device.type):  # cast once here, not once per consuming matmul (q, k, v)
+            out = out.to(torch.get_autocast_dtype(x.device.type))
+        return out
 
 
 def scaled_inv_freq(inv_freq: Tensor, scaling: RopeScalingP | None) -> Tensor:
@@ -131,6 +137,15 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + _rotate_half(x) * sin
 
 
+def right_padded(attention_mask: Tensor | None) -> bool:
+    """No mask, or every row's real tokens come first (1..1 0..0): causal attention alone then masks
+    exactly what causal + key padding does at every real position."""
+    if attention_mask is None:
+        return True
+    m = attention_mask != 0
+    return bool((m[:, 1:] <= m[:, :-1]).all())
+
+
 def allowed_mask(q_pos: Tensor, k_pos: Tensor, key_mask: Tensor | None = None) -> Tensor:
     """Boolean `[B|1, 1, Tq, Tk]`: key position <= query position (and the key is real)."""
     allowed = k_pos[:, None, None, :] <= q_pos[:, None, :, None]
@@ -152,7 +167,8 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(arch.d_head, arch.norm_eps) if arch.qk_norm else None
         self.k_norm = RMSNorm(arch.d_head, arch.norm_eps) if arch.qk_norm else None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor, kv_fn: KVFn) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor | None, kv_fn: KVFn, sdpa: bool = False) -> Tensor:
+        """`allowed` None: causal over the current tokens (sdpa only)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.d_head)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.d_head)
@@ -163,6 +179,13 @@ class Attention(nn.Module):
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         k, v = kv_fn(k, v)
         k, v = k.to(q.dtype), v.to(q.dtype)
+        if sdpa:
+            mask = None if allowed is None else torch.where(allowed, 0.0, MASK_VALUE).to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=allowed is None,
+                                                 enable_gqa=self.n_heads != self.n_kv_heads)
+            return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head))
+        if allowed is None:
+            raise ValueError("eager attention needs an explicit mask")
         rep = self.n_heads // self.n_kv_heads
         s = k.shape[2]
         k = k[:, :, None].expand(b, self.n_kv_heads, rep, s, self.d_head).reshape(b, self.n_heads, s, self.d_head)
@@ -195,8 +218,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(arch.d_model, arch.norm_eps)
         self.mlp = SwiGLU(arch)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor, kv_fn: KVFn) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, kv_fn)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor | None, kv_fn: KVFn, sdpa: bool = False) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, kv_fn, sdpa)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -236,29 +259,65 @@ class Student(nn.Module):
                 std = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else INIT_STD
                 p.normal_(0.0, std, generator=g)
 
+    def configure(self, attention: str = "eager", checkpointing: bool = False) -> Student:
+        """How `forward` computes (the training jobs' `training.compute`): `attention` "sdpa" or "eager",
+        `checkpointing` recomputes each decoder layer in the backward pass. prefill, decode and the export
+        wrappers always run eager attention without recomputation (what the converter and parity see)."""
+        if attention not in ("sdpa", "eager"):
+            raise ValueError(f"unknown attention {attention!r}")
+        self.attention, self.checkpointing = attention, checkpointing
+        return self
+
+    attention: str = "eager"
+    checkpointing: bool = False
+
+    def output_weight(self) -> Tensor:
+        """The output projection's weight `[V, d_model]` (the embedding when tied; fake-quantized under QAT)."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
     def _logits(self, h: Tensor) -> Tensor:
         h = self.norm(h)
         if self.lm_head is None:
             return F.linear(h, self.embed_tokens.weight)
         return self.lm_head(h)
 
-    def run_layers(self, input_ids: Tensor, positions: Tensor, allowed: Tensor,
-                   kv_fns: list[KVFn] | None = None) -> Tensor:
-        """Logits for `input_ids` at `positions` under the `allowed` attention mask; `kv_fns[i]`
-        maps layer i's new (k, v) to the (k, v) it attends to (a cache write and read). The one
-        forward every caller shares: training, KV-cache decode and the export wrappers."""
+    def _layers(self, input_ids: Tensor, positions: Tensor, allowed: Tensor | None, kv_fns: list[KVFn] | None,
+                sdpa: bool = False, recompute: bool = False) -> Tensor:
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(positions, h.dtype)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, allowed, kv_fns[i] if kv_fns is not None else _identity_kv)
-        return self._logits(h)
+            kv_fn = kv_fns[i] if kv_fns is not None else _identity_kv
+            if recompute:
+                h = checkpoint(layer, h, cos, sin, allowed, kv_fn, sdpa, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, allowed, kv_fn, sdpa)
+        return h
+
+    def run_layers(self, input_ids: Tensor, positions: Tensor, allowed: Tensor,
+                   kv_fns: list[KVFn] | None = None) -> Tensor:
+        """Logits for `input_ids` at `positions` under the `allowed` attention mask; `kv_fns[i]`
+        maps layer i's new (k, v) to the (k, v) it attends to (a cache write and read). The eager
+        forward of KV-cache decode and the export wrappers."""
+        return self._logits(self._layers(input_ids, positions, allowed, kv_fns))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None) -> Tensor:
-        """Logits `[B, T, V]`; attention_mask (1 real, 0 pad) hides padded keys."""
+                position_ids: Tensor | None = None, head: Callable[[Tensor, Tensor], Any] | None = None) -> Any:
+        """Logits `[B, T, V]`; attention_mask (1 real, 0 pad) hides padded keys. With `head`, returns
+        `head(final normed hidden states [B, T, d_model], output weight [V, d_model])` instead (the
+        training loss, chunked so the logits never exist whole; runtime/train/head.py): it runs inside
+        forward, where FSDP2 has the root's parameters gathered."""
         t = input_ids.shape[1]
         pos = position_ids if position_ids is not None else torch.arange(t, device=input_ids.device)[None]
-        return self.run_layers(input_ids, pos, allowed_mask(pos, pos, attention_mask))
+        sdpa = self.attention == "sdpa"
+        if sdpa and position_ids is None and right_padded(attention_mask):
+            allowed = None  # causal alone: every key a real query may see is real (pads only follow real tokens)
+        else:
+            allowed = allowed_mask(pos, pos, attention_mask)
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
+        h = self._layers(input_ids, pos, allowed, None, sdpa, recompute)
+        if head is None:
+            return self._logits(h)
+        return head(self.norm(h), self.output_weight())
 
     def prefill(self, input_ids: Tensor, key_cache: Tensor, value_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Run T tokens at positions 0..T-1, writing them to cache positions 0..T-1."""

@@ -27,6 +27,7 @@ from runtime.model.student import Student
 from .data import load_split, with_extra_rows
 from .loop import Trainer, evaluate, make_optimizer, seed_everything
 from .metrics import run_dir
+from .precision import fsdp_policy
 
 
 def _write_report(out: Path, report: dict) -> None:
@@ -77,8 +78,8 @@ def _train_here(params: TrainParams | QatParams, inputs: dict[str, dict[str, Pat
         if "generate" in inputs:  # the teacher's transcripts of data.prompts join the train split
             train = with_extra_rows(train, inputs["generate"]["data"], _targets(inputs, "generate"))
         model, quantized, init = _student(params, inputs, world.device, ctx)
-        model.train()
-        model = wrap(model, model.layers, world)
+        model.configure(tp.compute.attention, tp.compute.activation_checkpointing).train()
+        model = wrap(model, model.layers, world, fsdp_policy(tp.compute.precision))
         optimizer = make_optimizer(model, tp)
         trainer = Trainer(tp=tp, model=model, optimizer=optimizer, train=train, world=world, grad_accum=grad_accum,
                           start_step=params.start_step, end_step=params.end_step,
@@ -102,7 +103,7 @@ def _outputs(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]]
              started: float, train_rows: int, init: dict | None) -> dict:
     """Rank 0: validation on the whole model (fake quantization attached: what will ship), then the outputs."""
     tp = params.training
-    model = Student(tp.architecture, seed=tp.seed, device=world.device)
+    model = Student(tp.architecture, seed=tp.seed, device=world.device).configure(tp.compute.attention)
     if isinstance(params, QatParams):
         attach_fake_quant(model, params.quantization)
     model.load_state_dict(state)

@@ -29,9 +29,11 @@ from compiler.planning.params import TrainingP
 from runtime.distributed.parallel import accumulating, clip_grads
 from runtime.distributed.world import World
 
-from . import checkpoints, losses
+from . import checkpoints
 from .data import Split, batch_rows, cursor, make_batch
-from .metrics import GRAD_NORM_EVERY, GradBalance, MetricsLog, grad_norms, run_dir
+from .head import LossHead
+from .metrics import GRAD_NORM_EVERY, GradBalance, MetricsLog, run_dir
+from .precision import autocast
 from .schedules import curriculum_seq_len, learning_rate, loss_weight
 
 
@@ -81,17 +83,21 @@ class Trainer:
         sums = dict.fromkeys(names, 0.0)
         norms: dict[str, float] = {}
         tokens = 0
+        cp = tp.compute
         for micro in range(accum):
             rows = batch_rows(self.train.rows, tp.seed, step, world.rank * accum + micro, tp.micro_batch,
                               tp.global_batch // tp.micro_batch)
             batch = make_batch(self.train, rows, seq_len, world.device)
+            probe = weights if measure and micro == 0 and world.main else None  # the step's first micro-batch, at any world size
+            head = LossHead(batch, tp.losses, tp.special_token_ids, cp.loss_chunk, probe=probe)
             with accumulating(self.model, last=micro == accum - 1):
-                logits = self.model(batch["input_ids"], batch["attention_mask"])
-                terms = losses.compute(logits, batch, tp.losses, tp.special_token_ids)
+                with autocast(cp.precision, world.device):
+                    out = self.model(batch["input_ids"], batch["attention_mask"], head=head)
+                terms = out["terms"]
                 total = sum(weights[n] * v for n, v in terms.items()) / accum
                 total.backward()
-            if measure and micro == 0 and world.main:  # the step's first micro-batch, at any world size
-                norms = self._grad_norms(logits, batch, weights)
+            if probe is not None:
+                norms = out["grad_norm_by_loss"]
             for n, v in terms.items():
                 sums[n] += float(v.detach()) / accum
             sums["total"] += float(total.detach())
@@ -108,12 +114,6 @@ class Trainer:
         if norms:
             row["grad_norm_by_loss"] = norms
         return row
-
-    def _grad_norms(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, float]:
-        """Per-term gradient norms at the logits, on a detached copy: no backward reaches the (wrapped) model."""
-        probe = logits.detach().requires_grad_()
-        terms = losses.compute(probe, batch, self.tp.losses, self.tp.special_token_ids)
-        return grad_norms({n: weights[n] * v for n, v in terms.items()}, probe)
 
     def run(self, work: Path, params_json: dict, provenance: dict, force: bool, job_id: str,
             progress: Callable[..., Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -194,11 +194,13 @@ def evaluate(model: nn.Module, split: Split, tp: TrainingP, device: torch.device
     for start in range(0, split.rows, batch_size):
         rows = list(range(start, min(split.rows, start + batch_size)))
         batch = make_batch(split, rows, max_len, device)
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        for n, v in losses.compute(logits, batch, tp.losses, tp.special_token_ids).items():
+        head = LossHead(batch, tp.losses, tp.special_token_ids, tp.compute.loss_chunk, accuracy=True)
+        with autocast(tp.compute.precision, device):
+            out = model(batch["input_ids"], batch["attention_mask"], head=head)
+        for n, v in out["terms"].items():
             totals[n] = totals.get(n, 0.0) + float(v)
         mask = batch["loss_mask"][:, 1:] > 0
-        correct += int(((logits[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]) & mask).sum())
+        correct += int(((out["argmax"] == batch["input_ids"][:, 1:]) & mask).sum())
         counted += int(mask.sum())
         batches += 1
     model.train()

@@ -101,22 +101,13 @@ def _student_outcomes(logits: Tensor, present: Tensor, safe_ids: Tensor) -> tupl
     return log_q, log_q_tail
 
 
-def kl_sparse_tail(student_logits: Tensor, ids: Tensor, teacher_logprobs: Tensor, mask: Tensor,
-                   temperature: float = 1.0, teacher_log_tail: Tensor | None = None) -> Tensor:
-    """Masked mean over positions of KL(teacher || student) on the k ids + "everything else".
-
-    student_logits [B, T, V]; ids [B, T, k] (-1 = absent); teacher_logprobs [B, T, k] (full-
-    distribution logprobs at temperature 1); mask [B, T] (bool or 0/1); teacher_log_tail [B, T]
-    optional (log of the mass outside the k ids; derived from teacher_logprobs when None).
-    """
-    _check(student_logits, ids, teacher_logprobs, mask, teacher_log_tail, temperature)
-    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    logits = student_logits.to(dtype)
-    v = logits.shape[-1]
+def kl_sparse_tail_positions(logits: Tensor, ids: Tensor, teacher_logprobs: Tensor,
+                             teacher_log_tail: Tensor | None = None) -> Tensor:
+    """The KL at every position `[B, T]`, unmasked (garbage, even NaN, where a position has no target):
+    what `kl_sparse_tail` averages. Inputs are checked by `kl_sparse_tail` (or the caller); `logits` are
+    used in their own dtype (float32 or float64)."""
+    dtype = logits.dtype
     ids = ids.long()
-    if bool(((ids < -1) | (ids >= v)).any()):
-        raise ValueError(f"kl_sparse_tail: ids must lie in [-1, {v}) (-1 = absent), got "
-                         f"[{int(ids.min())}, {int(ids.max())}]")
     present = ids >= 0
     safe_ids = ids.clamp_min(0)
     lp, lp_tail = _teacher_outcomes(present, teacher_logprobs, teacher_log_tail, dtype)
@@ -129,7 +120,32 @@ def kl_sparse_tail(student_logits: Tensor, ids: Tensor, teacher_logprobs: Tensor
     live_t = torch.isfinite(lp_tail)
     lpt_s, lqt_s = torch.where(live_t, lp_tail, zero), torch.where(live_t, lq_tail, zero)
     kl_t = torch.where(live_t, torch.exp(lpt_s), zero) * (lpt_s - lqt_s)
-    kl = kl_k + kl_t
-    m = mask.to(dtype)
-    kl = torch.where(m > 0, kl, zero)  # garbage at unmasked positions can never leak (even NaN)
-    return (kl * m).sum() / m.sum().clamp_min(1.0)
+    return kl_k + kl_t
+
+
+def masked_position_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `values` over the masked positions; garbage at unmasked positions never leaks (even NaN)."""
+    m = mask.to(values.dtype)
+    values = torch.where(m > 0, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
+def check_ids(ids: Tensor, vocab: int) -> None:
+    if bool(((ids < -1) | (ids >= vocab)).any()):
+        raise ValueError(f"kl_sparse_tail: ids must lie in [-1, {vocab}) (-1 = absent), got "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+
+
+def kl_sparse_tail(student_logits: Tensor, ids: Tensor, teacher_logprobs: Tensor, mask: Tensor,
+                   temperature: float = 1.0, teacher_log_tail: Tensor | None = None) -> Tensor:
+    """Masked mean over positions of KL(teacher || student) on the k ids + "everything else".
+
+    student_logits [B, T, V]; ids [B, T, k] (-1 = absent); teacher_logprobs [B, T, k] (full-
+    distribution logprobs at temperature 1); mask [B, T] (bool or 0/1); teacher_log_tail [B, T]
+    optional (log of the mass outside the k ids; derived from teacher_logprobs when None).
+    """
+    _check(student_logits, ids, teacher_logprobs, mask, teacher_log_tail, temperature)
+    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    check_ids(ids, student_logits.shape[-1])
+    kl = kl_sparse_tail_positions(student_logits.to(dtype), ids, teacher_logprobs, teacher_log_tail)
+    return masked_position_mean(kl, mask)

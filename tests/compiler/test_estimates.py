@@ -15,33 +15,42 @@ import pytest
 
 from compiler.output.build import compile_one
 from compiler.core.errors import SpecError
-from compiler.analysis.estimates import BF16_MIXED, FP32, Dims, flops_per_token, min_fsdp2_ranks, rank_memory
+from compiler.analysis.estimates import (
+    FP32_EAGER, Dims, Kernels, flops_per_token, layer_activation_bytes, min_fsdp2_ranks, rank_memory,
+)
 from compiler.output.training_report import fit_warnings
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Dims(params=1704, n_layers=2, d_model=8, n_heads=2, d_head=4, mlp_hidden=16, vocab_size=32, largest_unit=592,
-            qat_params=2 * (64 + 32 + 32 + 64 + 3 * 128) + 256)
+            qat_params=2 * (64 + 32 + 32 + 64 + 3 * 128) + 256, n_kv_heads=1, layer_linear_params=2 * 576, head_params=256)
 
 
-def test_ddp_fp32_by_hand():
-    m = rank_memory(TINY, "ddp", world=4, micro_batch=2, seq_len=16, precision=FP32)
+def test_ddp_fp32_eager_unchunked_by_hand():
+    m = rank_memory(TINY, "ddp", world=4, micro_batch=2, seq_len=16, kernels=FP32_EAGER)
     assert (m.weights, m.grads, m.master, m.optimizer, m.gathered, m.qat_weights) == (6816, 6816, 0, 13632, 0, 0)
     assert m.state == 1704 * 16 == 27264  # ddp: every rank holds everything, whatever the world size
-    # 32 tokens x (2 layers x (6x8 + 4x(2x4) + 4x16 = 144 elements) + the final norm's 3x8) x 4 bytes
-    assert m.activations == 32 * (2 * 144 + 24) * 4 == 39936
+    # per token and layer: two norms 2 x ((4 + 4 + 4) x 8 + 4) = 200, eager attention 4 x 4 x 8 = 128,
+    # the MLP 4 x 4 x 16 = 256 -> 584; the final norm 100; the loss's values 11 x 4 + 8 = 52 (k = 0);
+    # RoPE tables 2 x 16 x 4 x 4 = 512 per micro-batch
+    assert layer_activation_bytes(TINY, FP32_EAGER) == 584
+    assert m.activations == 32 * (2 * 584 + 100 + 52) + 512 == 42752
     assert m.attention_scores == 2 * 2 * 2 * 16 * 16 * 4 == 8192  # b x L x H x s^2 x fp32
-    assert m.logits == 32 * 32 * (4 + 8) == 12288
-    assert m.total == 27264 + 39936 + 8192 + 12288
+    assert m.logits == 32 * 32 * 4 * 2 == 8192  # the fp32 logits and their tempered copy
+    assert (m.cast_weights, m.transient) == (0, 0)
+    assert m.total == 27264 + 42752 + 8192 + 8192
 
 
 def test_fsdp2_shards_the_state_and_adds_two_gathered_layers():
-    m = rank_memory(TINY, "fsdp2", world=4, micro_batch=2, seq_len=16, precision=FP32)
+    m = rank_memory(TINY, "fsdp2", world=4, micro_batch=2, seq_len=16, kernels=FP32_EAGER)
     assert (m.weights, m.grads, m.optimizer) == (426 * 4, 426 * 4, 426 * 8)  # ceil(1704 / 4) = 426
     assert m.gathered == 2 * 592 * 4
     assert m.state == 11552
     assert rank_memory(TINY, "fsdp2", world=5, micro_batch=2, seq_len=16).state == 341 * 16 + 4736  # ceil(1704 / 5) = 341
     # activations are not sharded by fsdp2
-    assert m.per_token == rank_memory(TINY, "ddp", world=4, micro_batch=2, seq_len=16).per_token
+    assert m.per_token == rank_memory(TINY, "ddp", world=4, micro_batch=2, seq_len=16, kernels=FP32_EAGER).per_token
+    # the bf16 policy gathers bf16 parameters (and so casts nothing)
+    bf16 = rank_memory(TINY, "fsdp2", world=4, micro_batch=2, seq_len=16, kernels=Kernels(precision="bf16"))
+    assert bf16.gathered == 2 * 592 * 2 and bf16.cast_weights == 0
 
 
 def test_qat_keeps_the_fake_quantized_linear_weights():
@@ -51,20 +60,25 @@ def test_qat_keeps_the_fake_quantized_linear_weights():
     assert qat.qat_weights == 1408 * 4 and qat.state - plain.state == 1408 * 4
 
 
-def test_bf16_mixed_keeps_an_fp32_master_and_halves_activations():
-    m = rank_memory(TINY, "ddp", world=1, micro_batch=2, seq_len=16, precision=BF16_MIXED)
-    assert (m.weights, m.grads, m.master, m.optimizer) == (3408, 3408, 6816, 13632)
-    assert m.state == 27264  # 16 bytes per parameter either way
-    assert m.activations == 32 * (2 * 144 + 24) * 2
-    assert m.attention_scores == 2 * 2 * 2 * 256 * (4 + 2)  # fp32 softmax plus its bf16 cast
-    assert m.logits == 32 * 32 * (2 + 8)
+def test_bf16_sdpa_chunked_by_hand():
+    k = Kernels(precision="bf16", attention="sdpa", recompute=False, loss_chunk=1024)
+    m = rank_memory(TINY, "ddp", world=1, micro_batch=2, seq_len=16, kernels=k)
+    assert m.state == 27264  # fp32 master weights, gradients and AdamW state: 16 bytes per parameter either way
+    # norms 2 x ((4 + 4 + 2) x 8 + 4) = 168; sdpa 2 x 2 x 8 + 2 x 2 x 4 + 4 x 2 = 56; MLP 4 x 2 x 16 = 128
+    assert layer_activation_bytes(TINY, k) == 352
+    assert m.activations == 32 * (2 * 352 + 84 + 52) + 512
+    assert m.attention_scores == 0 and m.logits == 0
+    assert m.cast_weights == 2 * 1152  # the bf16 copies of the layers' linear weights; the lm_head's is recomputed
+    assert m.transient == 2 * 16 * 32 * (2 + 12)  # one chunk of logits (all 16 positions) while it is recomputed
 
 
-def test_recompute_and_memory_efficient_attention():
-    m = rank_memory(TINY, "ddp", world=1, micro_batch=2, seq_len=16, recompute=True)
-    assert m.activations == (32 * 2 * 8 + 32 * 144 + 32 * 24) * 4  # every layer's input, one layer's, the final norm
-    assert m.attention_scores == 2 * 2 * 256 * 4  # one layer's
-    assert rank_memory(TINY, "ddp", world=1, micro_batch=2, seq_len=16, eager_attention=False).attention_scores == 0
+def test_recompute_keeps_each_layer_input():
+    k = Kernels(precision="fp32", attention="sdpa", recompute=True, loss_chunk=1024)
+    m = rank_memory(TINY, "ddp", world=1, micro_batch=2, seq_len=16, kernels=k)
+    assert m.activations == 32 * 2 * 4 * 8 + 32 * 100 + 32 * 52 + 512  # every layer's input, the final norm, the loss
+    assert m.transient == 32 * layer_activation_bytes(TINY, k) == 32 * 560  # one layer live again > one loss chunk
+    eager = rank_memory(TINY, "ddp", world=1, micro_batch=2, seq_len=16, kernels=Kernels(attention="eager", recompute=True))
+    assert eager.attention_scores == 0 and eager.transient == 32 * 584 + 2 * 2 * 256 * 4  # one layer's scores, live again
 
 
 def test_flops_per_token_by_hand():
@@ -106,7 +120,7 @@ def test_derived_toy(tmp_path: Path):
     assert d.world == 4 and d.global_batch == 16 * 1 * 2 * 2
     assert set(d.rank_memory) == {"teacher", "train", "qat"}
     assert sorted(d.rank_memory["train"]) == [64, 128]
-    assert d.rank_memory["train"][64] == rank_memory(d.student_dims, "fsdp2", 4, 16, 64)
+    assert d.rank_memory["train"][64] == rank_memory(d.student_dims, "fsdp2", 4, 16, 64, kernels=Kernels(top_k=16))
     assert d.step_flops[128] == d.global_batch * 128 * (6 * d.params + 12 * 2 * 4 * 32 * 128)
     tokens = {64: 200 * 16 * 4 * 64, 128: 200 * 16 * 4 * 128}
     assert d.training_attention_flops == sum(n * 12 * 2 * 128 * s for s, n in tokens.items())

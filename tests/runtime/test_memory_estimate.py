@@ -1,23 +1,27 @@
 """The compiler's activation estimate (compiler/analysis/estimates.py) against what the runtime really keeps.
 
-One training forward of the student plus every loss term of the toy spec, on CPU: the bytes of
-the tensors autograd saves for the backward pass (parameters excluded, each storage counted
-once) plus the logits the loop holds, versus `rank_memory(...).per_token` (activations,
-attention scores, logits). When the runtime changes how it computes (bf16, another attention
-kernel, recomputation) this fails, and `estimates.RUNTIME` and the formulas change with it.
+One training forward of the student through the loss head (runtime/train/head.py) with every loss
+term of the toy spec, on CPU, under each `training.compute` combination: the bytes of the tensors
+autograd saves for the backward pass (parameters excluded, each storage counted once; with
+recomputation, what `torch.utils.checkpoint` keeps) versus `rank_memory(...).per_token`
+(activations, attention scores, logits, bf16 weight copies). When the runtime changes how it
+computes this fails, and the formulas change with it.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
 from compiler.analysis.derived import dims
-from compiler.analysis.estimates import rank_memory
+from compiler.analysis.estimates import Kernels, rank_memory
 from compiler.analysis.modules import canonical_modules
 from compiler.planning.params import TrainParams
 from runtime.model.student import Student, schema_architecture
-from runtime.train import losses
+from runtime.train.head import LossHead
+from runtime.train.precision import autocast
 from tests.runtime.conftest import toy_params
 
 
@@ -32,7 +36,8 @@ def _batch(b: int, s: int, vocab: int, k: int, special: dict[str, int]) -> dict[
             "tool_name_mask": half, "json_args_mask": half, "integration_mask": half}
 
 
-def _kept_bytes(model: Student, batch: dict[str, torch.Tensor], tp) -> int:
+def kept_bytes(model: Student, batch: dict[str, torch.Tensor], tp, kernels: Kernels) -> int:
+    """Bytes autograd keeps after the forward and the loss, parameters excluded."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -42,20 +47,37 @@ def _kept_bytes(model: Student, batch: dict[str, torch.Tensor], tp) -> int:
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        terms = losses.compute(logits, batch, tp.losses, tp.special_token_ids)
-    assert set(terms) == set(tp.losses)
-    saved.pop(logits.untyped_storage().data_ptr(), None)
-    return sum(saved.values()) + logits.untyped_storage().nbytes()  # the loop holds the logits through backward
+    model.configure(kernels.attention, kernels.recompute).train()
+    head = LossHead(batch, tp.losses, tp.special_token_ids, kernels.loss_chunk)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(kernels.precision, torch.device("cpu")):
+        out = model(batch["input_ids"], batch["attention_mask"], head=head)
+    assert set(out["terms"]) == set(tp.losses)
+    return sum(saved.values())
 
 
-@pytest.mark.parametrize("micro_batch, seq_len", [(4, 64), (2, 128)])
-def test_activation_estimate_matches_what_autograd_keeps(micro_batch: int, seq_len: int):
+KERNELS = [
+    Kernels(precision="fp32", attention="eager", recompute=False, loss_chunk=0),  # the runtime before training.compute
+    Kernels(precision="fp32", attention="sdpa", recompute=False, loss_chunk=0),
+    Kernels(precision="fp32", attention="sdpa", recompute=False, loss_chunk=32),
+    Kernels(precision="fp32", attention="sdpa", recompute=True, loss_chunk=32),
+    Kernels(precision="bf16", attention="sdpa", recompute=False, loss_chunk=32),
+    Kernels(precision="bf16", attention="sdpa", recompute=True, loss_chunk=32),
+    Kernels(precision="bf16", attention="eager", recompute=False, loss_chunk=0),
+    Kernels(precision="bf16", attention="sdpa", recompute=True, loss_chunk=0),
+]
+
+
+@pytest.mark.parametrize("kernels", KERNELS, ids=lambda k: f"{k.precision}-{k.attention}-{'recompute' if k.recompute else 'keep'}-chunk{k.loss_chunk}")
+@pytest.mark.parametrize("micro_batch, seq_len, wider", [(4, 64, False), (2, 128, False), (1, 512, True)])
+def test_activation_estimate_matches_what_autograd_keeps(micro_batch: int, seq_len: int, wider: bool, kernels: Kernels):
     tp = TrainParams.model_validate(toy_params("train"), strict=False).training
-    arch = schema_architecture(tp.architecture)
-    model = Student(tp.architecture, seed=0)
+    a = tp.architecture
+    if wider:  # GQA 4:1, three layers, a wider MLP: the per-layer and per-head terms weigh differently
+        a = a.model_copy(update=dict(d_model=256, n_heads=8, n_kv_heads=2, d_head=32, mlp_hidden=704, n_layers=3))
+    arch = schema_architecture(a)
+    model = Student(a, seed=0)
     batch = _batch(micro_batch, seq_len, arch.vocab_size, 8, tp.special_token_ids)
-    measured = _kept_bytes(model, batch, tp)
-    estimate = rank_memory(dims(arch, canonical_modules(arch)), "ddp", 1, micro_batch, seq_len).per_token
+    measured = kept_bytes(model, batch, tp, kernels)
+    estimate = rank_memory(dims(arch, canonical_modules(arch)), "ddp", 1, micro_batch, seq_len,
+                           kernels=dataclasses.replace(kernels, top_k=8)).per_token
     assert abs(measured - estimate) / measured < 0.05, (measured, estimate)
