@@ -28,12 +28,15 @@ Model FLOPs per token come from compiler/analysis/estimates.py, the formula docs
 backward, over the full s x s square eager attention computes). Achieved FLOP/s = tokens/s x
 FLOPs/token; MFU = achieved / the device's peak for the precision the step runs in.
 
-Precision: the runtime trains in fp32 with no autocast (estimates.RUNTIME), so --dtype accepts
-fp32 only; bf16 autocast is refused rather than benchmarked outside the real trainer. --tf32
-lets fp32 matmuls use TF32 tensor cores (a global torch backend switch; the job does not set
-it today). The peak used for MFU follows: fp32 -> the device's fp32 (non-tensor) peak, --tf32
--> its dense TF32 peak; the result also gives MFU against the dense bf16 peak, the basis of
-docs/scale.md's 40% MFU assumption. --peak-tflops overrides; on CPU MFU is null unless given.
+Compute: the step runs under the `training.compute` settings given (`--precision fp32|bf16`,
+`--attention sdpa|eager`, `--recompute`, `--loss-chunk N`; defaults bf16/sdpa/recompute/1024 on cuda,
+fp32/sdpa/no recompute/1024 on cpu), exactly as the train job would (`Trainer.step`: autocast, the
+chunked loss head, per-layer checkpointing). --tf32 lets fp32 matmuls use TF32 tensor cores. The
+peak used for MFU follows the precision: bf16 -> the dense bf16 peak, fp32 -> the fp32 peak (TF32
+with --tf32). On cuda the result also has the peak memory allocated against the compiler's
+estimate for the same settings (`compiler.analysis.estimates.rank_memory`, one process).
+`--arch 1b` is Llama-3.2-1B's shape (1.24B parameters, vocabulary 128256, tied) for the GPU script
+(`bench/gpu_kd_step.sh`).
 
 Writes bench/results/kd_step_<device>.json (or --out).
 """
@@ -55,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from compiler.analysis.estimates import Dims, attention_flops_per_token, flops_per_token  # noqa: E402
+from compiler.analysis.estimates import Dims, Kernels, attention_flops_per_token, flops_per_token, rank_memory  # noqa: E402
 from compiler.planning.params import TrainParams  # noqa: E402
 from runtime.distributed.world import accumulation, join  # noqa: E402
 from runtime.model.student import Student  # noqa: E402
@@ -67,6 +70,8 @@ TOP_K = 16
 
 ARCH_100M = {"vocab_size": 32000, "d_model": 768, "n_layers": 12, "n_heads": 12, "n_kv_heads": 4, "d_head": 64,
              "mlp_hidden": 2048, "norm_eps": 1e-6, "rope_theta": 10000.0, "max_context": 4096, "tie_embeddings": False}
+ARCH_1B = {"vocab_size": 128256, "d_model": 2048, "n_layers": 16, "n_heads": 32, "n_kv_heads": 8, "d_head": 64,
+           "mlp_hidden": 8192, "norm_eps": 1e-5, "rope_theta": 500000.0, "max_context": 16384, "tie_embeddings": True}
 ARCH_SMALL = {"vocab_size": 4096, "d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "d_head": 64,
               "mlp_hidden": 704, "norm_eps": 1e-6, "rope_theta": 10000.0, "max_context": 1024, "tie_embeddings": False}
 
@@ -89,10 +94,11 @@ def known_peaks(device_name: str) -> dict[str, float] | None:
     return None
 
 
-def train_params(arch: dict, seq_len: int, micro_batch: int, grad_accum: int):
+def train_params(arch: dict, seq_len: int, micro_batch: int, grad_accum: int, compute: dict | None = None):
     plan = json.loads((ROOT / "generated" / "toy-worker" / "plan.json").read_text())
     p = next(j for j in plan["jobs"] if j["id"] == "train")["params"]
     tr = p["training"] | {"architecture": arch, "micro_batch": micro_batch, "global_batch": micro_batch * grad_accum,
+                          "compute": compute or p["training"]["compute"],
                           "curriculum": [{"until_step": 10**9, "seq_len": seq_len}], "checkpoint_every": 10**9,
                           "total_steps": 10**6}
     return TrainParams.model_validate({"training": tr, "start_step": 0, "end_step": 10**6}, strict=False).training
@@ -134,8 +140,12 @@ def percentile(xs: list[float], q: float) -> float:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="fp32",
-                    help="fp32 only: the runtime's Trainer has no autocast / bf16 path, so nothing else is benchmarked")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default bf16 on cuda, fp32 on cpu")
+    ap.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa")
+    ap.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=None,
+                    help="per-layer activation checkpointing; default on for cuda, off for cpu")
+    ap.add_argument("--loss-chunk", type=int, default=1024, help="positions per loss chunk (0: whole logits)")
+    ap.add_argument("--arch", choices=["125m", "1b"], default="125m", help="the student's shape (--small overrides)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 tensor cores for fp32 matmuls (cuda)")
     ap.add_argument("--small", action="store_true", help="a ~5M-parameter architecture for a CPU smoke run")
     ap.add_argument("--seq-len", type=int, default=None, help="default 1024 (128 with --small)")
@@ -146,9 +156,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU; default: known per GPU and precision")
     ap.add_argument("--out", type=Path, default=None, help="default bench/results/kd_step_<device>.json")
     a = ap.parse_args(argv)
-    if a.dtype != "fp32":
-        ap.error(f"--dtype {a.dtype}: runtime.train.loop.Trainer trains in fp32 only (no autocast); "
-                 "add mixed precision to the runtime first, then here")
+    a.precision = a.precision or ("bf16" if a.device == "cuda" else "fp32")
+    a.recompute = a.recompute if a.recompute is not None else a.device == "cuda"
+    if a.tf32 and a.precision != "fp32":
+        ap.error("--tf32 applies to fp32 matmuls only")
     if a.tf32 and a.device != "cuda":
         ap.error("--tf32 applies to cuda only")
     a.seq_len = a.seq_len or (128 if a.small else 1024)
@@ -167,18 +178,25 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("--device cuda: no CUDA device visible (torch.cuda.is_available() is False)")
         torch.backends.cuda.matmul.allow_tf32 = a.tf32
         torch.backends.cudnn.allow_tf32 = a.tf32
-    arch = ARCH_SMALL if a.small else ARCH_100M
-    tp = train_params(arch, a.seq_len, a.micro_batch, a.grad_accum)
+    arch = ARCH_SMALL if a.small else ARCH_1B if a.arch == "1b" else ARCH_100M
+    compute = {"precision": a.precision, "attention": a.attention, "activation_checkpointing": a.recompute,
+               "loss_chunk": a.loss_chunk}
+    tp = train_params(arch, a.seq_len, a.micro_batch, a.grad_accum, compute)
     if a.seq_len > tp.architecture.max_context:
         raise SystemExit(f"--seq-len {a.seq_len} exceeds the architecture's max_context {tp.architecture.max_context}")
     world = join({"device": a.device, "strategy": "none"})  # one process
-    model = Student(tp.architecture, seed=tp.seed, device=world.device)
+    model = Student(tp.architecture, seed=tp.seed, device=world.device).configure(a.attention, a.recompute)
     params = sum(p.numel() for p in model.parameters())
     layer = sum(p.numel() for p in model.layers[0].parameters())
     root = params - layer * len(model.layers)
+    linear = sum(m.weight.numel() for m in model.layers.modules() if isinstance(m, torch.nn.Linear))
     d = Dims(params=params, n_layers=arch["n_layers"], d_model=arch["d_model"], n_heads=arch["n_heads"],
              d_head=arch["d_head"], mlp_hidden=arch["mlp_hidden"], vocab_size=arch["vocab_size"],
-             largest_unit=max(layer, root))
+             largest_unit=max(layer, root), n_kv_heads=arch["n_kv_heads"], layer_linear_params=linear,
+             head_params=arch["vocab_size"] * arch["d_model"])
+    kernels = Kernels(precision=a.precision, attention=a.attention, recompute=a.recompute, loss_chunk=a.loss_chunk,
+                      top_k=TOP_K)
+    estimate = rank_memory(d, "none", 1, a.micro_batch, a.seq_len, kernels=kernels)
     fpt = flops_per_token(d, a.seq_len)
     grad_accum = accumulation(tp.global_batch, tp.micro_batch, world.size)
     tokens_per_step = a.micro_batch * grad_accum * a.seq_len
@@ -211,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     median, p90, mean = statistics.median(times), percentile(times, 0.9), statistics.fmean(times)
     tokens_per_s = tokens_per_step / median
     achieved = tokens_per_s * fpt
-    precision = "tf32" if a.tf32 else "fp32"
+    precision = "tf32" if a.tf32 else a.precision
     peaks = known_peaks(device_name) if a.device == "cuda" else None
     peak = a.peak_tflops if a.peak_tflops is not None else (peaks[precision] if peaks else None)
     result = {
@@ -219,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": a.device, "device_name": device_name, "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda if a.device == "cuda" else None,
         "architecture": arch, "small": a.small, "params": params,
-        "dtype": "fp32", "tf32_matmul": a.tf32, "autocast": None,
+        "dtype": a.precision, "tf32_matmul": a.tf32, "autocast": "bfloat16" if a.precision == "bf16" else None,
+        "compute": compute,
         "seq_len": a.seq_len, "micro_batch": a.micro_batch, "grad_accum": grad_accum, "tokens_per_step": tokens_per_step,
         "top_k": TOP_K, "loss_terms": sorted(tp.losses), "warmup_steps": a.warmup, "measured_steps": a.steps,
         "step_s_median": median, "step_s_p90": p90, "step_s_mean": mean, "step_s_all": times,
@@ -235,8 +254,10 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(shlex.quote(x) for x in [".venv/bin/python", "bench/bench_kd_step.py",
                                                     *(sys.argv[1:] if argv is None else argv)]),
     }
+    result["estimate_total_gib"] = estimate.total / 2**30
     if a.device == "cuda":
         result["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated(world.device) / 2**30
+        result["memory_vs_estimate"] = result["max_memory_allocated_gib"] / result["estimate_total_gib"]
     out = a.out or ROOT / "bench" / "results" / f"kd_step_{a.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

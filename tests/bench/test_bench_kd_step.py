@@ -49,7 +49,15 @@ def test_peak_overrides_and_known_gpus(tmp_path):
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 1.0)
 
 
-def test_bf16_is_refused_until_the_runtime_has_it():
+def test_compute_settings_default_per_device_and_run_on_cpu(tmp_path):
     bench = load_bench()
+    cuda = bench.parse(["--device", "cuda"])
+    assert (cuda.precision, cuda.attention, cuda.recompute, cuda.loss_chunk) == ("bf16", "sdpa", True, 1024)
+    cpu = bench.parse(["--device", "cpu"])
+    assert (cpu.precision, cpu.recompute) == ("fp32", False)
     with pytest.raises(SystemExit):
-        bench.parse(["--device", "cpu", "--dtype", "bf16"])
+        bench.parse(["--device", "cuda", "--tf32"])  # TF32 is for fp32 matmuls
+    r = bench.main(["--device", "cpu", "--small", "--steps", "1", "--warmup", "0", "--seq-len", "32", "--micro-batch", "2",
+                    "--precision", "bf16", "--recompute", "--loss-chunk", "8", "--out", str(tmp_path / "kd.json")])
+    assert r["dtype"] == "bf16" and r["autocast"] == "bfloat16" and r["compute"]["activation_checkpointing"] is True
+    assert r["estimate_total_gib"] > 0 and r["final_loss"] > 0

@@ -160,3 +160,20 @@ def test_activations_over_memory_gb_are_a_warning(tmp_path: Path):
     assert "memory_gb is 0.02" in train and "lower micro_batch" in train
     assert c.derived.rank_memory["train"][64].state <= 0.02 * (1 << 30) < c.derived.rank_memory["train"][64].total
     assert fit_warnings(compile_one(str(REPO / "specs" / "toy.yaml"), [])) == []  # no memory_gb: nothing to compare
+
+
+def test_a_1b_student_fits_one_80gb_gpu_at_16k():
+    """Llama-3.2-1B's shape (d_model 2048, 16 layers, 32 heads / 8 KV heads of 64, SwiGLU 8192, vocabulary
+    128256, tied): one device, micro_batch 1, 16384 tokens, against 80 GiB."""
+    L, d, kv, m, V = 16, 2048, 8 * 64, 8192, 128256
+    linear = L * (2 * d * d + 2 * d * kv + 3 * d * m)
+    one_b = Dims(params=V * d + linear + (2 * L + 1) * d, n_layers=L, d_model=d, n_heads=32, d_head=64, mlp_hidden=m,
+                 vocab_size=V, largest_unit=V * d + d, n_kv_heads=8, layer_linear_params=linear, head_params=V * d)
+    assert 1.2e9 < one_b.params < 1.3e9
+    budget = 80 * (1 << 30)
+    shipped = Kernels(precision="bf16", attention="sdpa", recompute=True, loss_chunk=1024, top_k=16)
+    assert rank_memory(one_b, "ddp", 1, 1, 16384, kernels=shipped).total < 0.3 * budget
+    before = Kernels(precision="fp32", attention="eager", recompute=False, loss_chunk=0, top_k=16)
+    assert rank_memory(one_b, "ddp", 1, 1, 16384, kernels=before).total > 7 * budget  # 512 GiB of eager scores alone
+    no_recompute = Kernels(precision="fp32", attention="sdpa", recompute=False, loss_chunk=0, top_k=16)
+    assert rank_memory(one_b, "ddp", 1, 1, 16384, kernels=no_recompute).total > budget
