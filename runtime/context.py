@@ -21,6 +21,8 @@ class JobContext:
     emit: Callable[[tuple], None] = field(default=lambda event: None)
     # placement from the plan (compiler.planning.params.ResourcesP as JSON): device, nodes, nproc, strategy
     resources: dict[str, Any] = field(default_factory=lambda: dict(CPU_JOB))
+    remote_dir: Path | None = None  # the store's copies of remote inputs (runtime/remote)
+    external: dict[str, str] = field(default_factory=dict)  # external input -> the version its job was keyed with
 
     def progress(self, description: str, total: int | None = None) -> Callable[..., None]:
         """Start a progress bar; call the result with `advance=` and any fields (e.g. losses)."""
@@ -40,9 +42,7 @@ class JobContext:
         self.emit(("detail", self.job_id, message))
 
     def resolve(self, path: str) -> Path:
-        """A data path from params: URIs are refused here, relative paths resolve against the spec."""
-        if "://" in path:
-            scheme = path.split("://", 1)[0]
-            raise RuntimeError(f"'{path}': the {scheme}:// scheme is not readable on this machine; copy the data to a local path")
-        p = Path(path)
-        return p if p.is_absolute() else (self.spec_dir / p)
+        """A path from params: a URI fetched into the store, relative paths against the spec (runtime/remote)."""
+        from .remote import local_path
+
+        return local_path(self, path)

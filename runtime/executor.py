@@ -68,7 +68,7 @@ def select(plan: Plan, until: list[str], only: list[str]) -> list[str]:
 
 class Executor:
     def __init__(self, plan: Plan, store: Store, jobs: int = 1, force: tuple[str, ...] = (), reporter=None,
-                 start_method: str = "spawn", backend: Backend | None = None):
+                 start_method: str = "spawn", backend: Backend | None = None, keys: dict[str, JobKey] | None = None):
         """`start_method`: how local worker processes start. spawn (the CLI) imports torch afresh in each
         worker; fork reuses a parent that already imported it (the kill soak in tests/runtime/kill_soak.py
         forks hundreds of runs from one warm process). `backend`: where jobs run (default: local workers)."""
@@ -77,7 +77,7 @@ class Executor:
         self.max_jobs = max(1, jobs)
         self.force = set(force)
         self.reporter = reporter
-        self.keys: dict[str, JobKey] = job_keys(plan)
+        self.keys: dict[str, JobKey] = keys if keys is not None else job_keys(plan)
         self.results: dict[str, JobResult] = {}
         self.backend: Backend = backend or LocalBackend(self.max_jobs, start_method)
         self._staging: dict[str, Path] = {}
@@ -145,8 +145,8 @@ class Executor:
             "upstream": {n: {"fingerprint": self.keys[n].fingerprint, "key": self.keys[n].key} for n in pj.needs},
         }
         ctx = {"spec_dir": str(self.plan.spec_dir), "spec_file": self.plan.spec_file, "work_dir": str(self.store.work_dir(self.plan.name, job_id)),
-               "cache_dir": str(self.store.cache_dir(k.kind)),
-               "provenance": provenance, "force": job_id in self.force, "resources": dict(pj.resources),
+               "cache_dir": str(self.store.cache_dir(k.kind)), "remote_dir": str(self.store.remote_dir()),
+               "external": k.external, "provenance": provenance, "force": job_id in self.force, "resources": dict(pj.resources),
                "log": str(self.log_file(job_id))}
         self._say("job_start", job_id, k.kind)
         return self.backend.submit(job_id, dict(pj.resources), (k.kind, job_id, k.params, inputs, str(staging), ctx))

@@ -11,17 +11,22 @@ from .diffing import diff
 from .hashing import tree_sha256
 from .jobs import EXTERNAL_INPUTS
 from .plan import Plan
+from .remote import is_uri
+from .remote import version as remote_version
 from .store import Store
 
 
 def external_inputs(kind: str, params: dict, spec_dir: Path) -> dict[str, str]:
+    """Each external input's content identity: a local file's or folder's sha256, a remote one's version
+    (ETag, generation, revision; runtime/remote) -- one metadata request, no download. A remote input
+    that cannot be read raises RemoteInputError (a local one that is missing reads "missing")."""
     out = {}
     for attr in EXTERNAL_INPUTS.get(kind, ()):
         value = params.get(attr)
         if not value:
             continue
-        if "://" in value:
-            out[value] = "unchecked-uri"
+        if is_uri(value):
+            out[value] = "remote:" + remote_version(value)
             continue
         path = Path(value) if Path(value).is_absolute() else spec_dir / value
         try:

@@ -176,6 +176,12 @@ class Store:
     def drop_work(self, spec_name: str, job_id: str) -> None:
         shutil.rmtree(self.root / "work" / spec_name / job_id, ignore_errors=True)
 
+    def remote_dir(self) -> Path:
+        """Local copies of remote inputs, one folder per (URI, version) (runtime/remote/fetch.py)."""
+        path = self.root / "remote"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def cache_dir(self, kind: str) -> Path:
         path = self.root / "cache" / kind
         path.mkdir(parents=True, exist_ok=True)

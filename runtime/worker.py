@@ -72,7 +72,9 @@ def run_job(kind: str, job_id: str, params_json: dict, inputs: dict[str, dict[st
                          cache_dir=Path(ctx_data["cache_dir"]),
                          provenance=ctx_data["provenance"], force=ctx_data["force"], emit=emit,
                          spec_file=Path(ctx_data["spec_file"]) if ctx_data.get("spec_file") else None,
-                         resources=ctx_data["resources"])
+                         resources=ctx_data["resources"],
+                         remote_dir=Path(ctx_data["remote_dir"]) if ctx_data.get("remote_dir") else None,
+                         external=ctx_data.get("external") or {})
         start = time.perf_counter()
         metrics = runner(kind)(params, {u: {n: Path(p) for n, p in outs.items()} for u, outs in inputs.items()}, Path(staging), ctx)
     return {"metrics": metrics or {}, "seconds": time.perf_counter() - start,

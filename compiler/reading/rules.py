@@ -17,10 +17,11 @@ from compiler.analysis.estimates import Kernels, min_fsdp2_ranks, unsharded_byte
 from compiler.core.errors import Path, did_you_mean
 from compiler.analysis.modules import canonical_modules, matches
 from compiler.analysis.resolve import quant_plan
+from compiler.core.uris import is_uri, shown, uri_problem
 from compiler.schema.architecture import Heads
 from compiler.schema.quantization import Quantized
 from compiler.schema.spec import Spec
-from compiler.schema.teacher import HfLocalTeacher, TrainTeacher
+from compiler.schema.teacher import HfLocalTeacher, OpenAICompatibleTeacher, TrainTeacher
 from compiler.reading import rules_teacher
 from compiler.reading.rules_teacher import is_local_relative
 from compiler.schema.tokenizer import BpeSource
@@ -319,7 +320,19 @@ def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
         candidates.append((("tokenizer", "chat_template"), spec.tokenizer.chat_template, False))
     if spec.training.init is not None:
         candidates.append((("training", "init", "checkpoint"), spec.training.init.checkpoint, True))
+    uris = [(p, v) for p, v, _ in candidates]
+    if isinstance(spec.teacher, OpenAICompatibleTeacher) and spec.teacher.tokenizer is not None:
+        uris.append((("teacher", "tokenizer"), spec.teacher.tokenizer))  # its local folder is checked by rules_teacher
+    for path, value in uris:
+        problem = uri_problem(value) if is_uri(value) else None
+        if problem is not None:
+            yield (path, f"'{shown(value)}': {problem[0]}", problem[1])
+        elif is_uri(value) and path == ("tokenizer", "chat_template"):
+            yield (path, f"'{shown(value)}': the chat template is compiled with the spec, from a local file",
+                   "copy it next to the spec")
     for path, value, folder in candidates:
+        if is_uri(value):
+            continue
         full = os.path.join(spec_dir, value)
         if not value.strip():
             yield (path, "empty path", "write a path relative to the spec file, an absolute path or a URI")

@@ -33,6 +33,17 @@ def _backend(executor: str, address: str | None):
     return backend
 
 
+def _keys(plan, job_keys):
+    """The plan's job keys; a remote input that cannot be read (missing, no credentials, unreachable) exits 2."""
+    from runtime.remote import RemoteInputError
+
+    try:
+        return job_keys(plan)
+    except RemoteInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+
+
 @app.command()
 def run(
     spec: Annotated[str, typer.Argument(help="Spec file.")],
@@ -55,24 +66,25 @@ def run(
     """Run the compiled plan: cached jobs are skipped, the rest run; a killed run resumes."""
     require_runtime("run")
     from runtime.executor import Executor, Interrupted, select
-    from runtime.keys import job_states
+    from runtime.keys import job_keys, job_states
     from runtime.progress import Reporter
     from runtime.store import Store
 
     backend = _backend(executor, address)  # a bad executor or an unreachable cluster writes nothing
     plan = _plan(spec, set_ or [], allow_stale, workdir)  # an invalid spec writes nothing, not even the store
+    keys = _keys(plan, job_keys)  # a remote input that cannot be read writes nothing either
     store = Store(workdir)
     for option, names in (("--until", until or []), ("--only", only or []), ("--force", force or [])):
         _check_jobs(plan, names, option)
     selected = select(plan, until or [], only or [])
     with store.lock():
         if explain:
-            for state in job_states(plan, store):
+            for state in job_states(plan, store, keys):
                 if state.id in selected and state.state != "up_to_date":
                     typer.echo(f"{state.id}: {state.state}: " + "; ".join(state.reasons), err=True)
         if jobs is None:
             jobs = len(selected) if backend is not None else 1
-        runner = Executor(plan, store, jobs=jobs, force=tuple(force or ()), backend=backend)
+        runner = Executor(plan, store, jobs=jobs, force=tuple(force or ()), backend=backend, keys=keys)
         try:
             with Reporter(quiet=json_) as reporter:
                 runner.reporter = reporter
@@ -104,13 +116,13 @@ def status(
     json_: JsonOpt = False,
 ) -> None:
     """Every job's state (up_to_date, stale, missing) and the reasons."""
-    from runtime.keys import job_states
+    from runtime.keys import job_keys, job_states
     from runtime.plan import load
     from runtime.store import Store
 
     has_store = os.path.isdir(workdir)
     plan, _ = load(spec, set_ or [], Store(workdir).root if has_store else None)
-    states = job_states(plan, Store(workdir)) if has_store else []
+    states = job_states(plan, Store(workdir), _keys(plan, job_keys)) if has_store else []
     if not states:
         from runtime.keys import JobState
 

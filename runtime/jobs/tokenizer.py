@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Callable
 
 from runtime.hashing import tree_sha256
+from runtime.remote import local_path
 
 # A corpus up to this size is trained twice and the two results compared byte for byte.
 DETERMINISM_CHECK_MAX_BYTES = 16 << 20
 BYTE_ALPHABET = 256
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class TokenizerJobError(RuntimeError):
@@ -43,14 +42,8 @@ class TokenizerJobError(RuntimeError):
 
 
 def resolve_path(ctx: Any, value: str) -> Path:
-    """A path from params: relative to ``ctx.spec_dir``, absolute as is, URIs refused."""
-    if _URI.match(value):
-        scheme = value.split("://", 1)[0]
-        raise TokenizerJobError(
-            f"'{value}': the {scheme}:// scheme is not supported on this machine; copy the file to a local path "
-            "(relative paths resolve against the spec's folder)")
-    path = Path(value)
-    return path if path.is_absolute() else Path(ctx.spec_dir) / path
+    """A path from params: a URI fetched into the store, relative to ``ctx.spec_dir``, absolute as is."""
+    return local_path(ctx, value)
 
 
 def special_token_mismatch(tok, special_tokens: dict) -> str | None:
