@@ -219,14 +219,17 @@ def _reference_result(target: str, markers: Markers) -> str | None:
 
 
 def _load_eval_split(data_dir: Path, special: dict) -> tuple[list[dict], Any]:
-    from safetensors import safe_open
+    from runtime.data.shards import RowSource, ShardError, has_split
 
-    tensors, jsonl = data_dir / "eval.safetensors", data_dir / "eval.jsonl"
-    if not tensors.is_file() or not jsonl.is_file():
-        raise EvalJobError(f"dataset folder {data_dir} lacks eval.safetensors or eval.jsonl")
-    with safe_open(str(tensors), framework="np") as fh:
-        info = json.loads((fh.metadata() or {}).get("modelspec", "{}"))
-        input_ids = fh.get_tensor("input_ids")
+    tensors, jsonl = data_dir / "eval", data_dir / "eval.jsonl"
+    if not has_split(data_dir, "eval") or not jsonl.is_file():
+        raise EvalJobError(f"dataset folder {data_dir} lacks the eval rows (eval.index.json) or eval.jsonl")
+    try:
+        source = RowSource(data_dir, "eval", rebuild="the dataset job")
+    except ShardError as exc:
+        raise EvalJobError(str(exc)) from None
+    info = json.loads(source.metadata.get("modelspec", "{}"))
+    input_ids = source.read_all("input_ids").numpy()
     for name in ("bos", "eos"):
         if info.get(f"{name}_id") != special[name].id:
             raise EvalJobError(f"{tensors}: the dataset's {name} id is {info.get(f'{name}_id')}, the spec's is {special[name].id}")

@@ -150,7 +150,7 @@ def write_sparse_targets(folder: Path, rows: list, n: int, L: int, k: int) -> di
     """The KL targets of the generated rows, aligned to the row: at position p - 1 for each answer token at p, the
     teacher's top-k ids (-1 where it sent fewer) and full-distribution logprobs, the log of the mass outside them,
     and `kd_mask` 1 (0 everywhere else)."""
-    from safetensors.numpy import save_file
+    from runtime.data.shards import write_shards
 
     ids = np.full((n, L, k), -1, dtype=np.int32)
     lps = np.zeros((n, L, k), dtype=np.float32)
@@ -169,8 +169,8 @@ def write_sparse_targets(folder: Path, rows: list, n: int, L: int, k: int) -> di
             positions += int(ok.sum())
     folder.mkdir(parents=True, exist_ok=True)
     info = json.dumps({"split": "train", "format": "sparse-tail", "top_k": k}, sort_keys=True)
-    save_file({"topk_ids": ids, "topk_logprobs": lps, "topk_log_tail": tail, "kd_mask": kd},
-              str(folder / "train.safetensors"), metadata={"modelspec": info})
+    write_shards(folder, "train", {"topk_ids": ids, "topk_logprobs": lps, "topk_log_tail": tail, "kd_mask": kd}, None,
+                 {"modelspec": info})
     return {"kd_positions": positions}
 
 

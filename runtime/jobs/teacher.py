@@ -2,7 +2,7 @@
 
 Inputs: the tokenizer folder ``inputs["tokenizer"]["tokenizer"]`` (and its ``report``, whose
 ``model_vocab_size`` an ``hf_local`` teacher must match) and the dataset folder
-``inputs["dataset"]["data"]`` (``{train,val}.safetensors`` and ``.jsonl``, see ``dataset.py``).
+``inputs["dataset"]["data"]`` (the ``train`` and ``val`` row shards and ``.jsonl``, see ``dataset.py``).
 
 ``params.kind == "train"``: a ``transformers.LlamaForCausalLM`` built from ``params.architecture``
 and trained from ``params.seed`` on the train split only: next-token cross-entropy on the target
@@ -56,17 +56,20 @@ class TeacherJobError(RuntimeError):
 
 
 def _load_split(data: Path, split: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    from safetensors.numpy import load_file
+    from runtime.data.shards import RowSource, ShardError
 
-    path = data / f"{split}.safetensors"
     try:
-        arrays = load_file(str(path))
+        source = RowSource(data, split, rebuild="the dataset job")
+        arrays = {name: source.read_all(name).numpy() for name in source.names}
         rows = (data / f"{split}.jsonl").read_text(encoding="utf-8").count("\n")
+    except ShardError as exc:
+        raise TeacherJobError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - any unreadable dataset file is the same user error
-        raise TeacherJobError(f"dataset file {path} (or its .jsonl) is unreadable: {exc}; rerun the dataset job") from exc
+        raise TeacherJobError(f"dataset split '{split}' in {data} (or its .jsonl) is unreadable: {exc}; rerun the dataset "
+                              "job") from exc
     missing = {"input_ids", "attention_mask", "loss_mask"} - set(arrays)
     if missing or arrays["input_ids"].shape[0] != rows:
-        raise TeacherJobError(f"{path}: missing tensors {sorted(missing)} or row count differs from {split}.jsonl "
+        raise TeacherJobError(f"{data}/{split}: missing tensors {sorted(missing)} or row count differs from {split}.jsonl "
                               f"({rows} rows); rerun the dataset job")
     return arrays, arrays["attention_mask"].sum(axis=1).astype(np.int64)
 
@@ -177,7 +180,7 @@ def _evaluate(model, arrays: dict[str, np.ndarray], lengths: np.ndarray, device)
 
 def write_targets(model, folder: Path, splits, top_k: int, teacher_sha: str, cache_dir, device, ctx,
                    rows: int) -> TargetCache:
-    from safetensors.numpy import save_file
+    from runtime.data.shards import write_shards
 
     folder.mkdir(parents=True, exist_ok=True)
     limited = rows < model.config.vocab_size  # padded rows dropped: a different ranking, a different cache entry
@@ -188,7 +191,7 @@ def write_targets(model, folder: Path, splits, top_k: int, teacher_sha: str, cac
         tensors, shas = split_targets(model, arrays["input_ids"], lengths, top_k, cache, device, update,
                                       rows if limited else None)
         info = json.dumps({"split": split, "top_k": top_k, "teacher_sha256": teacher_sha}, sort_keys=True)
-        save_file(tensors, str(folder / f"{split}.safetensors"), metadata={"modelspec": info})
+        write_shards(folder, split, {k: np.asarray(v) for k, v in tensors.items()}, None, {"modelspec": info})
         index["splits"][split] = {"rows": len(lengths), "T": tensors["topk_ids"].shape[1], "sample_sha256": shas}
     (folder / "index.json").write_text(json.dumps(index, sort_keys=True, indent=1) + "\n", encoding="utf-8")
     return cache

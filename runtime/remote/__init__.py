@@ -14,9 +14,10 @@ def local_path(ctx: Any, value: str) -> Path:
     """A path from job params: a URI fetched into the store at the version the job was keyed with,
     a relative path against the spec's folder, an absolute path as is."""
     if is_uri(value):
+        check_uri(value)
         remote_dir = getattr(ctx, "remote_dir", None)
         if remote_dir is None:
-            raise RemoteInputError(f"'{value.split('?', 1)[0]}': remote inputs are fetched into a store; run the job "
+            raise RemoteInputError(f"'{value}': remote inputs are fetched into a store; run the job "
                                    "through `modelspec run`")
         keyed = (getattr(ctx, "external", None) or {}).get(value)  # "remote:<version>" (runtime/keys.py)
         return fetch(value, keyed.removeprefix("remote:") if keyed else None, Path(remote_dir))

@@ -14,14 +14,18 @@ that stage).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
+from runtime.data.shards import RowSource, ShardError
+
 TOKEN_TENSORS = ("input_ids", "attention_mask", "loss_mask", "tool_name_mask", "json_args_mask", "integration_mask")
+DENSE = ("topk_ids", "topk_logits")
+SPARSE = ("topk_ids", "topk_logprobs", "topk_log_tail", "kd_mask")
 
 
 class TrainDataError(RuntimeError):
@@ -29,76 +33,128 @@ class TrainDataError(RuntimeError):
 
 
 @dataclass
+class Part:
+    """Rows from one source: token rows and the teacher targets for them (row i of both is the same sample).
+    `kind`: "none" (no targets: an HTTP teacher without logit KD, k = 0), "dense" (top-k logits [rows, T, k])
+    or "sparse" (an HTTP teacher's top-k logprobs with the tail [rows, L, k])."""
+
+    rows: RowSource | None = None
+    targets: RowSource | None = None
+    kind: str = "none"
+    tensors: dict[str, Tensor] | None = None  # in memory instead of sources (benchmarks, tests)
+
+    @property
+    def count(self) -> int:
+        return self.tensors["input_ids"].shape[0] if self.tensors is not None else self.rows.rows  # type: ignore[union-attr]
+
+    def lengths(self) -> np.ndarray:
+        if self.tensors is not None:
+            return self.tensors["attention_mask"].sum(dim=1).numpy()
+        return self.rows.lengths()  # type: ignore[union-attr]
+
+    def k(self) -> int:
+        if self.tensors is not None:
+            return self.tensors["topk_ids"].shape[2] if "topk_ids" in self.tensors else 0
+        return self.targets.shape("topk_ids")[1] if self.targets is not None else 0
+
+    def width(self) -> int:
+        """Positions per row (max_seq_len)."""
+        return self.tensors["input_ids"].shape[1] if self.tensors is not None else self.rows.shape("input_ids")[0]  # type: ignore[union-attr]
+
+    def read(self, name: str, rows: list[int], columns: int) -> Tensor | None:
+        """Rows of one tensor cut to `columns` positions (None: this part has no such tensor)."""
+        if self.tensors is not None:
+            t = self.tensors.get(name)
+            return None if t is None else t[torch.tensor(rows), :columns]
+        src = self.rows if name in TOKEN_TENSORS else self.targets
+        if src is None or name not in src.names:
+            return None
+        return src.take(name, rows, columns)
+
+
+@dataclass
 class Split:
-    tensors: dict[str, Tensor]  # TOKEN_TENSORS int64 [rows, L] and topk_ids/topk_logits [rows, T, k]
+    """The rows of one split, memory-mapped: only a batch's rows are ever read (`make_batch`)."""
+
+    parts: list[Part] = field(default_factory=list)
+
+    def __init__(self, tensors: dict[str, Tensor] | None = None, parts: list[Part] | None = None) -> None:
+        """`Split(tensors)`: rows already in memory (TOKEN_TENSORS, topk_ids and topk_logits or the sparse set)."""
+        if tensors is not None:
+            kind = "sparse" if "kd_mask" in tensors else ("dense" if tensors["topk_ids"].shape[2] else "none")
+            parts = [Part(tensors=tensors, kind=kind)]
+        self.parts = parts or []
+        self._offsets = np.cumsum([0] + [p.count for p in self.parts])
+        self._lengths = np.concatenate([p.lengths() for p in self.parts]) if self.parts else np.zeros(0, dtype=np.int64)
 
     @property
     def rows(self) -> int:
-        return self.tensors["input_ids"].shape[0]
+        return int(self._offsets[-1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Every row's real length (the index's; no row is read)."""
+        return self._lengths
+
+    @property
+    def sparse(self) -> bool:
+        return any(p.kind == "sparse" for p in self.parts)
+
+    @property
+    def k(self) -> int:
+        return max((p.k() for p in self.parts), default=0)
+
+    def locate(self, rows: list[int]) -> dict[int, list[tuple[int, int]]]:
+        """part -> [(row within the part, position in `rows`)]."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        for i, r in enumerate(rows):
+            p = int(np.searchsorted(self._offsets, r, side="right")) - 1
+            out.setdefault(p, []).append((r - int(self._offsets[p]), i))
+        return out
+
+
+def _sources(data_dir: Path, targets_dir: Path | None, split: str) -> Part:
+    try:
+        rows = RowSource(data_dir, split, rebuild="the dataset (or generate) job")
+        targets = RowSource(targets_dir, split, rebuild="the teacher (or generate) job") if targets_dir is not None else None
+    except ShardError as exc:
+        raise TrainDataError(str(exc)) from None
+    missing = [n for n in TOKEN_TENSORS if n not in rows.names]
+    kind = "none"
+    if targets is not None:
+        kind = "sparse" if "kd_mask" in targets.names else "dense"
+        missing += [n for n in (SPARSE if kind == "sparse" else DENSE) if n not in targets.names]
+    if missing:
+        raise TrainDataError(f"{data_dir} / {targets_dir}: missing tensors {missing}; rebuild the dataset and teacher jobs")
+    if targets is not None and targets.rows != rows.rows:
+        raise TrainDataError(f"teacher targets have {targets.rows} rows for split '{split}', the dataset has {rows.rows}: "
+                             "the teacher job ran on different data")
+    return Part(rows=rows, targets=targets, kind=kind)
 
 
 def load_split(data_dir: Path, targets_dir: Path | None, split: str) -> Split:
-    """Dataset rows and the teacher's top-k targets for them (row i of both is the same sample). Without a
-    targets folder (an HTTP teacher: sequence-level KD) the targets are empty (k = 0); the compiler refuses
-    the loss terms that read them (kl, ce_teacher, length_kd)."""
-    data = load_file(str(data_dir / f"{split}.safetensors"))
-    if targets_dir is None:
-        shape = (*data["input_ids"].shape, 0)
-        targets = {"topk_ids": torch.zeros(shape, dtype=torch.int32), "topk_logits": torch.zeros(shape)}
-    else:
-        targets = load_file(str(targets_dir / f"{split}.safetensors"))
-    wanted = ("topk_ids", "topk_logprobs", "topk_log_tail", "kd_mask") if "kd_mask" in targets else ("topk_ids", "topk_logits")
-    missing = [n for n in TOKEN_TENSORS if n not in data] + [n for n in wanted if n not in targets]
-    if missing:
-        raise TrainDataError(f"{data_dir} / {targets_dir}: missing tensors {missing}; rebuild the dataset and teacher jobs")
-    if "kd_mask" in targets:  # sparse targets with the tail (an HTTP teacher's logprobs, runtime/jobs/generate.py)
-        rows = data["input_ids"].shape[0]
-        if targets["topk_ids"].shape[0] != rows:
-            raise TrainDataError(f"{targets_dir}: {targets['topk_ids'].shape[0]} target rows for {rows} rows; rebuild the generate job")
-        tensors = {n: data[n].long() for n in TOKEN_TENSORS}
-        tensors |= {"topk_ids": targets["topk_ids"].long(), "topk_logprobs": targets["topk_logprobs"].float(),
-                    "topk_log_tail": targets["topk_log_tail"].float(), "kd_mask": targets["kd_mask"].long()}
-        return Split(tensors)
-    rows = data["input_ids"].shape[0]
-    if targets["topk_ids"].shape[0] != rows:
-        raise TrainDataError(f"teacher targets have {targets['topk_ids'].shape[0]} rows for split '{split}', the dataset "
-                             f"has {rows}: the teacher job ran on different data")
-    tensors = {n: data[n].long() for n in TOKEN_TENSORS}
-    tensors["topk_ids"] = targets["topk_ids"].long()
-    tensors["topk_logits"] = targets["topk_logits"].float()
-    if rows == 0:
+    """Dataset rows and the teacher's top-k targets for them (row i of both is the same sample), memory-mapped.
+    Without a targets folder (an HTTP teacher: sequence-level KD) the targets are empty (k = 0); the compiler
+    refuses the loss terms that read them (kl, ce_teacher, length_kd)."""
+    part = _sources(data_dir, targets_dir, split)
+    if part.count == 0:
         raise TrainDataError(f"split '{split}' is empty")
-    return Split(tensors)
+    return Split(parts=[part])
 
 
 def with_extra_rows(split: Split, data_dir: Path, targets_dir: Path | None) -> Split:
     """`split` followed by the rows of another source (the generate job's transcripts: same row layout,
-    same targets layout); the teacher's T is padded to the longer of the two."""
-    extra = load_split(data_dir, targets_dir, "train").tensors
-    base = split.tensors
-    if "kd_mask" in extra and "kd_mask" not in base:  # rows without an HTTP teacher's targets: none of theirs count
-        if base["topk_ids"].shape[2] != 0:
+    same targets layout); batches pad the teacher's T to the longer of the two."""
+    extra = _sources(data_dir, targets_dir, "train")
+    if extra.kind == "sparse" and not split.sparse:  # rows without an HTTP teacher's targets: none of theirs count
+        if split.k != 0:
             raise TrainDataError("a dense teacher's targets cannot join an HTTP teacher's sparse ones")
-        rows, length = base["input_ids"].shape
-        k = extra["topk_ids"].shape[2]
-        base = {n: base[n] for n in TOKEN_TENSORS} | {
-            "topk_ids": torch.full((rows, length, k), -1, dtype=torch.long), "topk_logprobs": torch.zeros((rows, length, k)),
-            "topk_log_tail": torch.zeros((rows, length)), "kd_mask": torch.zeros((rows, length), dtype=torch.long)}
-    if extra["input_ids"].shape[1] != base["input_ids"].shape[1]:
-        raise TrainDataError(f"{data_dir}: rows of {extra['input_ids'].shape[1]} tokens cannot join rows of "
-                             f"{base['input_ids'].shape[1]}; rebuild the generate job with the dataset's max_seq_len")
-    if extra["topk_ids"].shape[2] != base["topk_ids"].shape[2]:
-        raise TrainDataError(f"{targets_dir}: top-{extra['topk_ids'].shape[2]} targets cannot join top-"
-                             f"{base['topk_ids'].shape[2]}; rebuild the generate job")
-    T = max(extra["topk_ids"].shape[1], base["topk_ids"].shape[1])
-    out = {}
-    for name, value in base.items():
-        other = extra[name]
-        if name in ("topk_ids", "topk_logits", "topk_logprobs"):
-            fill = -1 if name == "topk_ids" and "kd_mask" in base else 0
-            value, other = (torch.nn.functional.pad(v, (0, 0, 0, T - v.shape[1]), value=fill) for v in (value, other))
-        out[name] = torch.cat([value, other])
-    return Split(out)
+    elif extra.k() != split.k:
+        raise TrainDataError(f"{targets_dir}: top-{extra.k()} targets cannot join top-{split.k}; rebuild the generate job")
+    if extra.width() != split.parts[0].width():
+        raise TrainDataError(f"{data_dir}: rows of {extra.width()} tokens cannot join rows of {split.parts[0].width()}; "
+                             "rebuild the generate job with the dataset's max_seq_len")
+    return Split(parts=[*split.parts, extra])
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> Tensor:
@@ -124,21 +180,33 @@ def cursor(rows: int, step: int, global_batch: int) -> dict[str, int]:
 
 
 def make_batch(split: Split, rows: list[int], seq_len: int, device: torch.device) -> dict[str, Tensor]:
-    """The rows cropped to min(seq_len, longest real row); teacher targets cropped alike."""
-    idx = torch.tensor(rows)
-    lengths = split.tensors["attention_mask"][idx].sum(dim=1)
-    length = int(min(seq_len, int(lengths.max())))
-    batch = {n: split.tensors[n][idx, :length] for n in TOKEN_TENSORS}
-    t = split.tensors["topk_ids"].shape[1]
-    for n in ("topk_log_tail", "kd_mask"):  # sparse targets: rows are as long as the dataset's
-        if n in split.tensors:
-            batch[n] = split.tensors[n][idx, :length]
-    for n in ("topk_ids", "topk_logits", "topk_logprobs"):
-        if n not in split.tensors:
-            continue
-        cut = split.tensors[n][idx, :min(length, t)]
-        if cut.shape[1] < length:  # rows are never longer than the teacher's T; pad defensively
-            pad = torch.zeros((cut.shape[0], length - cut.shape[1], cut.shape[2]), dtype=cut.dtype)
-            cut = torch.cat([cut, pad], dim=1)
-        batch[n] = cut
+    """The rows cropped to min(seq_len, longest real row); teacher targets cropped (or zero-padded) alike.
+    Only these rows are read from the shards."""
+    length = int(min(seq_len, int(split.lengths[rows].max())))
+    located = split.locate(rows)
+    order = torch.tensor([i for part in sorted(located) for _, i in located[part]])
+    names = TOKEN_TENSORS + (SPARSE if split.sparse else DENSE)
+    k = split.k
+    batch: dict[str, Tensor] = {}
+    for name in names:
+        pieces = []
+        for p in sorted(located):
+            part, local = split.parts[p], [r for r, _ in located[p]]
+            t = part.read(name, local, length)
+            if t is None:  # targets this part lacks: none of its positions count
+                t = _absent(name, len(local), length, k, sparse=split.sparse)
+            elif name in ("topk_ids", "topk_logits", "topk_logprobs") and t.shape[1] < length:
+                fill = -1 if name == "topk_ids" and split.sparse else 0  # rows are never longer than the teacher's T
+                t = torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1]), value=fill)
+            pieces.append(t.long() if name in TOKEN_TENSORS or name in ("topk_ids", "kd_mask") else t.float())
+        whole = torch.cat(pieces)
+        batch[name] = torch.empty_like(whole).index_copy_(0, order, whole)  # back to the order of `rows`
     return {n: v.to(device) for n, v in batch.items()}
+
+
+def _absent(name: str, rows: int, length: int, k: int, sparse: bool) -> Tensor:
+    if name == "topk_ids":
+        return torch.full((rows, length, k), -1 if sparse else 0, dtype=torch.long)
+    if name in ("topk_logits", "topk_logprobs"):
+        return torch.zeros((rows, length, k))
+    return torch.zeros((rows, length), dtype=torch.long if name == "kd_mask" else torch.float32)

@@ -190,7 +190,7 @@ def evaluate(model: nn.Module, split: Split, tp: TrainingP, device: torch.device
     totals: dict[str, float] = {}
     correct = counted = 0
     batches = 0
-    max_len = int(split.tensors["attention_mask"].sum(dim=1).max())
+    max_len = int(split.lengths.max())
     for start in range(0, split.rows, batch_size):
         rows = list(range(start, min(split.rows, start + batch_size)))
         batch = make_batch(split, rows, max_len, device)

@@ -203,7 +203,7 @@ def test_logit_kd_from_an_http_teacher_trains_on_its_own_token_ids(kd_teacher, t
     """The student starts from the served model's tokenizer; losses.kl (temperature 1) is distilled from the teacher's
     top-k logprobs: the generated rows hold exactly the ids the teacher sent (checked against logprobs/answers.jsonl),
     the targets sit one position before each answer token, and the KL term is trained on them."""
-    from safetensors.numpy import load_file
+    from runtime.data.shards import read_split
 
     folder, server = kd_teacher
     spec = _spec(tmp_path, server, folder)
@@ -225,7 +225,7 @@ def test_logit_kd_from_an_http_teacher_trains_on_its_own_token_ids(kd_teacher, t
     assert gen["kd"].startswith("logit") and gen["preflight"]["logit_kd_possible"] is True
     assert gen["template_mismatch"] == 0 and gen["transcripts"] >= N_PROMPTS - 2
     job = next((store / "jobs" / "generate").glob("*/report.json")).parent
-    data, targets = load_file(str(job / "data" / "train.safetensors")), load_file(str(job / "targets" / "train.safetensors"))
+    data, targets = read_split(job / "data", "train", numpy=True), read_split(job / "targets", "train", numpy=True)
     answers: dict[str, list[int]] = {}
     for line in (job / "logprobs" / "answers.jsonl").read_text().splitlines():
         a = json.loads(line)

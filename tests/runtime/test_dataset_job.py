@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from compiler.planning.params import DatasetParams, SpecialTokenP, TokenizerParams
+from runtime.data.shards import read_split
 from runtime.hashing import tree_sha256
+from runtime.remote import RemoteInputError
 from runtime.jobs import dataset as dsjob
 from runtime.jobs import tokenizer as tokjob
 from tests.runtime.helpers import Ctx
@@ -84,7 +85,7 @@ def toy(tok_dir, tmp_path_factory):
     data = out / "data"
     return SimpleNamespace(
         out=out, metrics=metrics, ctx=ctx, tok=tokjob.load_tokenizer(tok_dir),
-        arrays={s: load_file(str(data / f"{s}.safetensors")) for s in dsjob.SPLITS},
+        arrays={s: read_split(data, s, numpy=True) for s in dsjob.SPLITS},
         meta={s: load_jsonl(data / f"{s}.jsonl") for s in dsjob.SPLITS},
     )
 
@@ -92,7 +93,7 @@ def toy(tok_dir, tmp_path_factory):
 def test_outputs_exist_and_report(toy):
     assert sorted(p.name for p in toy.out.iterdir()) == ["data", "report.json"]
     names = sorted(p.name for p in (toy.out / "data").iterdir())
-    assert names == sorted(f"{s}.{ext}" for s in dsjob.SPLITS for ext in ("jsonl", "safetensors"))
+    assert names == sorted(f"{s}{ext}" for s in dsjob.SPLITS for ext in (".jsonl", "-00000.safetensors", ".index.json"))
     text = (toy.out / "report.json").read_text()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
     assert json.loads(text) == json.loads(json.dumps(toy.metrics)) | {"provenance": {}}
@@ -227,10 +228,9 @@ def test_outputs_byte_identical_across_runs(toy, tok_dir, tmp_path):
 
 
 def test_safetensors_metadata(toy):
-    from safetensors import safe_open
+    from runtime.data.shards import RowSource
 
-    with safe_open(str(toy.out / "data" / "eval.safetensors"), framework="numpy") as fh:
-        info = json.loads(fh.metadata()["modelspec"])
+    info = json.loads(RowSource(toy.out / "data", "eval").metadata["modelspec"])
     assert info == {"split": "eval", "max_seq_len": L, "pad_id": 0, "bos_id": 1, "eos_id": 2}
 
 
@@ -307,7 +307,7 @@ def test_too_long_samples_are_rejected_and_counted(tok_dir, tmp_path):
     assert metrics["too_long"] == 1
     rows = [m["id"] for s in ("train", "val") for m in load_jsonl(tmp_path / "out" / "data" / f"{s}.jsonl")]
     assert rows == ["short"]
-    a = load_file(str(tmp_path / "out" / "data" / f"{dsjob.split_of('short')}.safetensors"))
+    a = read_split(tmp_path / "out" / "data", dsjob.split_of("short"), numpy=True)
     assert a["input_ids"].shape == (1, 64)
 
 
@@ -316,12 +316,13 @@ def test_empty_split_still_written(tok_dir, tmp_path):
     metrics = run_ds(tok_dir, tmp_path / "out", small_params(), Ctx(spec_dir=tmp_path))
     empty = "val" if dsjob.split_of("only") == "train" else "train"
     assert metrics["counts"][empty] == 0
-    assert load_file(str(tmp_path / "out" / "data" / f"{empty}.safetensors"))["input_ids"].shape == (0, L)
+    assert read_split(tmp_path / "out" / "data", empty, numpy=True)["input_ids"].shape == (0, L)
 
 
-def test_uri_data_path_is_refused(tok_dir, tmp_path):
-    with pytest.raises(dsjob.DatasetJobError, match="s3:// scheme is not supported on this machine"):
-        run_ds(tok_dir, tmp_path, ds_params(train="s3://bucket/train.jsonl"))
+def test_unsupported_uri_scheme_is_refused(tok_dir, tmp_path):
+    # s3://, gs://, hf:// and https:// are read through fsspec (tests/runtime/test_remote_inputs.py)
+    with pytest.raises(RemoteInputError, match="the ftp:// scheme is not supported"):
+        run_ds(tok_dir, tmp_path, ds_params(train="ftp://host/train.jsonl"))
 
 
 def test_tokenizer_that_disagrees_with_spec_fails(tok_dir, tmp_path):
@@ -387,7 +388,7 @@ def test_ready_made_chat_samples_join_the_train_split(tok_dir, tmp_path):
     tok = tokjob.load_tokenizer(tok_dir)
     rows = {}
     for split in ("train", "val"):
-        arrays = load_file(str(out / "data" / f"{split}.safetensors"))
+        arrays = read_split(out / "data", split, numpy=True)
         for m in load_jsonl(out / "data" / f"{split}.jsonl"):
             if m.get("format") == "chat":
                 rows[m["id"]] = (m, {k: v[m["row"]] for k, v in arrays.items()})

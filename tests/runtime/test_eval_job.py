@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.numpy import load_file
+from runtime.data.shards import read_split
 
 from compiler.analysis.catalogue import CATALOGUE
 from compiler.planning.params import DatasetParams, EvalParams, TokenizerParams
@@ -197,7 +197,7 @@ def toy(tmp_path_factory):
     save_student(ckpt, student.state_dict(), params.architecture, step=7, quantized=True, provenance={})
     data = ds_out / "data"
     return SimpleNamespace(params=params, tok=tokjob.load_tokenizer(tok_out / "tokenizer"),
-                           meta=load_jsonl(data / "eval.jsonl"), ids=load_file(str(data / "eval.safetensors"))["input_ids"],
+                           meta=load_jsonl(data / "eval.jsonl"), ids=read_split(data, "eval", numpy=True)["input_ids"],
                            inputs={"qat": {"checkpoint": ckpt, "report": ckpt.parent / "report.json"},
                                    "dataset": {"data": data}, "tokenizer": {"tokenizer": tok_out / "tokenizer"}})
 

@@ -66,7 +66,7 @@ def test_status_reports_states_and_reasons(store):
 
 def test_corrupt_output_is_detected_quarantined_and_rerun(store):
     record = Store(store).index("toy-worker")["dataset"]
-    target = store / "jobs" / "dataset" / record["key"] / "data" / "train.safetensors"
+    target = store / "jobs" / "dataset" / record["key"] / "data" / "train-00000.safetensors"
     with open(target, "ab") as fh:
         fh.write(b"\0")
     states = {j["id"]: j for j in summary(modelspec("status", TOY, "--json", workdir=store))["jobs"]}

@@ -13,6 +13,7 @@ import torch
 from safetensors.numpy import load_file
 
 from compiler.planning.params import ArchitectureP, DatasetParams, TeacherParams, TokenizerParams
+from runtime.data.shards import read_split
 from runtime.jobs import dataset as dsjob
 from runtime.jobs import teacher as tjob
 from runtime.jobs import tokenizer as tokjob
@@ -62,7 +63,7 @@ def data(tmp_path_factory) -> SimpleNamespace:
                                            "tool_registry": "d/tools.json"}, strict=False)
     tok_inputs = {"tokenizer": tok_out / "tokenizer", "report": tok_out / "report.json"}
     dsjob.run(params, {"tokenizer": tok_inputs}, ds_out, Ctx(spec_dir=root / "spec"))
-    arrays = {s: load_file(str(ds_out / "data" / f"{s}.safetensors")) for s in ("train", "val")}
+    arrays = {s: read_split(ds_out / "data", s, numpy=True) for s in ("train", "val")}
     assert all(a["input_ids"].shape[0] > 0 for a in arrays.values())
     return SimpleNamespace(root=root, inputs={"tokenizer": tok_inputs, "dataset": {"data": ds_out / "data"}}, arrays=arrays,
                            lengths={s: a["attention_mask"].sum(1) for s, a in arrays.items()})
@@ -80,7 +81,7 @@ def trained(data, tmp_path_factory) -> SimpleNamespace:
     out = tmp_path_factory.mktemp("teacher") / "out"
     metrics, ctx = run_teacher(data, out)
     return SimpleNamespace(out=out, metrics=metrics, ctx=ctx,
-                           targets={s: load_file(str(out / "targets" / f"{s}.safetensors")) for s in ("train", "val")})
+                           targets={s: read_split(out / "targets", s, numpy=True) for s in ("train", "val")})
 
 
 def own_topk(model, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +103,8 @@ def test_outputs_and_shapes(data, trained):
     out = trained.out
     assert sorted(p.name for p in out.iterdir()) == ["model", "report.json", "targets"]
     assert (out / "model" / "config.json").is_file() and (out / "model" / "model.safetensors").is_file()
-    assert sorted(p.name for p in (out / "targets").iterdir()) == ["index.json", "train.safetensors", "val.safetensors"]
+    assert sorted(p.name for p in (out / "targets").iterdir()) == ["index.json", "train-00000.safetensors", "train.index.json",
+                                                                   "val-00000.safetensors", "val.index.json"]
     index = json.loads((out / "targets" / "index.json").read_text())
     assert index["top_k"] == TOP_K and index["teacher_sha256"] == trained.metrics["teacher_sha256"]
     for split, t in trained.targets.items():
@@ -151,13 +153,14 @@ def test_same_seed_same_teacher_and_bytes_with_cache(data, trained, tmp_path):
     index = json.loads((trained.out / "targets" / "index.json").read_text())
     shas = index["splits"]["train"]["sample_sha256"] + index["splits"]["val"]["sample_sha256"]
     assert first["cache_misses"] == len(set(shas)) and first["cache_hits"] == len(shas) - len(set(shas))
-    for name in ("targets/train.safetensors", "targets/val.safetensors", "targets/index.json", "model/model.safetensors"):
+    for name in ("targets/train-00000.safetensors", "targets/val-00000.safetensors", "targets/train.index.json",
+                 "targets/val.index.json", "targets/index.json", "model/model.safetensors"):
         assert (tmp_path / "a" / name).read_bytes() == (trained.out / name).read_bytes(), name
 
     second, _ = run_teacher(data, tmp_path / "b", cache_dir=cache)
     assert second["cache_misses"] == 0 and second["cache_hits"] == len(shas)
     for split in ("train", "val"):
-        name = f"targets/{split}.safetensors"
+        name = f"targets/{split}-00000.safetensors"
         assert (tmp_path / "b" / name).read_bytes() == (trained.out / name).read_bytes()
 
     entries = sorted((cache / CACHE_FORMAT).rglob("*.safetensors"))
@@ -174,7 +177,7 @@ def test_same_seed_same_teacher_and_bytes_with_cache(data, trained, tmp_path):
     expected = sum(cache_key(first["teacher_sha256"], top_k, sha) in damaged for sha in shas)
     assert expected >= 2 and (third["cache_misses"], third["cache_rejected"]) == (2, expected)
     for split in ("train", "val"):
-        got = load_file(str(tmp_path / "c" / "targets" / f"{split}.safetensors"))
+        got = read_split(tmp_path / "c" / "targets", split, numpy=True)
         assert (got["topk_ids"] == trained.targets[split]["topk_ids"]).all()
         np.testing.assert_allclose(got["topk_logits"], trained.targets[split]["topk_logits"], rtol=0, atol=1e-5)
     fourth, _ = run_teacher(data, tmp_path / "d", local, cache_dir=cache)
@@ -197,7 +200,7 @@ def test_hf_local_teacher(data, tmp_path):
     assert [e[1] for e in ctx.events if e[0] == "start"] == ["teacher: top-k targets"]
     saved = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
     assert all((saved[k] == v.numpy()).all() for k, v in model.state_dict().items() if k in saved)
-    targets = load_file(str(tmp_path / "out" / "targets" / "train.safetensors"))
+    targets = read_split(tmp_path / "out" / "targets", "train", numpy=True)
     n = int(data.lengths["train"][5])
     ids, logits = own_topk(model, data.arrays["train"]["input_ids"][5, :n])
     assert (targets["topk_ids"][5, :n] == ids).all()
@@ -227,7 +230,7 @@ def test_padded_teacher_rows_are_never_ranked(data, tmp_path):
     folder = _save_teacher(model, tmp_path / "teacher", data)
     metrics, _ = run_teacher(data, tmp_path / "out", local_params(folder))
     assert (metrics["vocab_rows_ranked"], metrics["vocab_rows_dropped"]) == (512, 512)
-    targets = load_file(str(tmp_path / "out" / "targets" / "train.safetensors"))
+    targets = read_split(tmp_path / "out" / "targets", "train", numpy=True)
     assert int(targets["topk_ids"].max()) < 512
 
 
@@ -278,5 +281,5 @@ def test_two_processes_train_the_teacher_one_process_does(data, trained, tmp_pat
     wdiff = max(float(np.abs(one[k] - two[k]).max()) for k in one)
     print(f"teacher on 2 processes vs 1: max weight difference {wdiff:.3g}")
     assert wdiff < 1e-5
-    ids = load_file(str(out / "targets" / "val.safetensors"))["topk_ids"]
+    ids = read_split(out / "targets", "val", numpy=True)["topk_ids"]
     assert (ids[..., 0] == trained.targets["val"]["topk_ids"][..., 0]).mean() > 0.99

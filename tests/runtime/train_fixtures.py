@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from runtime.data.shards import read_split
 
 from compiler.planning.params import ArchitectureP, TrainingP
 from runtime.model.student import Student
@@ -22,7 +24,7 @@ def topk_targets(data_dir: Path, out_dir: Path, arch: ArchitectureP, k: int = 8,
     teacher = Student(arch, seed=seed).eval()
     index = {"top_k": k, "splits": {}}
     for split in ("train", "val"):
-        data = load_file(str(data_dir / f"{split}.safetensors"))
+        data = read_split(data_dir, split)
         ids, att = data["input_ids"].long(), data["attention_mask"].long()
         t = int(att.sum(1).max())
         with torch.no_grad():
