@@ -166,6 +166,7 @@ class ComputeP(Params):
     attention: Literal["sdpa", "eager"]
     activation_checkpointing: bool
     loss_chunk: int  # positions per chunk of the loss (0: all at once)
+    bucket_by_length: bool = True  # micro-batches of similar length within each step (runtime/train/data.py)
 
 
 class TrainingP(Params):

@@ -153,6 +153,10 @@ class Compute(SpecModel):
         "few per-position values the loss terms read and freed (recomputed in the backward pass), so the "
         "[batch, seq, vocab] logits never exist whole. 0: all positions at once (the full logits kept for the backward).",
         unit="positions", default=1024)
+    bucket_by_length: bool = F(
+        "Group each optimizer step's rows into micro-batches of similar length (the step trains the same rows), so "
+        "a micro-batch cropped to its longest row carries less padding; the train report states the padding fraction.",
+        default=True)
 
 
 class Training(SpecModel):

@@ -7,9 +7,16 @@ out in order. It does not depend on the world size, so N ranks see the samples o
 would, and resuming at step `s` (with any world size) needs no sampler state (the "data
 cursor" recorded in checkpoints is derived, for people).
 
+Length bucketing (`training.compute.bucket_by_length`, on by default): a step's rows are sorted
+by length and cut into its micro-batches (`step_micro_batches`), so each micro-batch holds rows of
+similar length; the step trains exactly the rows it would unbucketed, and the deal does not depend
+on the world size either (the same micro-batches, shared out to other ranks).
+
 A batch is cropped to min(curriculum seq_len, the longest real row in it); rows longer than
 the stage's seq_len are cut at seq_len (their remaining targets are simply not trained on in
-that stage).
+that stage). The train report states the fraction of trained positions that were padding.
+
+Rows and targets are memory-mapped shards (runtime/data/shards.py): a batch reads only its rows.
 """
 
 from __future__ import annotations
@@ -171,6 +178,26 @@ def batch_rows(rows: int, seed: int, step: int, micro: int, micro_batch: int, mi
         if epoch not in cache:
             cache[epoch] = epoch_order(rows, seed, epoch)
         out.append(int(cache[epoch][offset]))
+    return out
+
+
+def step_micro_batches(split: Split, seed: int, step: int, micro_batch: int, micros_per_step: int, world: int,
+                       bucket: bool) -> list[list[int]]:
+    """Row indices of every micro-batch of step `step`, indexed by rank x accumulation + micro. Unbucketed: the
+    stream's order (`batch_rows`). Bucketed: the same rows sorted by length (then row) and cut into micro-batches,
+    dealt to the ranks in a snake order (rank 0 gets the shortest and, next round, the longest of its pair) so the
+    ranks' work stays balanced; every rank computes the same deal from the index's lengths."""
+    groups = [batch_rows(split.rows, seed, step, m, micro_batch, micros_per_step) for m in range(micros_per_step)]
+    if not bucket or micros_per_step == 1:
+        return groups
+    flat = sorted((r for g in groups for r in g), key=lambda r: (int(split.lengths[r]), r))
+    chunks = [flat[i * micro_batch:(i + 1) * micro_batch] for i in range(micros_per_step)]
+    accum = micros_per_step // world
+    out: list[list[int]] = [[] for _ in range(micros_per_step)]
+    for i in range(accum):
+        for r in range(world):
+            chunk = i * world + (r if i % 2 == 0 else world - 1 - r)
+            out[r * accum + i] = chunks[chunk]
     return out
 
 

@@ -30,7 +30,7 @@ from runtime.distributed.parallel import accumulating, clip_grads
 from runtime.distributed.world import World
 
 from . import checkpoints
-from .data import Split, batch_rows, cursor, make_batch
+from .data import Split, cursor, make_batch, step_micro_batches
 from .head import LossHead
 from .metrics import GRAD_NORM_EVERY, GradBalance, MetricsLog, run_dir
 from .precision import autocast
@@ -82,12 +82,14 @@ class Trainer:
         names = list(tp.losses) + ["total"]
         sums = dict.fromkeys(names, 0.0)
         norms: dict[str, float] = {}
-        tokens = 0
+        tokens = positions = 0
         cp = tp.compute
+        deal = step_micro_batches(self.train, tp.seed, step, tp.micro_batch, tp.global_batch // tp.micro_batch,
+                                  world.size, cp.bucket_by_length)
         for micro in range(accum):
-            rows = batch_rows(self.train.rows, tp.seed, step, world.rank * accum + micro, tp.micro_batch,
-                              tp.global_batch // tp.micro_batch)
+            rows = deal[world.rank * accum + micro]
             batch = make_batch(self.train, rows, seq_len, world.device)
+            positions += batch["attention_mask"].numel()
             probe = weights if measure and micro == 0 and world.main else None  # the step's first micro-batch, at any world size
             head = LossHead(batch, tp.losses, tp.special_token_ids, cp.loss_chunk, probe=probe)
             with accumulating(self.model, last=micro == accum - 1):
@@ -102,14 +104,15 @@ class Trainer:
                 sums[n] += float(v.detach()) / accum
             sums["total"] += float(total.detach())
             tokens += int(batch["attention_mask"].sum())
-        *reduced, tokens = world.sum([sums[n] for n in names] + [tokens])  # means over ranks of per-rank means
+        *reduced, tokens, positions = world.sum([sums[n] for n in names] + [tokens, positions])  # means over ranks
         sums = {n: v / world.size for n, v in zip(names, reduced)}
         grad_norm = clip_grads(self.model, tp.optimizer["grad_clip"])
         if not np.isfinite(grad_norm) or not np.isfinite(sums["total"]):
             raise TrainingError(f"step {step}: non-finite loss or gradient (loss {sums['total']}, grad norm {grad_norm}); "
                                 "lower optimizer.lr or check the data")
         self.optimizer.step()
-        row = {"step": step, "stage": self.stage, "lr": lr, "seq_len": seq_len, "tokens": int(tokens), "grad_norm": grad_norm,
+        row = {"step": step, "stage": self.stage, "lr": lr, "seq_len": seq_len, "tokens": int(tokens),
+               "positions": int(positions), "grad_norm": grad_norm,
                "loss": {n: round(v, 6) for n, v in sums.items()}, "weight": weights}
         if norms:
             row["grad_norm_by_loss"] = norms
@@ -134,6 +137,7 @@ class Trainer:
         if step > self.start_step:
             update(step - self.start_step)
         start_time, steps_run, last_row, last_val = time.perf_counter(), 0, {}, None
+        trained_tokens = trained_positions = 0  # real tokens and the positions they were padded to, this run
         alerting = False
         self.model.train()
         while step < self.end_step:
@@ -155,6 +159,8 @@ class Trainer:
             step += 1
             steps_run += 1
             last_row = row
+            trained_tokens += row["tokens"]
+            trained_positions += row["positions"]
             update(1, loss=row["loss"]["total"], **{k: v for k, v in row["loss"].items() if k in ("kl", "ce_ground_truth")})
             if step % self.tp.checkpoint_every == 0 and step < self.end_step:
                 if metrics:
@@ -167,7 +173,8 @@ class Trainer:
         seconds = time.perf_counter() - start_time
         return {"resumed_from": resumed.step if resumed else None,
                 "resumed_world_size": resumed.record.get("world_size", 1) if resumed else None,
-                "steps_run": steps_run, "seconds": seconds,
+                "steps_run": steps_run, "seconds": seconds, "tokens_trained": trained_tokens,
+                "padding_fraction": round(1 - trained_tokens / trained_positions, 4) if trained_positions else None,
                 "seconds_per_step": seconds / steps_run if steps_run else None, "last": last_row,
                 "last_val": last_val if step == self.end_step else None,
                 "grad_balance_alerts": len(self.alerts.alerts), "grad_balance_first_alerts": self.alerts.alerts[:5]}
