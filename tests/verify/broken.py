@@ -271,7 +271,7 @@ def cacheless_decode(student: Any, fn: Any, decode_cache: Any) -> Any:
 ADDITIVE_MASK = -1.0e9  # finite in fp32, -inf in fp16
 
 
-def additive_mask_attention(self: Any, x: Any, cos: Any, sin: Any, allowed: Any, kv_fn: Any) -> Any:
+def additive_mask_attention(self: Any, x: Any, cos: Any, sin: Any, allowed: Any, kv_fn: Any, sdpa: bool = False) -> Any:
     """`Attention.forward` with an additive mask `(1 - allowed) * full_like(scores, -1e9)` instead of
     a replacement: exact in fp32; in the fp16 package the filled -1e9 is cast to fp16 (-inf) before
     the multiply, so every allowed position gets 0 * -inf = NaN.
