@@ -3,9 +3,10 @@
 A split of rows (the dataset and generate jobs' token rows, the teacher jobs' targets) is written
 as shards of at most `SHARD_ROWS` rows, `{split}-00000.safetensors`, ..., and an index
 `{split}.index.json`: every shard's file name, row count, byte size and sha256, and the rows'
-real lengths. A reader (`RowSource`) maps the shards (`safetensors.safe_open`: the file is
-memory-mapped, nothing is read until asked) and reads only the rows a batch needs, so a rank's
-memory does not grow with the dataset: it holds the index and one batch.
+real lengths. A reader (`RowSource`) parses each shard's safetensors header and reads only the
+bytes of the rows a batch needs (`os.pread`; no mapping, whose readahead would pull neighbouring
+rows into the process's resident set), so a rank's memory does not grow with the dataset: it
+holds the index and one batch.
 
 A shard that is missing, of another size than the index says, or whose header does not parse is
 refused when the source opens, before any row is read (never trained on), naming the shard and
@@ -111,12 +112,72 @@ def has_split(folder: Path, split: str) -> bool:
     return (folder / f"{split}.index.json").is_file() or (folder / f"{split}.safetensors").is_file()
 
 
+DTYPES = {"I32": np.int32, "I64": np.int64, "F32": np.float32, "F16": np.float16, "I8": np.int8, "U8": np.uint8,
+          "I16": np.int16, "F64": np.float64, "BOOL": np.bool_}
+
+
+class _Shard:
+    """One safetensors file read with positioned reads (`os.pread`) of exactly the bytes asked for: no mapping,
+    so the rows a rank never asks for never enter its memory (not even as page-cache pages in its RSS).
+    The header is parsed and checked against the file's size on open (a truncated file is refused)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than a safetensors header")
+            n = int.from_bytes(head, "little")
+            if n <= 0 or n > min(size - 8, 100 << 20):
+                raise ValueError(f"header length {n} does not fit the file ({size} bytes)")
+            header = json.loads(fh.read(n))
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.base = 8 + n
+        self.tensors: dict[str, tuple[np.dtype, list[int], int, int]] = {}
+        end = 0
+        for name, t in header.items():
+            if t["dtype"] not in DTYPES:
+                raise ValueError(f"tensor {name!r} has dtype {t['dtype']}, not one rows use")
+            dtype, shape, (lo, hi) = np.dtype(DTYPES[t["dtype"]]), list(t["shape"]), t["data_offsets"]
+            if hi - lo != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                raise ValueError(f"tensor {name!r}: {hi - lo} bytes for shape {shape}")
+            self.tensors[name] = (dtype, shape, lo, hi)
+            end = max(end, hi)
+        if self.base + end != size:
+            raise ValueError(f"{size} bytes where the header describes {self.base + end}")
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    @property
+    def rows(self) -> int:
+        return self.tensors[next(iter(self.tensors))][1][0] if self.tensors else 0
+
+    def read_rows(self, name: str, start: int, stop: int, columns: int | None) -> np.ndarray:
+        """Rows [start, stop) of `name`, cut to the first `columns` positions (one read per row when cut)."""
+        dtype, shape, lo, _ = self.tensors[name]
+        row_items = int(np.prod(shape[1:], dtype=np.int64))
+        row_bytes = row_items * dtype.itemsize
+        if columns is None or columns >= shape[1]:
+            raw = os.pread(self.fd, (stop - start) * row_bytes, self.base + lo + start * row_bytes)
+            return np.frombuffer(raw, dtype=dtype).reshape([stop - start, *shape[1:]])
+        inner = int(np.prod(shape[2:], dtype=np.int64))
+        want = columns * inner * dtype.itemsize
+        out = np.empty([stop - start, columns, *shape[2:]], dtype=dtype)
+        for i, r in enumerate(range(start, stop)):
+            raw = os.pread(self.fd, want, self.base + lo + r * row_bytes)
+            out[i] = np.frombuffer(raw, dtype=dtype).reshape([columns, *shape[2:]])
+        return out
+
+
 class RowSource:
-    """The rows of one split, memory-mapped; `take(rows)` reads just those rows of every tensor."""
+    """The rows of one split in its shards; `take(rows)` reads just those rows of a tensor."""
 
     def __init__(self, folder: Path, split: str, *, rebuild: str = "the job that wrote it", verify: bool = False) -> None:
-        from safetensors import safe_open
-
         self.folder, self.split = Path(folder), split
         index_path = self.folder / f"{split}.index.json"
         if index_path.is_file():
@@ -131,7 +192,9 @@ class RowSource:
             self._lengths = None
         else:
             raise ShardError(f"{self.folder}: no '{split}' rows ({split}.index.json or {split}.safetensors); rebuild {rebuild}")
-        self._files, self._starts, self.metadata = [], [], {}
+        self._files: list[_Shard] = []
+        self._starts: list[int] = []
+        self.metadata: dict[str, str] = {}
         start = 0
         for entry in entries:
             path = self.folder / entry["file"]
@@ -145,20 +208,19 @@ class RowSource:
             if verify and entry.get("sha256") and _sha256(path) != entry["sha256"]:
                 raise ShardError(f"{path}: shard content differs from its index (sha256); rebuild {rebuild}")
             try:
-                handle = safe_open(str(path), framework="pt")
-            except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+                shard = _Shard(path)
+            except (ValueError, OSError, UnicodeDecodeError, KeyError, TypeError) as exc:
                 raise ShardError(f"{path}: unreadable shard ({exc}); rebuild {rebuild}") from None
-            names = list(handle.keys())
-            n = handle.get_slice(names[0]).get_shape()[0] if names else 0
-            if entry["rows"] is not None and n != entry["rows"]:
-                raise ShardError(f"{path}: {n} rows where the index says {entry['rows']}; rebuild {rebuild}")
-            self.metadata = handle.metadata() or {}
-            self._files.append(handle)
+            if entry["rows"] is not None and shard.rows != entry["rows"]:
+                raise ShardError(f"{path}: {shard.rows} rows where the index says {entry['rows']}; rebuild {rebuild}")
+            self.metadata = shard.metadata
+            self._files.append(shard)
             self._starts.append(start)
-            start += n
+            start += shard.rows
         self.rows = start
-        self.names = list(self._files[0].keys()) if self._files else []
-        self._shapes = {k: list(self._files[0].get_slice(k).get_shape()[1:]) for k in self.names} if self._files else {}
+        first = self._files[0] if self._files else None
+        self.names = list(first.tensors) if first else []
+        self._shapes = {k: first.tensors[k][1][1:] for k in self.names} if first else {}
 
     def shape(self, name: str) -> list[int]:
         """A tensor's shape without the row dimension."""
@@ -167,31 +229,28 @@ class RowSource:
     def lengths(self) -> np.ndarray:
         """Each row's real length (attention_mask's sum), from the index, or read a shard at a time."""
         if self._lengths is None:
-            parts = [handle.get_tensor("attention_mask").sum(dim=1).numpy() for handle in self._files]
-            self._lengths = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            parts = [f.read_rows("attention_mask", 0, f.rows, None).sum(axis=1) for f in self._files]
+            self._lengths = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
         return self._lengths
 
     def take(self, name: str, rows: Sequence[int], columns: int | None = None) -> torch.Tensor:
         """Rows `rows` (in that order) of tensor `name`, cut to the first `columns` positions when given."""
         if not rows:
             raise IndexError("take: no rows")
-        out: list[torch.Tensor | None] = [None] * len(rows)
-        by_shard: dict[int, list[tuple[int, int]]] = {}
-        for i, r in enumerate(rows):
+        parts = []
+        for r in rows:
             if not 0 <= r < self.rows:
                 raise IndexError(f"row {r} outside 0..{self.rows - 1}")
             s = int(np.searchsorted(self._starts, r, side="right")) - 1
-            by_shard.setdefault(s, []).append((r - self._starts[s], i))
-        for s, wanted in by_shard.items():
-            sl = self._files[s].get_slice(name)
-            for local, i in wanted:
-                t = sl[local:local + 1]
-                out[i] = t[:, :columns] if columns is not None else t
-        return torch.cat(out)  # type: ignore[arg-type]
+            local = r - self._starts[s]
+            parts.append(self._files[s].read_rows(name, local, local + 1, columns))
+        return torch.from_numpy(np.concatenate(parts))
 
     def read_all(self, name: str) -> torch.Tensor:
         """A whole tensor (every shard): for jobs that walk a split once (teacher, eval), not the trainer."""
-        return torch.cat([handle.get_tensor(name) for handle in self._files]) if self._files else torch.zeros(0)
+        if not self._files:
+            return torch.zeros(0)
+        return torch.from_numpy(np.concatenate([f.read_rows(name, 0, f.rows, None) for f in self._files]))
 
 
 def read_split(folder: Path, split: str, *, numpy: bool = False) -> dict[str, Any]:
