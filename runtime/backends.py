@@ -48,7 +48,7 @@ class LocalBackend:
             from .worker import init_worker
 
             self._pool = cf.ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx, initializer=init_worker,
-                                                 initargs=(self._queue, self._threads_per_worker()))
+                                                 initargs=(self._queue, self._threads_per_worker(), os.getpid()))
         return self._pool
 
     def _threads_per_worker(self) -> int | None:

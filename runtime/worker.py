@@ -16,8 +16,10 @@ from typing import Any
 _events = None
 
 
-def init_worker(queue, threads: int | None = None) -> None:
-    """`threads`: intra-op threads per worker when several jobs share the cores (set before torch loads)."""
+def init_worker(queue, threads: int | None = None, parent: int | None = None) -> None:
+    """`threads`: intra-op threads per worker when several jobs share the cores (set before torch loads).
+    `parent`: the pid that started the pool; a worker whose parent died before it armed PR_SET_PDEATHSIG
+    exits at once, rather than take a queued job and write into a staging folder nobody will commit."""
     global _events
     _events = queue
     os.environ["TQDM_DISABLE"] = "1"  # coremltools' per-pass tqdm bars would break the run's own progress display
@@ -31,6 +33,8 @@ def init_worker(queue, threads: int | None = None) -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if parent is not None and os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(0)
 
 
 def report_to(events) -> None:

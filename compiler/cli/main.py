@@ -21,7 +21,8 @@ from compiler.core.errors import CheckFailed, SpecError
 # Packages of the optional extras (pyproject.toml): the base install is the compiler alone.
 EXTRAS = {"torch": "runtime", "transformers": "runtime", "tokenizers": "runtime", "safetensors": "runtime",
           "coremltools": "runtime", "numpy": "runtime", "tensorboard": "runtime", "accelerate": "runtime",
-          "openai": "runtime", "aiolimiter": "runtime", "jsonschema": "runtime", "ray": "ray"}
+          "openai": "runtime", "aiolimiter": "runtime", "jsonschema": "runtime", "fsspec": "runtime", "s3fs": "runtime",
+          "ray": "ray"}
 
 
 def missing_extra(exc: BaseException) -> str | None:

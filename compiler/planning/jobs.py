@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from compiler.analysis.catalogue import CATALOGUE
+from compiler.analysis.derived import derive
 from compiler.planning.interface import default_function, functions
 from compiler.planning.params import (
     CPU_JOB, ArchitectureP, ComputeP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
@@ -33,7 +34,7 @@ KINDS = ("tokenizer", "dataset", "teacher", "generate", "train", "qat", "export"
 # bumped when a kind's code changes its outputs: export/convert 2 = RoPE tables computed in fp32;
 # 3 (and student-running kinds 2) = RoPE inverse frequencies as theta ** -e (exactly folded by coremltools)
 # tokenizer 2: the saved folder loads with transformers 4.45+ and 5.x and adds bos (make_portable)
-CODE_VERSIONS = {kind: 1 for kind in KINDS} | {"tokenizer": 2, "export": 3, "convert": 3, "train": 2, "qat": 2, "eval": 2,
+CODE_VERSIONS = {kind: 1 for kind in KINDS} | {"tokenizer": 2, "export": 3, "convert": 3, "train": 2, "qat": 2, "eval": 3,
                                                "parity": 2}
 
 WHY = {
@@ -97,6 +98,19 @@ def _one_device(spec: Spec) -> ResourcesP:
     """A single-process job on the training device (the teacher's top-k pass when it is not trained)."""
     r = spec.training.resources
     return ResourcesP(device=r.device, nodes=1, nproc=1, strategy="none", cpus=1, gpus=1 if r.device == "cuda" else 0)
+
+
+def _eval_memory(spec: Spec) -> dict:
+    """The eval job on the training device: bf16 on cuda when training is bf16, and its batches sized to the
+    device's memory (training.resources.memory_gb) less the student's bf16/fp32 weights, with a tenth kept spare."""
+    r, tr = spec.training.resources, spec.training
+    out: dict = {}
+    if r.device == "cuda" and tr.compute.precision == "bf16":
+        out["dtype"] = "bf16"
+    if r.memory_gb is not None:
+        weights = derive(spec).params * (2 if out.get("dtype") == "bf16" else 4)
+        out["memory_budget_mb"] = max(1, int((0.9 * r.memory_gb * (1 << 30) - weights) / (1 << 20)))
+    return out
 
 
 def rope_scaling_params(scaling) -> RopeScalingP | None:
@@ -279,7 +293,8 @@ def build_jobs(spec: Spec) -> list[Job]:
         ), {"golden": "golden.npz", "report": "report.json"}))
     jobs.append(Job("eval", "eval", (student, "dataset", "tokenizer"), EvalParams(
         architecture=arch, role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,
-    ), {"report": "report.json", "samples": "samples.jsonl"}))
+        **_eval_memory(spec),
+    ), {"report": "report.json", "samples": "samples.jsonl"}, _one_device(spec)))
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
                    kind=CATALOGUE[g.metric].kind, producer=CATALOGUE[g.metric].producer) for g in spec.gates]
     jobs.append(Job("gates", "gates", ("convert", "verify", *parity_ids, "eval", *generated), GatesParams(gates=gates),

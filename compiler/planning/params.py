@@ -279,6 +279,11 @@ class EvalParams(Params):
     role: str
     max_total_tokens: int
     special_tokens: dict[str, SpecialTokenP]
+    # the batches' KV caches and prefill activations fit this (MiB); None: EVAL_CPU_BUDGET_MB on cpu
+    memory_budget_mb: int | None = None
+    dtype: Literal["fp32", "bf16"] = "fp32"  # the student's weights and caches during eval (bf16 on cuda)
+
+    OMIT_WHEN_DEFAULT = frozenset({"memory_budget_mb", "dtype"})
 
 
 class GateP(Params):

@@ -41,7 +41,8 @@ def rank_job(plan, store, keys, job_id: str) -> dict:
         "upstream": {n: {"fingerprint": keys[n].fingerprint, "key": keys[n].key} for n in pj.needs},
     }
     ctx = {"job_id": job_id, "spec_dir": str(plan.spec_dir), "work_dir": str(store.work_dir(plan.name, job_id)),
-           "cache_dir": str(store.cache_dir(k.kind)), "provenance": provenance, "force": False,
+           "cache_dir": str(store.cache_dir(k.kind)), "remote_dir": str(store.remote_dir()), "external": k.external,
+           "provenance": provenance, "force": False,
            "spec_file": plan.spec_file or None, "resources": dict(pj.resources)}
     return {"kind": k.kind, "params": k.params, "inputs": inputs, "out": "", "result": "", "ctx": ctx}
 

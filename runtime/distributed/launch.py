@@ -67,6 +67,8 @@ def job_file(kind: str, params: Any, inputs: dict[str, dict[str, Path]], out: Pa
             "inputs": {u: {n: str(p) for n, p in outs.items()} for u, outs in inputs.items()},
             "ctx": {"job_id": ctx.job_id, "spec_dir": str(ctx.spec_dir), "work_dir": str(ctx.work_dir),
                     "cache_dir": str(ctx.cache_dir) if ctx.cache_dir else None, "provenance": ctx.provenance,
+                    "remote_dir": str(ctx.remote_dir) if getattr(ctx, "remote_dir", None) else None,
+                    "external": getattr(ctx, "external", None) or {},
                     "force": ctx.force, "spec_file": str(ctx.spec_file) if ctx.spec_file else None,
                     "resources": ctx.resources}}
 

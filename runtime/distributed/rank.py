@@ -40,7 +40,8 @@ def run_rank(job: dict[str, Any], rank: int, emit=None) -> dict:
     ctx = JobContext(job_id=c["job_id"], spec_dir=Path(c["spec_dir"]), work_dir=Path(c["work_dir"]),
                      cache_dir=Path(c["cache_dir"]) if c.get("cache_dir") else None, provenance=c["provenance"],
                      force=c["force"], spec_file=Path(c["spec_file"]) if c.get("spec_file") else None,
-                     resources=c["resources"], emit=emit or (lambda event: None))
+                     resources=c["resources"], emit=emit or (lambda event: None),
+                     remote_dir=Path(c["remote_dir"]) if c.get("remote_dir") else None, external=c.get("external") or {})
     inputs = {u: {n: Path(p) for n, p in outs.items()} for u, outs in job["inputs"].items()}
     if rank == 0:
         return runner(job["kind"])(params, inputs, Path(job["out"]), ctx)

@@ -10,10 +10,15 @@ a tool call the sample's reference tool result (the text between the result mark
 target) is fed as ``<tool_result>...</tool_result>`` and greedy decoding continues until eos.
 At most ``max_total_tokens`` tokens in total, which is also the cache length.
 
-All samples run in one lockstep batch over a shared position: one ``prefill`` of the shortest
-prompt's length, then one ``decode`` per position in which each row feeds either its next
-forced token (the rest of its prompt, an injected tool result) or its own greedy choice. Rows
-leave the batch when they stop. Before anything is scored, the cached path is checked against
+Samples run in lockstep batches over a shared position: one ``prefill`` of the shortest prompt's
+length (logits of its last position only), then one ``decode`` per position in which each row
+feeds either its next forced token (the rest of its prompt, an injected tool result) or its own
+greedy choice. Rows leave the batch when they stop. Batches are consecutive samples whose KV
+caches (``max_total_tokens`` positions each) and prefill fit the memory budget (``memory_budget_mb``
+from ``training.resources.memory_gb`` less the weights; 4 GiB on a CPU without one); a budget too
+small for one sample is an error that says so. The job runs on the training device (cuda when
+the spec trains there, in bf16 when it trains in bf16). Every row's tokens depend on that row
+alone, so the batching does not change what is generated. Before anything is scored, the cached path is checked against
 full ``forward`` recomputation (see `check_against_forward`).
 
 Outputs: ``out/report.json`` (metrics as ``{"value", "n"}``, per-kind breakdowns, stop
@@ -38,6 +43,8 @@ from .eval_metrics import Markers, Reference, aggregate, score_sample
 from .tokenizer import load_tokenizer, special_token_mismatch, write_report
 
 MARKERS = ("tool_call_start", "tool_call_end", "tool_result_start", "tool_result_end", "think_end")
+# The batches' memory on a CPU when the spec gives no device memory (training.resources.memory_gb).
+EVAL_CPU_BUDGET_MB = 4096
 # A cache/forward argmax disagreement is a tie, not a bug, when the two logits are this close.
 TIE_TOLERANCE = 1e-4
 
@@ -97,9 +104,43 @@ def _step_row(row: _Row, pos: int, greedy: int, eos: int, call_end: int, max_tot
 
 
 @torch.inference_mode()
+def row_bytes(arch, max_total: int, prompt_len: int, element: int) -> int:
+    """What one row of a batch needs: its KV cache for `max_total` positions, and the prefill's largest
+    transient (one layer's activations over its prompt, fp32) plus its last position's logits."""
+    cache = 2 * arch.n_layers * arch.n_kv_heads * arch.d_head * max_total * element
+    prefill = prompt_len * (6 * arch.d_model + 3 * arch.mlp_hidden + 2 * arch.n_heads * arch.d_head) * 4
+    return cache + prefill + 2 * arch.vocab_size * 4
+
+
+def batches(requests: list[Request], active: list[int], need: Callable[[int], int], budget: int | None) -> list[list[int]]:
+    """Consecutive requests packed into batches whose rows' needs fit `budget` bytes (None: one batch)."""
+    if budget is None:
+        return [active] if active else []
+    out: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i in active:
+        n = need(i)
+        if n > budget:
+            raise EvalJobError(
+                f"the eval memory budget ({budget / 2**20:.0f} MiB) is too small for one sample: sample {i} needs "
+                f"{n / 2**20:.1f} MiB (a KV cache of max_total_tokens positions and its prefill); raise "
+                "training.resources.memory_gb, or lower architecture.max_context")
+        if current and used + n > budget:
+            out.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        out.append(current)
+    return out
+
+
 def generate(model, requests: list[Request], max_total: int, eos: int, call_end: int,
-             done: Callable[[int], None] = lambda i: None) -> list[Generation]:
-    """Greedy generation for every request in one lockstep batch (see the module docstring)."""
+             done: Callable[[int], None] = lambda i: None, budget: int | None = None,
+             stats: dict[str, int] | None = None) -> list[Generation]:
+    """Greedy generation for every request, in lockstep batches whose KV caches and prefill fit `budget`
+    bytes (None: all in one batch; see the module docstring)."""
     rows = [_Row(Generation(tokens=[], prompt_len=len(r.prompt)), deque(r.prompt), r.tool_result) for r in requests]
     active = []
     for i, (row, req) in enumerate(zip(rows, requests)):
@@ -111,15 +152,33 @@ def generate(model, requests: list[Request], max_total: int, eos: int, call_end:
             done(i)
         else:
             active.append(i)
-    if not active:
-        return [r.gen for r in rows]
+    embed = getattr(model, "embed_tokens", None)  # the student (a test double may stand in)
+    element = embed.weight.element_size() if embed is not None else 4
+    planned = batches(requests, active, lambda i: row_bytes(model.arch, max_total, len(requests[i].prompt), element), budget)
+    for batch in planned:
+        _generate_batch(model, rows, requests, batch, max_total, eos, call_end, done)
+    if stats is not None:
+        stats["batches"] = len(planned)
+        stats["largest_batch"] = max((len(b) for b in planned), default=0)
+    return [r.gen for r in rows]
+
+
+def _device(model) -> torch.device:
+    """Where the student's weights are (a test double standing in for it runs on the CPU)."""
+    embed = getattr(model, "embed_tokens", None)
+    return embed.weight.device if embed is not None else torch.device("cpu")
+
+
+def _generate_batch(model, rows: list[_Row], requests: list[Request], active: list[int], max_total: int, eos: int,
+                    call_end: int, done: Callable[[int], None]) -> None:
+    device = _device(model)
     m = min(len(requests[i].prompt) for i in active)
     for i in active:
         for _ in range(m):
             rows[i].gen.tokens.append(rows[i].forced.popleft())
     k_cache, v_cache = model.empty_cache(len(active), max_total)
-    ids = torch.tensor([rows[i].gen.tokens for i in active], dtype=torch.long)
-    logits, k_cache, v_cache = model.prefill(ids, k_cache, v_cache)
+    ids = torch.tensor([rows[i].gen.tokens for i in active], dtype=torch.long, device=device)
+    logits, k_cache, v_cache = model.prefill(ids, k_cache, v_cache, last_only=True)
     pos = m
     while active:
         greedy = logits[:, -1].argmax(-1).tolist()
@@ -133,13 +192,12 @@ def generate(model, requests: list[Request], max_total: int, eos: int, call_end:
         if not keep:
             break
         if len(keep) < len(active):
-            index = torch.tensor(keep, dtype=torch.long)
+            index = torch.tensor(keep, dtype=torch.long, device=device)
             k_cache, v_cache = k_cache.index_select(1, index), v_cache.index_select(1, index)
             active = [active[b] for b in keep]
-        logits, k_cache, v_cache = model.decode(torch.tensor(feed, dtype=torch.long)[:, None],
-                                                torch.tensor([pos], dtype=torch.long), k_cache, v_cache)
+        logits, k_cache, v_cache = model.decode(torch.tensor(feed, dtype=torch.long, device=device)[:, None],
+                                                torch.tensor([pos], dtype=torch.long, device=device), k_cache, v_cache)
         pos += 1
-    return [r.gen for r in rows]
 
 
 @torch.inference_mode()
@@ -151,7 +209,7 @@ def check_against_forward(model, gen: Generation, label: str) -> dict[str, int]:
     (relative to the logit scale) is a tie broken differently by rounding and is counted."""
     if not gen.generated:
         return {"positions": 0, "ties": 0}
-    logits = model(torch.tensor([gen.tokens], dtype=torch.long))[0].float()
+    logits = model(torch.tensor([gen.tokens], dtype=torch.long, device=_device(model)))[0].float()
     wants = logits.argmax(-1).tolist()
     ties = 0
     for pos in gen.generated:
@@ -290,7 +348,10 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     tok = load_tokenizer(inputs["tokenizer"]["tokenizer"])
     _check_tokenizer(tok, special)
     meta, input_ids = _load_eval_split(Path(inputs["dataset"]["data"]), special)
-    model = load_student(ckpt, arch=params.architecture)
+    device = torch.device("cuda") if ctx.resources.get("device") == "cuda" and torch.cuda.is_available() else torch.device("cpu")
+    dtype = torch.bfloat16 if params.dtype == "bf16" and device.type == "cuda" else torch.float32
+    model = load_student(ckpt, arch=params.architecture).to(device=device, dtype=dtype)
+    budget_mb = params.memory_budget_mb if params.memory_budget_mb is not None else EVAL_CPU_BUDGET_MB
     record = read_record(ckpt)
 
     requests, references = _requests(meta, input_ids, tok, markers, special["bos"].id)
@@ -302,7 +363,8 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         update(1)
 
     with one_thread():
-        gens = generate(model, requests, max_total, eos, call_end, done)
+        shape: dict[str, int] = {}
+        gens = generate(model, requests, max_total, eos, call_end, done, budget=budget_mb << 20, stats=shape)
         # The first sample, and the last to finish (it lived through every change of the batch).
         self_check = _self_check(model, gens, [m["id"] for m in meta], sorted({0, finished[-1]}) if finished else [])
 
@@ -326,6 +388,8 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         "stops": dict(sorted(Counter(g.stop for g in gens).items())),
         "protocol": {"decoding": "greedy", "max_total_tokens": max_total, "cache_len": max_total,
                      "tool_result": "reference", "self_check": self_check},
+        "placement": {"device": device.type, "dtype": str(dtype).removeprefix("torch."), "memory_budget_mb": budget_mb,
+                      **shape},
         "checkpoint": {"job": student_job, "step": record["step"], "quantized": record["quantized"]},
         "role": params.role,
         "provenance": ctx.provenance,

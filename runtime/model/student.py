@@ -319,8 +319,10 @@ class Student(nn.Module):
             return self._logits(h)
         return head(self.norm(h), self.output_weight())
 
-    def prefill(self, input_ids: Tensor, key_cache: Tensor, value_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Run T tokens at positions 0..T-1, writing them to cache positions 0..T-1."""
+    def prefill(self, input_ids: Tensor, key_cache: Tensor, value_cache: Tensor,
+                last_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Run T tokens at positions 0..T-1, writing them to cache positions 0..T-1. `last_only`: logits of
+        the last position only (`[B, 1, V]`; what generation reads), not a `[B, T, V]` tensor."""
         t = input_ids.shape[1]
         if t > key_cache.shape[3]:
             raise ValueError(f"prefill length {t} exceeds the cache length {key_cache.shape[3]}")
@@ -335,7 +337,8 @@ class Student(nn.Module):
                 return k, v
             return write
 
-        logits = self.run_layers(input_ids, pos, allowed_mask(pos, pos), [writer(i) for i in range(len(self.layers))])
+        h = self._layers(input_ids, pos, allowed_mask(pos, pos), [writer(i) for i in range(len(self.layers))])
+        logits = self._logits(h[:, -1:] if last_only else h)
         return logits, torch.stack(new_k), torch.stack(new_v)
 
     def decode(self, input_ids: Tensor, position: Tensor, key_cache: Tensor,

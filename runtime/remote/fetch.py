@@ -77,16 +77,16 @@ def _explain(uri: str, exc: BaseException) -> RemoteInputError:
     if name == "NoCredentialsError" or "Unable to locate credentials" in text:
         return RemoteInputError(f"'{shown}': no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                                 "(or AWS_PROFILE) in the environment")
-    if isinstance(exc, PermissionError) or any(code in text for code in (
-            "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403", "401")):
-        return RemoteInputError(f"'{shown}': access denied ({_first_line(text)}); check the credentials in the "
-                                "environment and their permissions on this object")
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError",
                 "ServerTimeoutError") or isinstance(exc, (ConnectionError, TimeoutError)):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         where = f" at {endpoint}" if endpoint and uri.startswith("s3://") else ""
         return RemoteInputError(f"'{shown}': the store{where} is unreachable ({name}); check the network and the "
                                 "endpoint (AWS_ENDPOINT_URL for an S3-compatible server)")
+    if isinstance(exc, PermissionError) or any(code in text for code in (
+            "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "(403)", "(401)")):
+        return RemoteInputError(f"'{shown}': access denied ({_first_line(text)}); check the credentials in the "
+                                "environment and their permissions on this object")
     return RemoteInputError(f"'{shown}': {name}: {_first_line(text)}")
 
 
@@ -150,7 +150,11 @@ def fetch(uri: str, expected: str | None, remote_dir: Path) -> Path:
             fs.get(path, str(tmp / name))
         if version(uri) != now:
             raise RemoteInputError(f"'{_shown(uri)}' changed while it was downloading; run again")
-        os.rename(tmp / name, target)
+        try:
+            os.rename(tmp / name, target)
+        except OSError:
+            if not target.exists():  # another rank of the same job fetched it first: theirs is complete
+                raise
     except RemoteInputError:
         raise
     except Exception as exc:  # noqa: BLE001

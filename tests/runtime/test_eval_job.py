@@ -246,10 +246,11 @@ class Oracle:
     def empty_cache(self, batch: int, cache_len: int):
         return torch.zeros(1, batch, 1, cache_len, 1), torch.zeros(1, batch, 1, cache_len, 1)
 
-    def prefill(self, ids, k_cache, v_cache):
+    def prefill(self, ids, k_cache, v_cache, last_only=False):
         k_cache = k_cache.clone()
         k_cache[0, :, 0, :ids.shape[1], 0] = ids.float()
-        return self(ids), k_cache, v_cache
+        logits = self(ids)
+        return (logits[:, -1:] if last_only else logits), k_cache, v_cache
 
     def decode(self, ids, position, k_cache, v_cache):
         p = int(position)
@@ -342,7 +343,8 @@ def test_cache_path_disagreeing_with_forward_raises(toy):
 
 def test_report_structure_and_counts(toy, runs):
     rep, meta = runs[0].report, toy.meta
-    assert set(rep) == {"metrics", "by_kind", "counts", "stops", "protocol", "checkpoint", "role", "provenance", "seconds"}
+    assert set(rep) == {"metrics", "by_kind", "counts", "stops", "protocol", "checkpoint", "role", "provenance", "seconds",
+                        "placement"}
     assert rep["provenance"] == runs[0].ctx.provenance
     assert rep["checkpoint"] == {"job": "qat", "step": 7, "quantized": True}
     metrics = rep["metrics"]
@@ -392,6 +394,37 @@ def test_outputs_deterministic(runs):
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert strip(a.report) == strip(b.report)
     assert sorted(p.name for p in a.out.iterdir()) == ["report.json", "samples.jsonl"]
+
+
+def test_batches_sized_by_the_memory_budget_generate_the_same(toy, runs, tmp_path):
+    """A 1 MiB budget holds a few of the toy's rows (KV cache for MAX_TOTAL positions and the prefill):
+    dozens of batches instead of one, and every sample comes out the same."""
+    small = run_eval(toy, tmp_path, toy.params.model_copy(update={"memory_budget_mb": 1}))
+    assert (small.out / "samples.jsonl").read_bytes() == (runs[0].out / "samples.jsonl").read_bytes()
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "placement")}  # noqa: E731
+    assert strip(small.report) == strip(runs[0].report)
+    placement = small.report["placement"]
+    assert (placement["device"], placement["dtype"], placement["memory_budget_mb"]) == ("cpu", "float32", 1)
+    assert placement["batches"] > 20 and placement["largest_batch"] < 10, placement
+    assert runs[0].report["placement"]["memory_budget_mb"] == evjob.EVAL_CPU_BUDGET_MB
+    assert runs[0].report["placement"]["batches"] == 1  # the toy's eval fits one batch, as before
+
+
+def test_last_position_prefill_generates_what_the_whole_prefill_did(toy, runs, tmp_path, monkeypatch):
+    """Before batching, prefill returned logits for every position and generation read the last: forcing that
+    path again gives byte-identical samples (the toy's results are today's)."""
+    from runtime.model.student import Student
+
+    whole = Student.prefill
+    monkeypatch.setattr(Student, "prefill", lambda self, ids, k, v, last_only=False: whole(self, ids, k, v))
+    again = run_eval(toy, tmp_path)
+    assert (again.out / "samples.jsonl").read_bytes() == (runs[0].out / "samples.jsonl").read_bytes()
+
+
+def test_a_budget_too_small_for_one_sample_is_refused(toy, tmp_path):
+    with pytest.raises(evjob.EvalJobError, match="too small for one sample: sample 0 needs .* MiB .*raise "
+                       "training.resources.memory_gb"):
+        evjob.run(toy.params.model_copy(update={"memory_budget_mb": 0}), toy.inputs, tmp_path, Ctx())
 
 
 def test_needs_exactly_one_checkpoint(toy, tmp_path):

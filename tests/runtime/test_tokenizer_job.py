@@ -147,9 +147,12 @@ def test_vocab_too_small_for_bytes_and_specials(tmp_path):
         run_job(bpe_params(trained_vocab_size=260), tmp_path)
 
 
-def test_uri_source_is_refused(tmp_path):
-    with pytest.raises(tokjob.TokenizerJobError, match="s3:// scheme is not supported on this machine"):
-        run_job(bpe_params(source_path="s3://bucket/corpus.txt"), tmp_path)
+def test_unsupported_uri_source_is_refused(tmp_path):
+    # s3://, gs://, hf:// and https:// are fetched into the store (tests/runtime/test_remote_inputs.py)
+    from runtime.remote import RemoteInputError
+
+    with pytest.raises(RemoteInputError, match="the ftp:// scheme is not supported"):
+        run_job(bpe_params(source_path="ftp://host/corpus.txt"), tmp_path)
 
 
 def test_absolute_corpus_path_is_used_as_is(tmp_path):
