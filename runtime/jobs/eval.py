@@ -103,7 +103,6 @@ def _step_row(row: _Row, pos: int, greedy: int, eos: int, call_end: int, max_tot
     return True
 
 
-@torch.inference_mode()
 def row_bytes(arch, max_total: int, prompt_len: int, element: int) -> int:
     """What one row of a batch needs: its KV cache for `max_total` positions, and the prefill's largest
     transient (one layer's activations over its prompt, fp32) plus its last position's logits."""
@@ -136,6 +135,7 @@ def batches(requests: list[Request], active: list[int], need: Callable[[int], in
     return out
 
 
+@torch.inference_mode()
 def generate(model, requests: list[Request], max_total: int, eos: int, call_end: int,
              done: Callable[[int], None] = lambda i: None, budget: int | None = None,
              stats: dict[str, int] | None = None) -> list[Generation]:

@@ -416,8 +416,15 @@ def test_last_position_prefill_generates_what_the_whole_prefill_did(toy, runs, t
     from runtime.model.student import Student
 
     whole = Student.prefill
-    monkeypatch.setattr(Student, "prefill", lambda self, ids, k, v, last_only=False: whole(self, ids, k, v))
+    modes = []
+
+    def prefill(self, ids, k, v, last_only=False):
+        modes.append(torch.is_inference_mode_enabled())  # no autograd graph in generation (it cost 2 GB once)
+        return whole(self, ids, k, v)
+
+    monkeypatch.setattr(Student, "prefill", prefill)
     again = run_eval(toy, tmp_path)
+    assert modes and all(modes)
     assert (again.out / "samples.jsonl").read_bytes() == (runs[0].out / "samples.jsonl").read_bytes()
 
 
