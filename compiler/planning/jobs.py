@@ -35,7 +35,7 @@ KINDS = ("tokenizer", "dataset", "teacher", "generate", "train", "qat", "export"
 # 3 (and student-running kinds 2) = RoPE inverse frequencies as theta ** -e (exactly folded by coremltools)
 # tokenizer 2: the saved folder loads with transformers 4.45+ and 5.x and adds bos (make_portable)
 CODE_VERSIONS = {kind: 1 for kind in KINDS} | {"tokenizer": 2, "export": 3, "convert": 3, "train": 2, "qat": 2, "eval": 3,
-                                               "parity": 2}
+                                               "parity": 3}
 
 WHY = {
     "tokenizer": "Builds the transformers fast tokenizer with special tokens at exactly the spec's ids.",
@@ -62,19 +62,17 @@ READS = {
     "train": ("architecture", "training", "tokenizer.special_tokens"),
     "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights"),
     "export": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache", "precision"),
-    "convert": ("name", "version", "description", "architecture", "shapes", "quantization", "precision", "export",
+    "convert": ("name", "version", "description", "architecture", "shapes", "quantization", "precision", "export.coreml",
                 "tokenizer.special_tokens"),
     "verify": ("name", "architecture", "shapes", "quantization", "precision", "export.coreml.packaging",
                "export.coreml.decode_cache", "tokenizer.special_tokens", "gates"),
     "parity": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache",
-               "precision", "training.seed"),
+               "export.parity", "precision", "training.seed"),
     "eval": ("role", "architecture", "tokenizer.special_tokens"),
     "gates": ("gates",),
     "publish": ("name", "version", "role", "tokenizer.special_tokens"),
 }
 
-PARITY_SAMPLES = 4
-PARITY_DECODE_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -187,6 +185,17 @@ def _teacher(spec: Spec) -> TeacherParams:
                          lr=None, seed=spec.training.seed, top_k=t.top_k)
 
 
+def parity_lengths(spec) -> list[int]:
+    """The prefill lengths the parity jobs run (export.parity.lengths resolved against shapes.prefill)."""
+    lengths = spec.export.parity.lengths
+    prefill = list(spec.shapes.prefill)
+    if lengths == "all":
+        return prefill
+    if lengths == "smallest":
+        return [min(prefill)]
+    return [n for n in prefill if n in lengths]
+
+
 def _package_metadata(spec: Spec) -> PackageMetadataP:
     meta = spec.export.coreml.metadata or PackageMetadata()
     return PackageMetadataP(author=meta.author, license=meta.license, version=spec.version, description=spec.description)
@@ -284,12 +293,17 @@ def build_jobs(spec: Spec) -> list[Job]:
         size_budget_mb=size_budget_mb(spec),
     ), {"report": "report.json"}))
     parity_ids = []
+    run = spec.export.parity
+    lengths = parity_lengths(spec)
     for fn in fns:
+        if fn.role == "prefill" and not set(fn.seq_lens) & set(lengths):
+            continue  # a length the spec does not run in the interpreter (export.parity.lengths): verify checks it
         job_id = f"parity-{fn.name.replace('_', '-')}"
         parity_ids.append(job_id)
         jobs.append(Job(job_id, "parity", ("convert", student), ParityParams(
-            architecture=arch, function=fn, cache_len=cache_len, samples=PARITY_SAMPLES,
-            decode_steps=PARITY_DECODE_STEPS, seed=tr.seed,
+            architecture=arch, function=fn, cache_len=cache_len, samples=run.samples, decode_steps=run.decode_steps,
+            seed=tr.seed, lengths=[n for n in fn.seq_lens if n in lengths] if fn.role == "prefill" else [],
+            positions=None if run.positions == "all" else run.positions,
         ), {"golden": "golden.npz", "report": "report.json"}))
     jobs.append(Job("eval", "eval", (student, "dataset", "tokenizer"), EvalParams(
         architecture=arch, role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,

@@ -272,6 +272,8 @@ class ParityParams(Params):
     samples: int
     decode_steps: int
     seed: int
+    lengths: list[int]  # the function's enumerated lengths run (prefill; export.parity.lengths); [] for decode
+    positions: int | None  # logit positions compared per sample; None: every real position
 
 
 class EvalParams(Params):

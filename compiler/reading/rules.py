@@ -117,6 +117,15 @@ def _shapes(spec: Spec) -> Iterator[Finding]:
     for i, p in enumerate(spec.deployment.profiles):
         if p.context > max_ctx:
             yield (("deployment", "profiles", i, "context"), f"context {p.context} exceeds architecture.max_context {max_ctx}", "lower the profile's context")
+    parity = spec.export.parity
+    if isinstance(parity.lengths, list):
+        for i, t in enumerate(parity.lengths):
+            if t not in prefill:
+                yield (("export", "parity", "lengths", i), f"parity length {t} is not a prefill shape",
+                       f"choose among shapes.prefill {list(prefill)}, or write smallest or all")
+    if dec.enabled and parity.decode_steps > dec.cache_len:
+        yield (("export", "parity", "decode_steps"), f"decode_steps {parity.decode_steps} exceeds shapes.decode.cache_len {dec.cache_len}",
+               "the decode function's samples decode from position 0: keep decode_steps within the cache")
 
 
 def _training(spec: Spec) -> Iterator[Finding]:

@@ -77,8 +77,28 @@ class CoreML(SpecModel):
         f"spec's `description`); absent: author `{DEFAULT_AUTHOR}`, license `{DEFAULT_LICENSE}`.", default=None)
 
 
+class ParityRun(SpecModel):
+    """What the parity jobs run in the reference interpreter (a numpy interpreter, on CPU).
+
+    The defaults hold a 1B package to a few minutes and a few GiB on a laptop-class machine
+    (bench/results/verify_1b.json); widen them where the time is there."""
+
+    lengths: Union[Literal["smallest", "all"], Annotated[list[PosInt], Field(min_length=1)]] = F(
+        "Prefill lengths run against torch: `smallest`, `all`, or a list of `shapes.prefill` entries. A length not "
+        "run is still checked by `verify` (its inputs, outputs, ops and weights, shared with the lengths that run).",
+        default="smallest")
+    samples: PosInt = F("Seeded token sequences per length, some right-padded.", unit="sequences", default=4)
+    positions: Union[Literal["all"], PosInt] = F(
+        "Logit positions compared (and kept in golden.npz) per sample: evenly spaced, the first and the last real "
+        "token always among them; `all`: every real position.", unit="positions", default=64)
+    decode_steps: PosInt = F("Decode steps per sample of the decode function, and after the prefill in the "
+                             "prefill-then-decode check.", unit="steps", default=8)
+
+
 class Export(SpecModel):
     coreml: CoreML = F("CoreML conversion.")
+    parity: ParityRun = F("What the parity jobs run in the reference interpreter: lengths, samples, compared positions "
+                          "and decode steps.", default_factory=ParityRun)
 
 
 class Profile(SpecModel):

@@ -126,7 +126,8 @@ def verify(
             pp = ParityParams.model_validate(pj.job.params.model_dump(mode="json"))
             if pp.function.name not in report["observed"]["functions"]:
                 continue
-            rep, _ = measure(pkg, pp.function, ckpt, samples=pp.samples, decode_steps=pp.decode_steps, seed=pp.seed)
+            rep, _ = measure(pkg, pp.function, ckpt, samples=pp.samples, decode_steps=pp.decode_steps, seed=pp.seed,
+                             lengths=pp.lengths or None, positions=pp.positions)
             rep["gates"] = _parity_gates(rep, gates)
             report["parity"][pp.function.name] = rep
             for c in rep["checks"]:

@@ -24,7 +24,8 @@ def run(params: ParityParams, inputs: dict[str, dict[str, Path]], out: Path, ctx
     package = Path(inputs["convert"]["package"])
     ctx.detail(f"interpreting {params.function.name} of {package.name} against torch")
     report, golden = measure(package, params.function, Path(checkpoint), samples=params.samples,
-                             decode_steps=params.decode_steps, seed=params.seed)
+                             decode_steps=params.decode_steps, seed=params.seed, lengths=params.lengths or None,
+                             positions=params.positions)
     report["provenance"] = ctx.provenance
     out = Path(out)
     with open(out / "golden.npz", "wb") as fh:

@@ -56,10 +56,15 @@ def load_student(folder: Path, arch: ArchitectureP | None = None, device: str | 
     recorded = ArchitectureP.model_validate(record["architecture"], strict=False)
     if arch is not None and arch != recorded:
         raise ValueError(f"{folder}: checkpoint architecture {recorded.model_dump()} differs from the job's {arch.model_dump()}")
-    model = Student(arch or recorded, seed=0, device=device)
+    # built on the meta device and given the loaded tensors: the model is in memory once, not a random
+    # initialisation plus the checkpoint (twice 4.4 GB at 1.1B parameters)
+    model = Student(arch or recorded, seed=0, device="meta")
     state = load_file(str(Path(folder) / WEIGHTS), device=str(device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"{folder}: checkpoint does not fit the architecture (missing {missing}, unexpected {unexpected})")
+    wrong = [f"{k} {tuple(v.shape)}" for k, v in state.items() if v.dtype != torch.float32]
+    if wrong:
+        raise ValueError(f"{folder}: checkpoint tensors are not float32: {wrong[:5]}")
     model.eval()
     return model

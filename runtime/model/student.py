@@ -248,6 +248,8 @@ class Student(nn.Module):
     @torch.no_grad()
     def init_weights(self, seed: int) -> None:
         """Normal(0, 0.02) matrices (residual outputs scaled by 1/sqrt(2 n_layers)), unit norms, zero biases."""
+        if self.embed_tokens.weight.is_meta:  # built to be loaded (`load_student`): nothing to draw
+            return
         g = torch.Generator(device=self.embed_tokens.weight.device).manual_seed(seed)
         out_std = INIT_STD / math.sqrt(2 * self.arch.n_layers)
         for name, p in self.named_parameters():

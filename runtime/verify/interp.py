@@ -19,16 +19,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from .blobs import BlobError
 from .mil_ops import CONSTEXPR, NP_DTYPES, OPS, Args, OpError, cast_to
-from .program import (Function, ProgramError, TensorDesc, WeightFiles, decode_value, load_model, model_file,
+from .program import (Function, ProgramError, TensorDesc, WeightFiles, op_reads, decode_value, load_model, model_file,
                       op_name, tensor_desc)
 
-__all__ = ["BlobError", "Interpreter", "ProgramError", "RunResult", "UnsupportedOp", "dequantized_weights"]
+__all__ = ["BlobError", "Interpreter", "ProgramError", "RunResult", "UnsupportedOp", "constants", "dequantized_weights"]
 # coreml_update_state is saved as write_state + read_state (coremltools backend/mil/load.py).
 STATE_OPS = frozenset({"read_state", "write_state"})
 KNOWN = frozenset(OPS) | STATE_OPS | {"const"}
@@ -46,16 +46,33 @@ class RunResult:
     outputs: dict[str, np.ndarray]
     states: dict[str, np.ndarray]
     nonfinite: list[str] = field(default_factory=list)
+    peak_live_bytes: int = 0  # the most bytes of values held at once during the run (inputs, states, live values)
+
+
+def _nbytes(value: Any) -> int:
+    return int(getattr(value, "nbytes", 0))
 
 
 def _nonfinite(value: Any) -> bool:
     return isinstance(value, np.ndarray) and value.dtype.kind == "f" and not bool(np.isfinite(value).all())
 
 
+# Constants (weights, dequantized) kept between runs, in MiB: the rest are read from the memory-mapped
+# weight file and dequantized again at each use, so memory does not grow with the model.
+CONST_CACHE_MB = 1024
+
+
 class Interpreter:
-    def __init__(self, package: Path, *, fp16: bool = False):
+    """Runs a package's functions. Memory: the weight files are memory-mapped; a run holds its
+    live values only (each is dropped after the last op that reads it) plus at most `cache_mb`
+    of constants kept from earlier runs (the first that fit, in program order: cyclic access
+    would make a least-recently-used cache miss every time)."""
+
+    def __init__(self, package: Path, *, fp16: bool = False, cache_mb: float = CONST_CACHE_MB):
         self.package = Path(package)
         self.fp16 = fp16
+        self.cache_bytes = int(cache_mb * 2 ** 20)
+        self._cached_bytes = 0
         path = model_file(self.package)
         self.spec = load_model(path)
         self._weights = WeightFiles(path.parent)
@@ -132,17 +149,23 @@ class Interpreter:
         return out
 
     def _const(self, fn: Function, index: int, op: Any, env: dict[str, Any]) -> list[tuple[Any, bool]]:
-        """A const's or constexpr's outputs (and whether each is non-finite), computed once."""
+        """A const's or constexpr's outputs (and whether each is non-finite), kept for later runs
+        while the cache has room."""
         key = (fn.name, index)
-        if key not in self._consts:
-            where = f"function {fn.name!r} {op.type} {op_name(op)!r}"
-            if op.type == "const":
-                results = [decode_value(op.attributes["val"], self._weights, where)]
-            else:
-                results = self._compute(fn, op, env, where)
-            stored = [self._store(v, tensor_desc(o.type, where), where) for v, o in zip(results, op.outputs)]
-            self._consts[key] = [(v, _nonfinite(v)) for v in stored]
-        return self._consts[key]
+        if key in self._consts:
+            return self._consts[key]
+        where = f"function {fn.name!r} {op.type} {op_name(op)!r}"
+        if op.type == "const":
+            results = [decode_value(op.attributes["val"], self._weights, where)]
+        else:
+            results = self._compute(fn, op, env, where)
+        stored = [self._store(v, tensor_desc(o.type, where), where) for v, o in zip(results, op.outputs)]
+        out = [(v, _nonfinite(v)) for v in stored]
+        size = sum(getattr(v, "nbytes", 0) for v in stored)
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._consts[key] = out
+            self._cached_bytes += size
+        return out
 
     def _args(self, fn: Function, op: Any, env: dict[str, Any], where: str) -> Args:
         values: dict[str, list[Any]] = {}
@@ -190,6 +213,8 @@ class Interpreter:
             states = {n: self._zeros(fn, n) for n in fn.states}
         state = self._inputs(fn, states, fn.states, "states")
         nonfinite: list[str] = []
+        last_uses = fn.last_uses()
+        live = peak = sum(_nbytes(v) for v in (*env.values(), *state.values()))
         for index, op in enumerate(fn.ops):
             where = f"function {fn.name!r} {op.type} {op_name(op)!r}"
             if op.type == "const" or op.type in CONSTEXPR:
@@ -198,20 +223,24 @@ class Interpreter:
                     env[o.name] = value
                     if bad:
                         nonfinite.append(f"{op.type}:{op_name(op)}")
-                continue
-            if op.type in STATE_OPS:
-                results = self._state_op(fn, op, env, state, where)
             else:
-                results = self._compute(fn, op, env, where)
-            for o, value in zip(op.outputs, results):
-                env[o.name] = self._store(value, tensor_desc(o.type, where), f"{where} output {o.name!r}")
-            if any(_nonfinite(env[o.name]) for o in op.outputs):
-                nonfinite.append(f"{op.type}:{op_name(op)}")
+                if op.type in STATE_OPS:
+                    results = self._state_op(fn, op, env, state, where)
+                else:
+                    results = self._compute(fn, op, env, where)
+                for o, value in zip(op.outputs, results):
+                    env[o.name] = self._store(value, tensor_desc(o.type, where), f"{where} output {o.name!r}")
+                if any(_nonfinite(env[o.name]) for o in op.outputs):
+                    nonfinite.append(f"{op.type}:{op_name(op)}")
+            live += sum(_nbytes(env.get(o.name)) for o in op.outputs)
+            peak = max(peak, live)
+            for name in last_uses.get(index, ()):  # nothing later reads these
+                live -= _nbytes(env.pop(name, None))
         missing = [n for n in fn.outputs if n not in env]
         if missing:
             raise ProgramError(f"function {fn.name!r}: outputs {missing} are never computed")
         outputs = {n: self._export(env[n], self._output_desc(fn, n)) for n in fn.outputs}
-        return RunResult(outputs, {n: self._export(state[n], d) for n, d in fn.states.items()}, nonfinite)
+        return RunResult(outputs, {n: self._export(state[n], d) for n, d in fn.states.items()}, nonfinite, peak)
 
     def _output_desc(self, fn: Function, name: str) -> TensorDesc:
         for op in reversed(fn.ops):
@@ -250,24 +279,52 @@ class Interpreter:
         self.close()
 
 
+def constants(interp: Interpreter, function: str, wanted: set[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(output name, value) of the const and constexpr ops of `function` whose outputs are in `wanted`,
+    in program order, computing only them and what they read; each value is handed over and
+    dropped, so one weight (and its quantized parts) is in memory at a time, never the model."""
+    fn = interp.function(function)
+    needed = set(wanted)
+    for op in reversed(fn.ops):
+        if op.type in CONSTEXPR and any(o.name in needed for o in op.outputs):
+            needed.update(op_reads(op))
+    readers: dict[str, int] = {}
+    for index, op in enumerate(fn.ops):
+        if op.type in CONSTEXPR and any(o.name in needed for o in op.outputs):
+            for name in op_reads(op):
+                readers[name] = index
+    env: dict[str, Any] = {}
+    for index, op in enumerate(fn.ops):
+        if not any(o.name in needed for o in op.outputs):
+            continue
+        if op.type != "const" and op.type not in CONSTEXPR:
+            raise UnsupportedOp(f"function {function!r}: {op.type} {op_name(op)!r} is not implemented")
+        for o, (value, _) in zip(op.outputs, interp._const(fn, index, op, env)):
+            if o.name in readers:
+                env[o.name] = value
+            if o.name in wanted:
+                yield o.name, np.asarray(value, dtype=np.float32)
+        for name in [n for n, last in readers.items() if last == index]:
+            env.pop(name, None)
+
+
 def dequantized_weights(package: Path) -> dict[str, np.ndarray]:
-    """Output name of every constexpr_* op in any function -> its dense float32 value (reference mode)."""
-    interp = Interpreter(package)
+    """Output name of every constexpr_* op in any function -> its dense float32 value (reference
+    mode), the same value in every function that has it. Holds them all: for tests and small
+    packages; `constants` streams them."""
+    interp = Interpreter(package, cache_mb=0)
     out: dict[str, np.ndarray] = {}
     try:
         for name in interp.functions:
             fn = interp.function(name)
-            env: dict[str, Any] = {}
-            for index, op in enumerate(fn.ops):
-                if op.type == "const" or op.type in CONSTEXPR:
-                    for o, (value, _) in zip(op.outputs, interp._const(fn, index, op, env)):
-                        env[o.name] = value
-                        if op.type in CONSTEXPR:
-                            if o.name in out and not np.array_equal(out[o.name], value):
-                                raise ProgramError(f"constexpr output {o.name!r} differs between functions")
-                            out[o.name] = np.asarray(value, dtype=np.float32)
-                elif op.type.startswith("constexpr_"):
-                    raise UnsupportedOp(f"function {name!r}: {op.type} {op_name(op)!r} is not implemented")
+            unknown = [op for op in fn.ops if op.type.startswith("constexpr_") and op.type not in CONSTEXPR]
+            if unknown:
+                raise UnsupportedOp(f"function {name!r}: {unknown[0].type} {op_name(unknown[0])!r} is not implemented")
+            wanted = {o.name for op in fn.ops if op.type in CONSTEXPR for o in op.outputs}
+            for key, value in constants(interp, name, wanted):
+                if key in out and not np.array_equal(out[key], value):
+                    raise ProgramError(f"constexpr output {key!r} differs between functions")
+                out[key] = value
     finally:
         interp.close()
     return dict(sorted(out.items()))

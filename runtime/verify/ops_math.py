@@ -200,26 +200,30 @@ def reduce_arg(a: Args) -> np.ndarray:
 
 # --- compile-time (constexpr) dequantization ---------------------------------------------------
 
-def _repeat_blocks(values: np.ndarray, shape: tuple[int, ...], a: Args, what: str) -> np.ndarray:
+def _blocks(values: np.ndarray, shape: tuple[int, ...], a: Args, what: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """(the data's shape split into (blocks, block size) pairs, `values` shaped to broadcast over it):
+    one value per block without materialising the repeated array."""
     if values.ndim != len(shape):
         raise a.fail(f"{what} has rank {values.ndim}, data rank {len(shape)}")
+    split: list[int] = []
     for axis, (d, s) in enumerate(zip(shape, values.shape)):
         if s == 0 or d % s:
             raise a.fail(f"{what} dim {axis} ({s}) does not divide the data's ({d})")
-        if d // s > 1:
-            values = np.repeat(values, d // s, axis=axis)
-    return values
+        split += [s, d // s]
+    return tuple(split), values.reshape([n for s in values.shape for n in (s, 1)])
 
 
 @op("constexpr_blockwise_shift_scale")
 def blockwise_shift_scale(a: Args) -> np.ndarray:
     """iOS18: output[i, j, ..] = scale[i0, j0, ..] * (data[i, j, ..] - offset[i0, j0, ..]),
     block size = data.shape / scale.shape per dimension."""
-    data = f32(a["data"])
-    scale = _repeat_blocks(f32(a["scale"]), data.shape, a, "scale")
+    data = np.array(a["data"], dtype=np.float32)  # the one full-size buffer: shifted and scaled in place
+    split, scale = _blocks(f32(a["scale"]), data.shape, a, "scale")
+    blocked = data.reshape(split)
     if a.get("offset") is not None:
-        data = data - _repeat_blocks(f32(a["offset"]), data.shape, a, "offset")
-    return scale * data
+        blocked -= _blocks(f32(a["offset"]), data.shape, a, "offset")[1]
+    blocked *= scale
+    return data
 
 
 def _along(values: np.ndarray, rank: int, axis: int) -> np.ndarray:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from compiler.planning.params import FunctionP
 
-from .interp import Interpreter, UnsupportedOp, dequantized_weights
+from .interp import CONST_CACHE_MB, Interpreter, UnsupportedOp, constants
 from .program import ProgramError
 from .observe import _Package, observe, weight_root
 
@@ -55,51 +55,54 @@ def top1(ref: np.ndarray, x: np.ndarray) -> float:
     return float((ref.argmax(-1) == x.argmax(-1)).mean())
 
 
-def _other_params(package: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """Parameters that are not a module's `.weight` (q/k/v biases): always dense, often small enough
-    that coremltools stores them inline, so they are read through the interpreter's consts."""
-    from .interp import Interpreter
+def package_weights(package: Path, params: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(parameter name, float32 value as stored in the package, dequantized when compressed), one
+    at a time: a module's weight is read from the memory-mapped weight file, dequantized, handed
+    over and dropped, so the package's weights are never all in memory together.
+
+    `.weight` parameters come through the observed contract's compressed and dense weights; the
+    others (q/k/v biases: dense, often inline) through the consts whose name roots match."""
     from .observe import PARAM_PREFIX
 
-    wanted = {PARAM_PREFIX + n.replace(".", "_"): n for n in names}
-    out: dict[str, np.ndarray] = {}
-    interp = Interpreter(package)
+    modules = [p.removesuffix(".weight") for p in params if p.endswith(".weight")]
+    others = {PARAM_PREFIX + n.replace(".", "_"): n for n in params if not n.endswith(".weight")}
+    obs = observe(package, modules)
+    seen: set[str] = set()
+    pkg = _Package(package)
+    for fo in obs["functions"].values():  # dense weights: straight from the blob file
+        for d in fo["dense"]:
+            key = (d["module"] or "") + ".weight"
+            if d["module"] and key not in seen and d["blob"]:
+                blobs = pkg.blob_file(d["blob"]["file"])
+                if blobs is not None:
+                    seen.add(key)
+                    yield key, np.asarray(blobs.read(d["blob"]["offset"], d["dtype"], d["shape"]), dtype=np.float32)
+    for blobs in pkg.files.values():
+        if blobs is not None:
+            blobs.close()
+    interp = Interpreter(package, cache_mb=0)
     try:
-        for fname in interp.functions:
+        for fname, fo in obs["functions"].items():
+            wanted = {c["name"]: c["module"] + ".weight" for c in fo["compressed"]
+                      if c["module"] and c["module"] + ".weight" not in seen}
             fn = interp.function(fname)
-            env: dict[str, Any] = {}
-            for index, op in enumerate(fn.ops):
-                if op.type != "const" or not op.outputs or weight_root(op.outputs[0].name) not in wanted:
-                    continue
-                name = wanted[weight_root(op.outputs[0].name)]
-                for value, _ in interp._const(fn, index, op, env):
-                    out.setdefault(name, np.asarray(value, dtype=np.float32))
+            for op in fn.ops:
+                if op.type == "const" and op.outputs and weight_root(op.outputs[0].name) in others:
+                    name = others[weight_root(op.outputs[0].name)]
+                    if name not in seen:
+                        wanted.setdefault(op.outputs[0].name, name)
+            for out_name, value in constants(interp, fname, set(wanted)):
+                key = wanted[out_name]
+                if key not in seen:
+                    seen.add(key)
+                    yield key, value
     finally:
         interp.close()
-    return out
 
 
 def package_state_dict(package: Path, params: list[str]) -> dict[str, np.ndarray]:
-    """Parameter name -> float32 value as stored in the package (dequantized when compressed)."""
-    others = [p for p in params if not p.endswith(".weight")]
-    modules = [p.removesuffix(".weight") for p in params if p.endswith(".weight")]
-    obs = observe(package, modules)
-    deq = dequantized_weights(package)
-    pkg = _Package(package)
-    out: dict[str, np.ndarray] = {}
-    for fo in obs["functions"].values():
-        for c in fo["compressed"]:
-            if c["module"] and c["module"] + ".weight" not in out and c["name"] in deq:
-                out[c["module"] + ".weight"] = np.asarray(deq[c["name"]], dtype=np.float32)
-        for d in fo["dense"]:
-            key = (d["module"] or "") + ".weight"
-            if d["module"] and key not in out and d["blob"]:
-                blobs = pkg.blob_file(d["blob"]["file"])
-                if blobs is not None:
-                    out[key] = np.asarray(blobs.read(d["blob"]["offset"], d["dtype"], d["shape"]), dtype=np.float32)
-    if others:
-        out.update(_other_params(package, others))
-    return out
+    """Parameter name -> float32 value as stored in the package, all at once (small packages, tests)."""
+    return dict(package_weights(package, params))
 
 
 @dataclass
@@ -117,17 +120,29 @@ class Check:
 class Sample:
     ids: np.ndarray  # [1, L] int32, right-padded
     n: int  # real tokens
+    positions: np.ndarray  # the real positions whose logits are compared and kept (ascending)
 
 
 @dataclass
 class Figures:
+    """Logits at each sample's `positions` ([len(positions), vocab] float32 per sample)."""
+
     ref: list[np.ndarray] = field(default_factory=list)  # torch, package weights
     ckpt: list[np.ndarray] = field(default_factory=list)  # torch, checkpoint
     interp: list[np.ndarray] = field(default_factory=list)
     fp16: list[np.ndarray] = field(default_factory=list)
 
 
-def _samples(length: int, count: int, vocab: int, seed: int, first_token: int, decode_steps: int) -> list[Sample]:
+def positions_of(n: int, limit: int | None) -> np.ndarray:
+    """The positions compared in a sample of `n` real tokens: all of them when `limit` is None or
+    not smaller, else `limit` evenly spaced ones, the first and the last always among them."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max(limit, 2)).round().astype(np.int64))
+
+
+def _samples(length: int, count: int, vocab: int, seed: int, first_token: int, decode_steps: int,
+             positions: int | None = None) -> list[Sample]:
     rng = np.random.default_rng(seed)
     lengths = [length, max(1, length - decode_steps), max(1, (3 * length) // 4), max(1, length // 2)]
     out = []
@@ -135,105 +150,144 @@ def _samples(length: int, count: int, vocab: int, seed: int, first_token: int, d
         n = lengths[i % len(lengths)]
         ids = np.full((1, length), PAD_ID, dtype=np.int32)
         ids[0, :n] = rng.integers(first_token, vocab, size=n)
-        out.append(Sample(ids, n))
+        out.append(Sample(ids, n, positions_of(n, positions)))
     return out
 
 
+@dataclass
+class Shape:
+    """One shape's samples and the extra tokens its prefill_then_decode check appends."""
+
+    length: int
+    samples: list[Sample]
+    extra: list[int] = field(default_factory=list)
+    fig: Figures = field(default_factory=Figures)
+    full_torch: np.ndarray | None = None  # torch's logits of the prefill_then_decode continuation, when longer than `length`
+    checks: list[Check] = field(default_factory=list)
+
+
 class Parity:
-    """Runs the comparisons for one function of one package against torch models."""
+    """The comparisons for one function of one package, phase by phase so that one model is in
+    memory at a time: torch with the checkpoint, torch with the package's weights (written into the
+    same model), then the reference interpreter, then the fp16 one."""
 
-    def __init__(self, package: Path, fn: FunctionP, student_pkg: Any, student_ckpt: Any, vocab: int):
-        self.package, self.fn = Path(package), fn
-        self.ref_interp = Interpreter(self.package, fp16=False)
-        self.fp16_interp = Interpreter(self.package, fp16=True)
-        self.student_pkg, self.student_ckpt, self.vocab = student_pkg, student_ckpt, vocab
-        self.checks: list[Check] = []
+    def __init__(self, package: Path, fn: FunctionP, vocab: int, decode_steps: int, cache_mb: float = CONST_CACHE_MB):
+        self.package, self.fn, self.vocab, self.decode_steps, self.cache_mb = Path(package), fn, vocab, decode_steps, cache_mb
         self.nonfinite: list[str] = []
+        self.interp: Interpreter | None = None
 
-    def _torch(self, model: Any, ids: np.ndarray) -> np.ndarray:
+    # --- torch --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _torch(model: Any, ids: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.no_grad():
             return model(torch.from_numpy(ids.astype(np.int64))).float().numpy()[0]
 
-    def _call(self, interp: Interpreter, function: str, inputs: dict[str, np.ndarray], states: dict | None) -> Any:
-        result = interp.run(function, inputs, states)
-        if interp is self.fp16_interp:
+    def _decode_tokens(self, s: Sample) -> np.ndarray:
+        return s.ids[:, : self.decode_steps] if self.fn.role == "decode" else s.ids[:, : s.n]
+
+    def torch_figures(self, model: Any, shapes: list[Shape], attr: str) -> None:
+        for shape in shapes:
+            for s in shape.samples:
+                getattr(shape.fig, attr).append(self._torch(model, self._decode_tokens(s))[s.positions])
+
+    def torch_continuations(self, model: Any, shapes: list[Shape]) -> None:
+        """prefill_then_decode's reference when prefill + decode outgrow the function's length."""
+        for shape in shapes:
+            if self.fn.role == "prefill" and len(shape.samples) > 1 and self.has_decode:
+                s = shape.samples[1]
+                if s.n + len(shape.extra) > shape.length:
+                    ids = np.concatenate([s.ids[:, : s.n], np.array([shape.extra], np.int32)], axis=1)
+                    shape.full_torch = self._torch(model, ids)[s.n:]
+
+    # --- interpreter --------------------------------------------------------------------------
+
+    def open(self, fp16: bool) -> Interpreter:
+        self.close()
+        self.interp = Interpreter(self.package, fp16=fp16, cache_mb=self.cache_mb)
+        return self.interp
+
+    def close(self) -> None:
+        if self.interp is not None:
+            self.interp.close()
+            self.interp = None
+
+    @property
+    def has_decode(self) -> bool:
+        return self._has_decode
+
+    def unsupported(self) -> list[str]:
+        with Interpreter(self.package, cache_mb=0) as interp:
+            self._has_decode = "decode" in interp.functions
+            names = [self.fn.name] + (["decode"] if self._has_decode and self.fn.role == "prefill" else [])
+            return sorted({op for f in names for op in interp.unsupported_ops(f)})
+
+    def _call(self, function: str, inputs: dict[str, np.ndarray], states: dict | None) -> Any:
+        assert self.interp is not None
+        result = self.interp.run(function, inputs, states)
+        if self.interp.fp16:
             self.nonfinite += [f"{function}:{n}" for n in result.nonfinite if f"{function}:{n}" not in self.nonfinite]
         return result
 
-    def _prefill(self, interp: Interpreter, ids: np.ndarray, function: str | None = None) -> tuple[np.ndarray, dict]:
-        r = self._call(interp, function or self.fn.name, {"input_ids": ids}, None)
+    def _prefill(self, ids: np.ndarray) -> tuple[np.ndarray, dict]:
+        r = self._call(self.fn.name, {"input_ids": ids}, None)
         return np.asarray(r.outputs["logits"], dtype=np.float32)[0], r.states
 
-    def _decode(self, interp: Interpreter, tokens: list[int], start: int, states: dict | None) -> np.ndarray:
+    def _decode(self, tokens: list[int], start: int, states: dict | None) -> np.ndarray:
         out = []
         for i, tok in enumerate(tokens):
-            r = self._call(interp, "decode", {"input_ids": np.array([[tok]], np.int32),
-                                              "position": np.array([start + i], np.int32)}, states)
+            r = self._call("decode", {"input_ids": np.array([[tok]], np.int32),
+                                      "position": np.array([start + i], np.int32)}, states)
             states = r.states
             out.append(np.asarray(r.outputs["logits"], dtype=np.float32)[0, 0])
         return np.stack(out)
 
-    def unsupported(self) -> list[str]:
-        names = [self.fn.name] + (["decode"] if "decode" in self.ref_interp.functions and self.fn.role == "prefill" else [])
-        return sorted({op for f in names for op in self.ref_interp.unsupported_ops(f)})
-
-    def prefill_figures(self, samples: list[Sample]) -> Figures:
-        fig = Figures()
-        for s in samples:
-            fig.interp.append(self._prefill(self.ref_interp, s.ids)[0][: s.n])
-            fig.fp16.append(self._prefill(self.fp16_interp, s.ids)[0][: s.n])
-            fig.ref.append(self._torch(self.student_pkg, s.ids[:, : s.n]))
-            fig.ckpt.append(self._torch(self.student_ckpt, s.ids[:, : s.n]))
-        return fig
-
-    def decode_figures(self, samples: list[Sample], steps: int) -> Figures:
-        fig = Figures()
-        for s in samples:
-            tokens = [int(t) for t in s.ids[0, :steps]]
-            fig.interp.append(self._decode(self.ref_interp, tokens, 0, None))
-            fig.fp16.append(self._decode(self.fp16_interp, tokens, 0, None))
-            ids = np.array([tokens], np.int32)
-            fig.ref.append(self._torch(self.student_pkg, ids))
-            fig.ckpt.append(self._torch(self.student_ckpt, ids))
-        return fig
-
-    def causality(self, sample: Sample) -> Check:
-        p = max(1, sample.n // 2)
-        changed = sample.ids.copy()
-        changed[0, p: sample.n] = (changed[0, p: sample.n] + 1 - 9) % (self.vocab - 9) + 9
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        """All real-position logits of one input under the function (prefill, or decode step by step)."""
         if self.fn.role == "decode":
-            tokens = [int(t) for t in sample.ids[0, : sample.n]]
-            a = self._decode(self.ref_interp, tokens, 0, None)[:p]
-            b = self._decode(self.ref_interp, [int(t) for t in changed[0, : sample.n]], 0, None)[:p]
-        else:
-            a = self._prefill(self.ref_interp, sample.ids)[0][:p]
-            b = self._prefill(self.ref_interp, changed)[0][:p]
+            return self._decode([int(t) for t in ids[0]], 0, None)
+        return self._prefill(ids)[0]
+
+    def interp_figures(self, shapes: list[Shape], attr: str) -> None:
+        for shape in shapes:
+            for s in shape.samples:
+                ids = self._decode_tokens(s) if self.fn.role == "decode" else s.ids
+                getattr(shape.fig, attr).append(self._run(ids)[s.positions])
+
+    def causality(self, shape: Shape) -> Check:
+        """Changing tokens from position p on leaves the logits before p unchanged (at the compared
+        positions; the unchanged run is the sample's own figure)."""
+        sample = shape.samples[0]
+        tokens = self._decode_tokens(sample)
+        n = tokens.shape[1] if self.fn.role == "decode" else sample.n
+        p = max(1, n // 2)
+        changed = (sample.ids if self.fn.role == "prefill" else tokens).copy()
+        changed[0, p: n] = (changed[0, p: n] + 1 - 9) % (self.vocab - 9) + 9
+        before = sample.positions < p
+        a = shape.fig.interp[0][before]
+        b = self._run(changed)[sample.positions[before]]
         rel = float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12))
         ok = rel <= CAUSAL_TOL
         return Check("causality", ok, "changing tokens after position p leaves logits up to p unchanged" if ok else
                      f"not causal: changing tokens after position {p} changed the logits before it by {rel:.3g} "
                      f"(relative; tolerance {CAUSAL_TOL:g})", rel)
 
-    def prefill_then_decode(self, sample: Sample, steps: int) -> Check:
+    def prefill_then_decode(self, shape: Shape) -> Check:
         """Prefill n real tokens (right-padded to the function's length), then `steps` decode
         steps at positions n.. must give the logits of one full forward over n + steps tokens."""
-        n = sample.n
-        rng = np.random.default_rng(n)
-        extra = [int(t) for t in rng.integers(9, self.vocab, size=steps)]
-        logits, states = self._prefill(self.ref_interp, sample.ids)
-        dec = self._decode(self.ref_interp, extra, n, states)
-        full_ids = np.concatenate([sample.ids[:, :n], np.array([extra], np.int32)], axis=1)
-        length = int(sample.ids.shape[1])
-        if full_ids.shape[1] <= length:
+        sample, extra = shape.samples[1], shape.extra
+        n, steps, length = sample.n, len(shape.extra), shape.length
+        _, states = self._prefill(sample.ids)
+        dec = self._decode(extra, n, states)
+        if shape.full_torch is None:
             padded = np.full((1, length), PAD_ID, np.int32)
-            padded[:, : full_ids.shape[1]] = full_ids
-            full = self._prefill(self.ref_interp, padded)[0][n: n + steps]
+            padded[0, :n], padded[0, n: n + steps] = sample.ids[0, :n], extra
+            full = self._prefill(padded)[0][n: n + steps]
             against = "the interpreter's full-sequence prefill"
         else:
-            full = self._torch(self.student_pkg, full_ids)[n: n + steps]
-            against = "torch's full-sequence logits (package weights)"
+            full, against = shape.full_torch, "torch's full-sequence logits (package weights)"
         db = float(snr_db(full, dec))
         ok = db >= DECODE_SNR_DB
         return Check("prefill_then_decode", ok, f"prefill + {steps} decode steps match {against} ({db:.1f} dB)" if ok else
@@ -241,13 +295,14 @@ class Parity:
                      "(does the decode function read its cache?)", db)
 
 
-def weights_check(pkg_weights: dict[str, np.ndarray], ckpt: dict[str, np.ndarray]) -> Check:
-    bad, worst = [], 0.0
-    missing = sorted(set(ckpt) - set(pkg_weights))
-    for name, want in sorted(ckpt.items()):
-        got = pkg_weights.get(name)
-        if got is None:
+def weights_check(pkg_weights: Iterable[tuple[str, np.ndarray]], ckpt: dict[str, Any]) -> Check:
+    """Each package weight (streamed) against the checkpoint's (numpy or torch, by name)."""
+    bad, worst, found = [], 0.0, set()
+    for name, got in pkg_weights:
+        if name not in ckpt:
             continue
+        found.add(name)
+        want = _np(ckpt[name])
         if got.shape != want.shape:
             bad.append(f"{name} shape {list(got.shape)} != checkpoint {list(want.shape)}")
             continue
@@ -255,10 +310,15 @@ def weights_check(pkg_weights: dict[str, np.ndarray], ckpt: dict[str, np.ndarray
         worst = max(worst, rel)
         if rel > WEIGHT_TOL:
             bad.append(f"{name} differs from the checkpoint (max relative error {rel:.3g})")
+    missing = sorted(set(ckpt) - found)
     if missing:
         bad.append(f"weights not found in the package: {missing}")
-    return Check("weights_match_checkpoint", not bad, "; ".join(bad) if bad else
+    return Check("weights_match_checkpoint", not bad, "; ".join(sorted(bad)) if bad else
                  f"every weight matches the checkpoint (max relative error {worst:.3g}, tolerance {WEIGHT_TOL:g})", worst)
+
+
+def _np(value: Any) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else value.detach().float().numpy()
 
 
 def summarize(fig: Figures) -> dict[str, float]:
@@ -277,8 +337,8 @@ def coreml_not_run() -> dict[str, str] | None:
     return None
 
 
-__all__ = ["Parity", "Check", "Sample", "UnsupportedOp", "package_state_dict", "snr_db", "summarize", "top1",
-           "weights_check", "_samples", "coreml_not_run", "weight_root"]
+__all__ = ["Parity", "Check", "Sample", "UnsupportedOp", "package_state_dict", "package_weights", "positions_of",
+           "snr_db", "summarize", "top1", "weights_check", "_samples", "coreml_not_run", "weight_root"]
 
 
 def _coreml_snr(package: Path, fn: FunctionP, samples: list[Sample], expected: list[np.ndarray]) -> dict[str, Any]:
@@ -290,74 +350,105 @@ def _coreml_snr(package: Path, fn: FunctionP, samples: list[Sample], expected: l
     for s in samples:
         state = model.make_state() if fn.states else None
         out = model.predict({"input_ids": s.ids}, state=state) if state is not None else model.predict({"input_ids": s.ids})
-        got.append(np.asarray(out["logits"], dtype=np.float32)[0][: s.n])
+        got.append(np.asarray(out["logits"], dtype=np.float32)[0][s.positions])
     return {"value": snr_db(np.concatenate(expected), np.concatenate(got)), "n": len(samples)}
 
 
-def measure(package: Path, fn: FunctionP, checkpoint: Path, *, samples: int, decode_steps: int,
-            seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(report, golden arrays) for one function; the report's `checks` say pass/fail by name."""
+def measure(package: Path, fn: FunctionP, checkpoint: Path, *, samples: int, decode_steps: int, seed: int,
+            lengths: list[int] | None = None, positions: int | None = None,
+            cache_mb: float = CONST_CACHE_MB) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(report, golden arrays) for one function; the report's `checks` say pass/fail by name.
+
+    `lengths`: the enumerated lengths of a prefill function to run (None: all of them);
+    `positions`: logits compared per sample (None: every real position); `cache_mb`: constants
+    the interpreter keeps between runs. Peak memory: one fp32 torch model, or one interpreter's
+    live values plus `cache_mb`, plus the kept logits (samples x positions x vocab)."""
+    import gc
+
     import torch
 
     from runtime.model.checkpoint import load_student
 
-    student_ckpt = load_student(Path(checkpoint)).eval()
-    ckpt = {k: v.detach().float().numpy() for k, v in student_ckpt.state_dict().items()}
-    pkg_weights = package_state_dict(package, list(ckpt))
-    student_pkg = load_student(Path(checkpoint)).eval()
-    with torch.no_grad():
-        for name, p in student_pkg.state_dict().items():
-            if name in pkg_weights and tuple(pkg_weights[name].shape) == tuple(p.shape):
-                p.copy_(torch.from_numpy(pkg_weights[name]))
-    vocab = student_ckpt.arch.vocab_size
-    parity = Parity(package, fn, student_pkg, student_ckpt, vocab)
     report: dict[str, Any] = {"function": fn.name, "role": fn.role}
+    parity = Parity(package, fn, 0, decode_steps, cache_mb)
     missing_ops = parity.unsupported()
     if missing_ops:
         check = Check("interpreter_covers_every_op", False, f"the reference interpreter does not implement {missing_ops}: "
                       "the package cannot be checked, so the parity gates cannot pass")
         return {**report, "checks": [check.as_json()], "passed": False, "metrics": {}}, {}
-    checks = [Check("interpreter_covers_every_op", True, "every op is implemented"), weights_check(pkg_weights, ckpt)]
+    checks = [Check("interpreter_covers_every_op", True, "every op is implemented")]
+
+    model = load_student(Path(checkpoint)).eval()
+    parity.vocab = vocab = model.arch.vocab_size
+    run_lengths = [int(n) for n in fn.seq_lens if lengths is None or int(n) in lengths] if fn.role == "prefill" \
+        else [decode_steps]
+    shapes = []
+    for length in run_lengths:
+        shape = Shape(length, _samples(length, samples, vocab, seed + length, 9, decode_steps, positions))
+        if fn.role == "decode":  # every sample decodes `decode_steps` tokens, its padding included
+            for s in shape.samples:
+                s.positions = positions_of(decode_steps, positions)
+        if fn.role == "prefill" and len(shape.samples) > 1:
+            shape.extra = [int(t) for t in np.random.default_rng(shape.samples[1].n).integers(9, vocab, size=decode_steps)]
+        shapes.append(shape)
+
+    # torch: the checkpoint, then the package's weights written into the same model
+    parity.torch_figures(model, shapes, "ckpt")
+    params = dict(model.state_dict())  # views of the model's tensors: writing them writes the model
+
+    def into_model(stream: Iterator[tuple[str, np.ndarray]]) -> Iterator[tuple[str, np.ndarray]]:
+        """Hands each package weight to the check, then (once compared) writes it into the model."""
+        for name, value in stream:
+            yield name, value
+            if name in params and tuple(value.shape) == tuple(params[name].shape):
+                with torch.no_grad():
+                    params[name].copy_(torch.from_numpy(value))
+
+    checks.append(weights_check(into_model(package_weights(package, list(params))), params))
+    parity.torch_figures(model, shapes, "ref")
+    parity.torch_continuations(model, shapes)
+    del model, params
+    gc.collect()
+
     try:
-        return _measure(package, fn, parity, report, checks, vocab, samples, decode_steps, seed)
+        parity.open(fp16=False)
+        parity.interp_figures(shapes, "interp")
+        for shape in shapes:
+            shape.checks.append(parity.causality(shape))
+            if fn.role == "prefill" and parity.has_decode and len(shape.samples) > 1:
+                shape.checks.append(parity.prefill_then_decode(shape))
+        parity.open(fp16=True)
+        parity.interp_figures(shapes, "fp16")
     except (ValueError, ProgramError) as exc:  # the package's function does not take what the contract says
         checks.append(Check("interpreter_runs_the_function", False, f"the interpreter could not run {fn.name!r} with the "
                             f"contract's inputs: {exc}"))
         return {**report, "checks": [c.as_json() for c in checks], "passed": False, "metrics": {}}, {}
+    finally:
+        parity.close()
+    return _report(package, fn, parity, shapes, report, checks)
 
 
-def _measure(package: Path, fn: FunctionP, parity: Parity, report: dict[str, Any], checks: list[Check], vocab: int,
-             samples: int, decode_steps: int, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    # every enumerated length of a prefill function is its own shape: each gets its samples and checks
-    lengths = [int(n) for n in fn.seq_lens] if fn.role == "prefill" else [decode_steps]
+def _report(package: Path, fn: FunctionP, parity: Parity, shapes: list[Shape], report: dict[str, Any],
+            checks: list[Check]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     golden: dict[str, np.ndarray] = {}
     by_shape: dict[str, dict[str, float]] = {}
     all_samples: list[Sample] = []
-    figs: list[Figures] = []
-    for length in lengths:
-        tag = f"[length {length}]" if len(lengths) > 1 else ""
-        sample_list = _samples(length, samples, vocab, seed + length, 9, decode_steps)
-        if fn.role == "prefill":
-            fig = parity.prefill_figures(sample_list)
-            shape_checks = [parity.causality(sample_list[0])]
-            if "decode" in parity.ref_interp.functions and len(sample_list) > 1:
-                shape_checks.append(parity.prefill_then_decode(sample_list[1], decode_steps))
-        else:
-            fig = parity.decode_figures(sample_list, decode_steps)
-            shape_checks = [parity.causality(sample_list[0])]
-        for c in shape_checks:
+    for shape in shapes:
+        tag = f"[length {shape.length}]" if len(shapes) > 1 or len(fn.seq_lens) > 1 else ""
+        for c in shape.checks:
             c.name += tag
-        checks += shape_checks
-        for j, s in enumerate(sample_list):
+        checks += shape.checks
+        fig = shape.fig
+        for j, s in enumerate(shape.samples):
             i = len(all_samples)
             golden[f"sample{i}_input_ids"] = s.ids
             golden[f"sample{i}_n"] = np.array(s.n)
+            golden[f"sample{i}_positions"] = s.positions
             golden[f"sample{i}_interpreter_logits"] = fig.interp[j]
             golden[f"sample{i}_interpreter_fp16_logits"] = fig.fp16[j]
             golden[f"sample{i}_torch_logits"] = fig.ref[j]
             all_samples.append(s)
-        by_shape[str(length)] = summarize(fig)
-        figs.append(fig)
+        by_shape[str(shape.length)] = summarize(fig)
     checks.append(Check("no_nonfinite_intermediates", not parity.nonfinite,
                         "no op produced inf or NaN in fp16 emulation" if not parity.nonfinite else
                         f"{len(parity.nonfinite)} op(s) produced inf/NaN in fp16 emulation, first: {parity.nonfinite[:5]}",
@@ -366,7 +457,7 @@ def _measure(package: Path, fn: FunctionP, parity: Parity, report: dict[str, Any
     worst = {k: min(f[k] for f in by_shape.values()) for k in next(iter(by_shape.values())) if k != "positions"}
     coreml = coreml_not_run()
     if coreml is None and fn.role == "prefill":
-        coreml = _coreml_snr(package, fn, all_samples, [x for f in figs for x in f.fp16])
+        coreml = _coreml_snr(package, fn, all_samples, [x for shape in shapes for x in shape.fig.fp16])
     metrics: dict[str, Any] = {k: {"value": v, "n": positions} for k, v in worst.items()}
     metrics["nonfinite_intermediates"] = {"value": len(parity.nonfinite), "n": len(all_samples)}
     metrics["coreml_snr_db"] = coreml or {"not_run": "CoreML prediction of the decode function is checked through its prefill"}
@@ -374,7 +465,9 @@ def _measure(package: Path, fn: FunctionP, parity: Parity, report: dict[str, Any
         values = [c.value for c in checks if c.name.startswith(name) and c.value is not None]
         if values:
             metrics[name] = {"value": max(values) if name == "causality" else min(values), "n": len(values)}
+    skipped = [int(n) for n in fn.seq_lens if str(int(n)) not in by_shape] if fn.role == "prefill" else []
     return {**report, "checks": [c.as_json() for c in checks], "passed": all(c.passed for c in checks),
-            "metrics": metrics, "by_shape": by_shape,
-            "samples": [{"length": int(s.ids.shape[1]), "real_tokens": s.n} for s in all_samples],
+            "metrics": metrics, "by_shape": by_shape, "lengths_not_run": skipped,
+            "samples": [{"length": int(s.ids.shape[1]), "real_tokens": s.n, "positions": int(s.positions.size)}
+                        for s in all_samples],
             "nonfinite": parity.nonfinite[:50]}, golden

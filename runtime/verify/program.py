@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,16 @@ def _immediate(t: Any, desc: TensorDesc, shape: tuple[int, ...], where: str) -> 
     return arr.reshape(shape)
 
 
+def op_reads(op: Any) -> list[str]:
+    """Names an op reads, its nested blocks' reads included."""
+    names = [b.name for arg in op.inputs.values() for b in arg.arguments if b.name]
+    for block in op.blocks:
+        for inner in block.operations:
+            names += op_reads(inner)
+        names += list(block.outputs)
+    return names
+
+
 def op_name(op: Any) -> str:
     """The op's `name` attribute, else its first output's name."""
     if "name" in op.attributes:
@@ -191,6 +202,7 @@ class Function:
     states: dict[str, TensorDesc]
     outputs: list[str]
     ops: list[Any]
+    _last_uses: dict[int, list[str]] | None = dc_field(default=None, repr=False, compare=False)
 
     @staticmethod
     def parse(name: str, fn: Any) -> Function:
@@ -203,6 +215,25 @@ class Function:
         block = fn.block_specializations[fn.opset]
         digits = "".join(c for c in fn.opset if c.isdigit())
         return Function(name, int(digits) if digits else 8, inputs, states, list(block.outputs), list(block.operations))
+
+    def last_uses(self) -> dict[int, list[str]]:
+        """Op index -> the values no later op reads (function outputs never appear): the
+        interpreter drops each after that op, so a run holds one layer's working set, not every
+        intermediate and weight of the program."""
+        if self._last_uses is None:
+            last: dict[str, int] = {}
+            for index, op in enumerate(self.ops):
+                for name in op_reads(op):
+                    last[name] = index
+                for o in op.outputs:  # a value nothing reads is dropped right away
+                    last.setdefault(o.name, index)
+            keep = set(self.outputs)
+            by_op: dict[int, list[str]] = {}
+            for name, index in last.items():
+                if name not in keep:
+                    by_op.setdefault(index, []).append(name)
+            self._last_uses = by_op
+        return self._last_uses
 
     def op_types(self) -> dict[str, list[str]]:
         """Op type -> names of its ops, nested blocks included."""

@@ -31,9 +31,10 @@ SPECS = {"toy": REPO / "specs" / "toy.yaml", "w9": REPO / "specs" / "worker-9b.y
 LENGTHS = {"toy": (64, 128, 256), "w9": (4096, 8192, 16384)}
 
 
-def plan_sets(lengths, generate: bool) -> dict[str, frozenset[str]]:
+def plan_sets(lengths, generate: bool, parity_lengths=None) -> dict[str, frozenset[str]]:
+    """`parity_lengths`: the prefill lengths with a parity job (export.parity.lengths; None: all)."""
     exports = frozenset({f"export-prefill-{t}" for t in lengths} | {"export-decode"})
-    parity = frozenset({f"parity-prefill-{t}" for t in lengths} | {"parity-decode"})
+    parity = frozenset({f"parity-prefill-{t}" for t in (parity_lengths or lengths)} | {"parity-decode"})
     from_convert = frozenset({"convert", "verify", "gates", "publish"}) | parity
     package = exports | from_convert
     from_qat = frozenset({"qat", "eval"}) | package
@@ -46,7 +47,9 @@ def plan_sets(lengths, generate: bool) -> dict[str, frozenset[str]]:
             "FROM_DATASET": from_dataset, "ALL": from_dataset | {"tokenizer"}}
 
 
-T, W = plan_sets(LENGTHS["toy"], generate=True), plan_sets(LENGTHS["w9"], generate=False)
+# the toy runs parity at every length; worker-9b at export.parity's default, the smallest
+T, W = plan_sets(LENGTHS["toy"], generate=True), plan_sets(LENGTHS["w9"], generate=False, parity_lengths=(4096,))
+W_SMALLEST_MOVES = frozenset({"convert", "verify", "parity-decode", "gates", "publish"})  # parity-prefill-4096 leaves or comes
 
 
 @dataclass(frozen=True)
@@ -134,9 +137,10 @@ CATALOGUE = [
     Edit("prefill-shape-added", "toy", (R("prefill: [64, 128, 256]", "prefill: [32, 64, 128, 256]"),),
          "REEXPORT", T["FROM_CONVERT"], ("shapes.prefill[32]",),
          added=frozenset({"export-prefill-32", "parity-prefill-32"})),
+    # a new smallest length: parity moves to it (export.parity.lengths: smallest)
     Edit("w9-prefill-shape-added", "w9", (R("prefill: [4096, 8192, 16384]", "prefill: [2048, 4096, 8192, 16384]"),),
-         "REEXPORT", W["FROM_CONVERT"], ("shapes.prefill[2048]",),
-         added=frozenset({"export-prefill-2048", "parity-prefill-2048"})),
+         "REEXPORT", W_SMALLEST_MOVES, ("shapes.prefill[2048]",),
+         added=frozenset({"export-prefill-2048", "parity-prefill-2048"}), removed=frozenset({"parity-prefill-4096"})),
     # the cache is a CoreML state: its length is not something a consumer feeds
     Edit("decode-cache-len", "toy", (R("decode: {enabled: true, cache_len: 256}", "decode: {enabled: true, cache_len: 512}"),),
          "REEXPORT", T["PACKAGE"], ("shapes.decode.cache_len",), base=(R("max_context: 256", "max_context: 512"),)),
@@ -193,8 +197,8 @@ CATALOGUE = [
          removed=frozenset({f"{k}-prefill-{t}" for k in ("export", "parity") for t in (64, 128, 256)})),
     # (the curriculum trains on every shipped length, so the removed one is added in the base)
     Edit("w9-prefill-removed", "w9", (R("prefill: [2048, 4096, 8192, 16384]", "prefill: [4096, 8192, 16384]"),),
-         "BREAKING_CONTRACT", W["FROM_CONVERT"], ("shapes.prefill[2048]",),
-         removed=frozenset({"export-prefill-2048", "parity-prefill-2048"}),
+         "BREAKING_CONTRACT", W_SMALLEST_MOVES, ("shapes.prefill[2048]",),
+         removed=frozenset({"export-prefill-2048", "parity-prefill-2048"}), added=frozenset({"parity-prefill-4096"}),
          base=(R("prefill: [4096, 8192, 16384]", "prefill: [2048, 4096, 8192, 16384]"),)),
 ]
 

@@ -12,7 +12,7 @@ import pytest
 from compiler.output.build import build_outputs, compile_one
 from compiler.planning.graph import GraphError, build_graph, plan_jobs, topo_order
 from compiler.planning.interface import functions
-from compiler.planning.jobs import CODE_VERSIONS, KINDS, READS, WHY, Job
+from compiler.planning.jobs import CODE_VERSIONS, KINDS, READS, WHY, Job, parity_lengths
 from compiler.planning.params import PublishParams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,7 +173,11 @@ def test_one_export_and_one_parity_job_per_function(compiled, spec):
     exports = {j.id for j in c.jobs if j.job.kind == "export"}
     parity = {j.id for j in c.jobs if j.job.kind == "parity"}
     assert exports == EXPORTS[spec]
-    assert parity == {e.replace("export-", "parity-", 1) for e in exports}
+    # a parity job per function whose lengths export.parity runs (the toy: all; the others: the smallest)
+    lengths = parity_lengths(s)
+    runs = {f"export-{fn.name.replace('_', '-')}" for fn in functions(s) if fn.role == "decode" or set(fn.seq_lens) & set(lengths)}
+    assert parity == {e.replace("export-", "parity-", 1) for e in runs}
+    assert lengths == (list(s.shapes.prefill) if s.export.parity.lengths == "all" else [min(s.shapes.prefill)])
     assert exports == {f"export-{fn.name.replace('_', '-')}" for fn in functions(s)}
     prefill_functions = len(s.shapes.prefill) if s.export.coreml.packaging == "multifunction" else 1
     assert len(exports) == prefill_functions + (1 if s.shapes.decode.enabled else 0)

@@ -179,6 +179,13 @@ CASES: list[Case] = [
          "cache_len: 512", "cache_len 512 exceeds architecture.max_context 256"),
     Case("decode_cache_len_shorter_than_prefill", "cache_len: 256", "cache_len: 128", "shapes.decode.cache_len",
          "cache_len: 128", "shorter than the longest prefill shape 256"),
+    Case("parity_length_not_a_prefill_shape", "parity: {lengths: all, positions: all}", "parity: {lengths: [64, 96]}",
+         "export.parity.lengths[1]", "parity: {lengths: [64, 96]}", "parity length 96 is not a prefill shape",
+         "choose among shapes.prefill [64, 128, 256]"),
+    Case("parity_decode_steps_exceed_cache", "parity: {lengths: all, positions: all}", "parity: {decode_steps: 300}",
+         "export.parity.decode_steps", "decode_steps: 300", "decode_steps 300 exceeds shapes.decode.cache_len 256"),
+    Case("parity_positions_not_a_count", "parity: {lengths: all, positions: all}", "parity: {positions: some}",
+         "export.parity.positions", "positions: some", "expected 'all'"),
     # --- training ------------------------------------------------------------------------------
     Case("curriculum_until_step_not_increasing", "{until_step: 200, seq_len: 64}", "{until_step: 400, seq_len: 64}",
          "training.curriculum[1].until_step", "{until_step: 400, seq_len: 128}", "until_step 400 is not after the previous stage's 400"),

@@ -81,6 +81,8 @@ NOT_EXPRESSIBLE = {
     "prefill_unsorted": "order of list items",
     "decode_cache_len_exceeds_max_context": COMPARES_TWO_VALUES,
     "decode_cache_len_shorter_than_prefill": COMPARES_TWO_VALUES,
+    "parity_length_not_a_prefill_shape": "membership of one value in another list",
+    "parity_decode_steps_exceed_cache": COMPARES_TWO_VALUES,
     "curriculum_until_step_not_increasing": "order of list items",
     "curriculum_last_until_step_not_steps": COMPARES_TWO_VALUES,
     "curriculum_seq_len_not_prefill_shape": "membership of one value in another list",

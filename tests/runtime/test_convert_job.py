@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from runtime.jobs import convert
 from runtime.jobs.convert import ConvertJobError, export_inputs
 
 from .helpers import Ctx
-from .toy_exports import PROVENANCE, export_all, qat_student, save_checkpoint, toy
+from .toy_exports import (export_all, export_inputs_of, locked, qat_student, run_convert,
+                          save_checkpoint, toy, toy_build)
 
 pytestmark = [  # warnings raised inside torch.export.load and coremltools, not by this code
     pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning"),
@@ -29,45 +29,19 @@ ISLAND_MODULES = ["layers.0.input_layernorm", "layers.0.post_attention_layernorm
                   "layers.1.post_attention_layernorm", "norm"]
 
 
-def convert_provenance(inputs: dict) -> dict:
-    upstream = {job: {"fingerprint": f"fp-{job}", "key": f"key-{job}"} for job in inputs}
-    return dict(PROVENANCE, job={"id": "convert", "kind": "convert", "fingerprint": "fp-convert", "key": "k"}, upstream=upstream)
-
-
-def run_convert(compiled, inputs: dict, out: Path) -> tuple[dict, dict, Path]:  # noqa: ANN001
-    out.mkdir(parents=True)
-    params = compiled.job("convert").job.params
-    metrics = convert.run(params, inputs, out, Ctx(work_dir=out.parent, provenance=convert_provenance(inputs)))
-    return metrics, json.loads((out / "report.json").read_text()), out / f"{params.name}.mlpackage"
-
-
-def shared_dir(factory: pytest.TempPathFactory) -> Path:
-    """A folder every pytest-xdist worker of this session sees (the session's own one without xdist)."""
-    base = factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The toy's exports and two conversions of them, built once per session even across xdist workers."""
-    root = shared_dir(tmp_path_factory) / "toy-convert"
-    root.mkdir(exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "done.json").exists():
-            checkpoint = save_checkpoint(toy(), root / "checkpoint")
-            inputs = export_all(toy(), checkpoint, root)
-            metrics = [run_convert(toy(), inputs, root / f"convert-{i}")[0] for i in range(2)]
-            (root / "done.json").write_text(json.dumps({"metrics": metrics}))
-    inputs = {job: {k: Path(v) for k, v in outs.items()} for job, outs in _inputs(root).items()}
-    metrics = json.loads((root / "done.json").read_text())["metrics"]
+    """The toy's shared build (tests/runtime/toy_exports.toy_build: checkpoint, exports, one
+    conversion) and a second conversion of the same exports, built once per session."""
+    root = toy_build(tmp_path_factory)
+    inputs = export_inputs_of(root)
+    with locked(root / ".lock-second"):
+        if not (root / "convert-1" / "metrics.json").exists():
+            shutil.rmtree(root / "convert-1", ignore_errors=True)
+            metrics = run_convert(toy(), inputs, root / "convert-1")
+            (root / "convert-1" / "metrics.json").write_text(json.dumps(metrics))
+    metrics = [json.loads((root / d / "metrics.json").read_text()) for d in ("convert", "convert-1")]
     return {"root": root, "checkpoint": root / "checkpoint", "inputs": inputs, "metrics": metrics}
-
-
-def _inputs(root: Path) -> dict[str, dict[str, Path]]:
-    out = {job: {"program": root / job / "program.pt2", "report": root / job / "report.json"}
-           for job in toy().job("convert").job.needs if job.startswith("export-")}
-    return out | {"tokenizer": {"tokenizer": root / "tokenizer"}}
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +49,8 @@ def converted(exported: dict) -> dict:
     from runtime.coreml.package import inspect
 
     name = toy().job("convert").job.params.name
-    runs = [(m, json.loads((exported["root"] / f"convert-{i}" / "report.json").read_text()),
-             exported["root"] / f"convert-{i}" / f"{name}.mlpackage") for i, m in enumerate(exported["metrics"])]
+    runs = [(m, json.loads((exported["root"] / d / "report.json").read_text()), exported["root"] / d / f"{name}.mlpackage")
+            for d, m in zip(("convert", "convert-1"), exported["metrics"])]
     metrics, report, package = runs[0]
     return {"metrics": metrics, "report": report, "package": package, "info": inspect(package), "runs": runs}
 
@@ -278,7 +252,9 @@ def test_enumerated_packaging_is_one_prefill_with_enumerated_shapes(tmp_path: Pa
     compiled = toy("export.coreml.packaging=enumerated")
     checkpoint = save_checkpoint(compiled, tmp_path / "checkpoint")
     inputs = export_all(compiled, checkpoint, tmp_path)
-    metrics, report, package = run_convert(compiled, inputs, tmp_path / "convert")
+    metrics = run_convert(compiled, inputs, tmp_path / "convert")
+    report = json.loads((tmp_path / "convert" / "report.json").read_text())
+    package = tmp_path / "convert" / f"{compiled.job('convert').job.params.name}.mlpackage"
     from runtime.coreml.package import inspect
 
     info = inspect(package)

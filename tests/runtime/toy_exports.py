@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -70,3 +74,54 @@ def export_all(compiled: Compiled, checkpoint: Path, root: Path) -> dict[str, di
     (tokenizer / "tokenizer.json").write_text('{"stand-in": "tokenizer for the fingerprint"}\n', encoding="utf-8")
     inputs["tokenizer"] = {"tokenizer": tokenizer}
     return inputs
+
+
+def shared_dir(factory: Any) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the session's own one without xdist)."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def convert_provenance(inputs: dict) -> dict:
+    upstream = {job: {"fingerprint": f"fp-{job}", "key": f"key-{job}"} for job in inputs}
+    return dict(PROVENANCE, job={"id": "convert", "kind": "convert", "fingerprint": "fp-convert", "key": "k"}, upstream=upstream)
+
+
+def run_convert(compiled: Compiled, inputs: dict, out: Path) -> dict:
+    """One convert job of `compiled` into `out` (created); its metrics."""
+    from runtime.jobs import convert
+
+    out.mkdir(parents=True)
+    params = compiled.job("convert").job.params
+    return convert.run(params, inputs, out, Ctx(work_dir=out.parent, provenance=convert_provenance(inputs)))
+
+
+def export_inputs_of(root: Path) -> dict[str, dict[str, Path]]:
+    """The convert job's inputs as `toy_build` left them under root."""
+    out = {job: {"program": root / job / "program.pt2", "report": root / job / "report.json"}
+           for job in toy().job("convert").job.needs if job.startswith("export-")}
+    return out | {"tokenizer": {"tokenizer": root / "tokenizer"}}
+
+
+def toy_build(factory: Any) -> Path:
+    """The toy's QAT-like checkpoint, its exports and their conversion, built once per test session
+    (across pytest-xdist workers too: the verify and the convert tests share it). Layout under the
+    returned root: checkpoint/, tokenizer/ (a stand-in), export-*/, convert/ (report.json,
+    metrics.json, <name>.mlpackage)."""
+    root = shared_dir(factory) / "toy-build"
+    with locked(root / ".lock"):
+        if not (root / "done.json").exists():
+            checkpoint = save_checkpoint(toy(), root / "checkpoint")
+            inputs = export_all(toy(), checkpoint, root)
+            metrics = run_convert(toy(), inputs, root / "convert")
+            (root / "convert" / "metrics.json").write_text(json.dumps(metrics))
+            (root / "done.json").write_text(json.dumps({"package": f"convert/{toy().job('convert').job.params.name}.mlpackage"}))
+    return root

@@ -105,7 +105,8 @@ def _measure(base: SimpleNamespace, package: Path, function: str, samples: int =
     from runtime.verify.parity import measure
 
     pp = base.parity[function]
-    return measure(package, pp.function, base.checkpoint, samples=samples, decode_steps=pp.decode_steps, seed=pp.seed)
+    return measure(package, pp.function, base.checkpoint, samples=samples, decode_steps=pp.decode_steps, seed=pp.seed,
+                   lengths=pp.lengths or None, positions=pp.positions)
 
 
 def _checks(report: dict) -> dict[str, dict]:

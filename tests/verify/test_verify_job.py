@@ -145,3 +145,38 @@ def test_an_enumerated_prefill_is_verified_and_checked_per_shape(enumerated_pack
     assert set(rep["by_shape"]) == {str(n) for n in prefill.seq_lens}
     assert {f"causality[length {n}]" for n in prefill.seq_lens} <= {c["name"] for c in rep["checks"]}
     assert rep["metrics"]["snr_db"]["value"] == min(s["snr_db"] for s in rep["by_shape"].values())
+
+
+def test_an_enumerated_prefill_runs_only_the_lengths_the_spec_names(enumerated_package, tmp_path: Path) -> None:
+    """export.parity.lengths: [64, 256] on one enumerated prefill function: those two lengths run
+    (checked per shape), 128 is named as not run; the plan's parameters carry the subset."""
+    compiled, package, checkpoint, _ = enumerated_package
+    job = next(pj for pj in compiled.jobs if pj.job.kind == "parity" and pj.job.params.function.role == "prefill")
+    params = job.job.params.model_copy(update={"lengths": [64, 256], "samples": 2})
+    metrics = parity_job.run(params, {"convert": {"package": package}, "qat": {"checkpoint": checkpoint}}, tmp_path,
+                             _ctx(tmp_path))
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert metrics["_verdict"]["ok"], rep["checks"]
+    assert set(rep["by_shape"]) == {"64", "256"} and rep["lengths_not_run"] == [128]
+    assert {c["name"] for c in rep["checks"]} >= {"causality[length 64]", "causality[length 256]"}
+    assert not any("length 128" in c["name"] for c in rep["checks"])
+
+
+def test_a_position_subset_compares_the_same_logits_at_fewer_positions(toy_package, tmp_path: Path) -> None:
+    """positions: 8 keeps 8 evenly spaced positions per sample (first and last real token among
+    them), and the logits kept there are exactly the full run's at those positions."""
+    params = toy().job("parity-prefill-128").job.params.model_copy(update={"samples": 2})
+    inputs = {"convert": {"package": toy_package.package}, "qat": {"checkpoint": toy_package.checkpoint}}
+    full_dir, sub_dir = tmp_path / "full", tmp_path / "subset"
+    full_dir.mkdir(), sub_dir.mkdir()
+    assert parity_job.run(params, inputs, full_dir, _ctx(full_dir))["_verdict"]["ok"]
+    sub = parity_job.run(params.model_copy(update={"positions": 8}), inputs, sub_dir, _ctx(sub_dir))
+    report = json.loads((sub_dir / "report.json").read_text())
+    assert sub["_verdict"]["ok"], report["checks"]
+    full, part = np.load(full_dir / "golden.npz"), np.load(sub_dir / "golden.npz")
+    for i in range(2):
+        n, pos = int(part[f"sample{i}_n"]), part[f"sample{i}_positions"]
+        assert len(pos) == 8 and pos[0] == 0 and pos[-1] == n - 1 and np.all(np.diff(pos) > 0)
+        for kind in ("interpreter", "interpreter_fp16", "torch"):
+            np.testing.assert_array_equal(part[f"sample{i}_{kind}_logits"], full[f"sample{i}_{kind}_logits"][pos])
+    assert report["metrics"]["snr_db"]["n"] == 16 and [s["positions"] for s in report["samples"]] == [8, 8]
