@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -48,11 +49,15 @@ def compiled():
     return compile_one(str(ROOT / "specs" / "toy.yaml"), OVERRIDES)
 
 
-def _ctx(work: Path, job: str):
+def _ctx(work: Path, job: str, upstream: list[str] = ()):
+    """A job context with provenance shaped like the executor's (the package stamps the fingerprints)."""
     from runtime.context import JobContext
 
+    provenance = {"spec": {"name": "toy-worker", "version": "1.0.0", "hash": "bench-1b"},
+                  "job": {"id": job, "kind": job.split("-")[0], "fingerprint": f"fp-{job}", "key": f"key-{job}"},
+                  "upstream": {u: {"fingerprint": f"fp-{u}", "key": f"key-{u}"} for u in upstream}}
     return JobContext(job_id=job, spec_dir=ROOT / "specs", work_dir=work, cache_dir=None,
-                      provenance={"job": {"id": job}}, force=False, emit=lambda event: None)
+                      provenance=provenance, force=False, emit=lambda event: None)
 
 
 def _hwm() -> int:
@@ -101,16 +106,17 @@ def stage(name: str, work: Path) -> dict:
         (tok / "tokenizer.json").write_text('{"stand-in": "the bench converts no tokenizer"}\n', encoding="utf-8")
         inputs["tokenizer"] = {"tokenizer": tok}
         out = work / "convert"
-        out.mkdir(parents=True, exist_ok=True)
-        convert.run(plan.job("convert").job.params, inputs, out, _ctx(work, "convert"))
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        convert.run(plan.job("convert").job.params, inputs, out, _ctx(work, "convert", list(inputs)))
         package = out / f"{plan.job('convert').job.params.name}.mlpackage"
         extra["package_mb"] = round(sum(p.stat().st_size for p in package.rglob("*") if p.is_file()) / 2 ** 20, 1)
     elif name == "verify":
         from runtime.verify.gate import verify
 
         params = plan.job("verify").job.params
-        report = verify(params, work / "convert" / f"{params.name}.mlpackage", spec_hash="", tokenizer=None,
-                        convert_fingerprint=None, doc=None)
+        report = verify(params, work / "convert" / f"{params.name}.mlpackage", spec_hash="bench-1b", tokenizer=None,
+                        convert_fingerprint="fp-convert", doc=None)
         extra["mismatches"] = [m.get("message", m) if isinstance(m, dict) else m for m in report["mismatches"]][:10]
     elif name.startswith("parity-"):
         from runtime.jobs import parity

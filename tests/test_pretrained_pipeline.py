@@ -85,6 +85,7 @@ def run(tmp_path_factory):
         ("checkpoint_every: 10", "checkpoint_every: 6"),
         ("steps: 20}}, within_tokens", "steps: 4}}, within_tokens"),
         ("  prefill: [64, 128, 256]", "  prefill: [64, 256]"),  # one inside and one beyond the llama3 original context
+        ("  parity: {}", "  parity: {lengths: all}"),  # both: the llama3 scaling differs beyond the original context
     ]
     for old, new in edits:
         assert old in text, old

@@ -27,7 +27,8 @@ NAME = "tiny-worker"
 
 
 def tiny_spec(folder: Path) -> Path:
-    """specs/toy.yaml made small: a 2-layer teacher, 60 student steps, checkpoints every 10, no data.prompts."""
+    """specs/toy.yaml made small: a 2-layer teacher, 60 student steps, checkpoints every 10, no data.prompts,
+    export.parity at its defaults."""
     text = (ROOT / "specs" / "toy.yaml").read_text()
     edits = [
         ("name: toy-worker", f"name: {NAME}"),
@@ -44,6 +45,7 @@ def tiny_spec(folder: Path) -> Path:
         # toy's end-to-end test (tests/test_toy_end_to_end.py) and tests/generation/test_local.py
         ("  prompts: data/toy/prompts.jsonl   # the teacher's transcripts of these join the train split\n", ""),
         ('  - {metric: generate.fixture_hit_rate, op: ">=", value: 0.9, min_n: 50}\n', ""),
+        ("  parity: {lengths: all, positions: all}", "  parity: {}"),  # export.parity's defaults: smallest length, 64 positions
     ]
     for old, new in edits:
         assert old in text, old
