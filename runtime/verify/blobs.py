@@ -25,6 +25,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -95,9 +96,8 @@ def unpack_bits(packed: np.ndarray, nbits: int, count: int, signed: bool) -> np.
     packed = packed.astype(np.uint8, copy=False)
     if packed.size * 8 < count * nbits:
         raise BlobError(f"{packed.size} bytes hold fewer than {count} {nbits}-bit elements")
-    if 8 % nbits == 0:  # elements never straddle bytes: shift each byte (no 8x bit expansion)
-        shifts = np.arange(0, 8, nbits, dtype=np.uint8)
-        values = ((packed[:, None] >> shifts) & np.uint8((1 << nbits) - 1)).reshape(-1)[:count]
+    if 8 % nbits == 0:  # elements never straddle bytes: one table lookup per byte gives its elements, signed
+        return np.take(_byte_table(nbits, signed), packed).view(np.int8 if signed else np.uint8)[:count]
     else:
         bits = np.unpackbits(packed, bitorder="little")[: count * nbits].reshape(count, nbits)
         values = np.zeros(count, dtype=np.uint8)
@@ -107,6 +107,17 @@ def unpack_bits(packed: np.ndarray, nbits: int, count: int, signed: bool) -> np.
         wide = values.astype(np.int16)
         return np.where(wide >= (1 << (nbits - 1)), wide - (1 << nbits), wide).astype(np.int8)
     return values.astype(np.uint8, copy=False)
+
+
+@lru_cache(maxsize=None)
+def _byte_table(nbits: int, signed: bool) -> np.ndarray:
+    """[256] of the elements each byte value holds (8 // nbits bytes, least significant first, int8 if
+    signed), packed into one little-endian word: a lookup yields a byte's elements in memory order."""
+    shifts = np.arange(0, 8, nbits, dtype=np.uint16)
+    fields = (np.arange(256, dtype=np.uint16)[:, None] >> shifts) & ((1 << nbits) - 1)
+    if signed:
+        fields = np.where(fields >= (1 << (nbits - 1)), fields.astype(np.int16) - (1 << nbits), fields)
+    return np.ascontiguousarray(fields.astype(np.int8 if signed else np.uint8)).view(f"<u{8 // nbits}").reshape(256)
 
 
 def bf16_to_fp32(raw: np.ndarray) -> np.ndarray:

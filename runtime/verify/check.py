@@ -117,7 +117,8 @@ def _quantization(params: VerifyParams, obs: dict[str, Any]) -> list[Mismatch]:
                 if q.dtype != "none":
                     out.append(Mismatch("quantization", f"module {module!r} weight", f"{q.dtype} {q.granularity or 'per_tensor'}",
                                         f"dense {d['dtype']}", src.get(module, "quantization.weights")))
-            elif module is None and d["dtype"] in ("fp16", "fp32") and d["elements"] >= LARGE_DENSE_ELEMENTS:
+            elif module is None and d["dtype"] in ("fp16", "fp32") and d["elements"] >= LARGE_DENSE_ELEMENTS \
+                    and not d.get("zeros"):  # coremltools gives a bias-free `linear` a zero bias: vocab-sized for the lm_head
                 out.append(Mismatch("quantization", f"function {name!r}: large dense constant {d['name']!r} ({d['elements']} elements) "
                                     "is not a weight the recipe exempts", "compressed or exempt", f"dense {d['dtype']}",
                                     "quantization.weights"))

@@ -58,8 +58,10 @@ def _nonfinite(value: Any) -> bool:
 
 
 # Constants (weights, dequantized) kept between runs, in MiB: the rest are read from the memory-mapped
-# weight file and dequantized again at each use, so memory does not grow with the model.
-CONST_CACHE_MB = 1024
+# weight file and dequantized again at each use. A 1.1B package's dequantized weights take 4.1 GiB and
+# all fit: a cached decode step takes ~1 s there, one that dequantizes the model again ~7 s
+# (bench/results/verify_1b.json). Larger models keep what fits; memory stays working set + budget.
+CONST_CACHE_MB = 8192
 
 
 class Interpreter:
@@ -230,7 +232,8 @@ class Interpreter:
                     results = self._compute(fn, op, env, where)
                 for o, value in zip(op.outputs, results):
                     env[o.name] = self._store(value, tensor_desc(o.type, where), f"{where} output {o.name!r}")
-                if any(_nonfinite(env[o.name]) for o in op.outputs):
+                # a read state was checked when written (or is an input): only computed values are scanned
+                if op.type != "read_state" and any(_nonfinite(env[o.name]) for o in op.outputs):
                     nonfinite.append(f"{op.type}:{op_name(op)}")
             live += sum(_nbytes(env.get(o.name)) for o in op.outputs)
             peak = max(peak, live)
@@ -257,19 +260,24 @@ class Interpreter:
         return np.zeros([int(d or 0) for d in desc.shape], np.float32 if desc.is_float else NP_DTYPES[desc.dtype])
 
     def _state_op(self, fn: Function, op: Any, env: dict[str, Any], state: dict[str, Any], where: str) -> list[Any]:
-        """read_state copies the state; write_state stores `data` into it."""
+        """read_state gives the state's array; write_state makes `data` the state. No copies: no op
+        writes into an array it reads (slice_update copies its input), so sharing is safe and a
+        decode step does not copy its whole KV cache twice."""
         bindings = op.inputs["input"].arguments if "input" in op.inputs else []
         if len(bindings) != 1 or bindings[0].name not in state:
             raise ProgramError(f"{where}: 'input' must name one state of the function ({sorted(state)})")
         name = bindings[0].name
         if op.type == "read_state":
-            return [np.array(state[name], copy=True)]
+            return [state[name]]
         data = self._args(fn, op, {**env, name: state[name]}, where)["data"]
-        state[name] = self._store(np.array(data, copy=True), fn.states[name], f"{where} (state {name!r})")
+        state[name] = self._store(data, fn.states[name], f"{where} (state {name!r})")
         return []
 
     def close(self) -> None:
-        """Unmap the weight files (arrays already returned stay valid: they are copies)."""
+        """Drop the constant cache and unmap the weight files (arrays already returned stay valid: they
+        are copies)."""
+        self._consts.clear()
+        self._cached_bytes = 0
         self._weights.close()
 
     def __enter__(self) -> Interpreter:

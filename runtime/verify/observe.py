@@ -142,7 +142,9 @@ def _weights(ops: list[Any], pkg: _Package, modules: dict[str, str], fn: str) ->
             if not _finite(arr):
                 nonfinite.append(name)
             dense.append({"name": name, "dtype": dtype, "shape": shape, "elements": int(np.prod(shape)) if shape else 1,
-                          "module": modules.get(weight_root(name)), "blob": ref})
+                          "module": modules.get(weight_root(name)), "blob": ref,
+                          # all zeros: the converter's materialised absent bias (a `linear` without one), no weight
+                          "zeros": arr is not None and arr.size > 0 and not np.any(arr)})
         elif op.type.startswith("constexpr_"):
             args = _args(op)
             entry: dict[str, Any] = {"name": op.outputs[0].name, "op": op.type, "module": modules.get(weight_root(op.outputs[0].name))}

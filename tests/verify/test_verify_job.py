@@ -180,3 +180,21 @@ def test_a_position_subset_compares_the_same_logits_at_fewer_positions(toy_packa
         for kind in ("interpreter", "interpreter_fp16", "torch"):
             np.testing.assert_array_equal(part[f"sample{i}_{kind}_logits"], full[f"sample{i}_{kind}_logits"][pos])
     assert report["metrics"]["snr_db"]["n"] == 16 and [s["positions"] for s in report["samples"]] == [8, 8]
+
+
+def test_a_large_dense_constant_is_a_mismatch_unless_it_is_all_zeros() -> None:
+    """coremltools gives a `linear` without bias a zero bias: at a real vocabulary (32768) the
+    lm_head's is past the large-constant bar, and must not read as a weight left unquantized."""
+    from runtime.verify.check import LARGE_DENSE_ELEMENTS, _quantization
+
+    params = toy().job("verify").job.params
+
+    def dense(name: str, zeros: bool) -> dict:
+        return {"name": name, "dtype": "fp16", "shape": [32768], "elements": 32768, "module": None, "blob": None,
+                "zeros": zeros}
+
+    assert 32768 >= LARGE_DENSE_ELEMENTS
+    obs = {"functions": {"prefill_64": {"compressed": [], "dense": [dense("linear_9_bias_0_to_fp16", True),
+                                                                     dense("stray_table_to_fp16", False)]}}}
+    flagged = [m.what for m in _quantization(params, obs) if "large dense constant" in m.what]
+    assert len(flagged) == 1 and "stray_table_to_fp16" in flagged[0]
