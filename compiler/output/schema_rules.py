@@ -48,13 +48,12 @@ def add_rules(schema: dict[str, Any]) -> dict[str, Any]:
     # rules._teacher: the reserved HTTP teacher is refused
     props["teacher"]["not"] = {"properties": {"kind": {"const": "openai_compatible"}}, "required": ["kind"]}
 
-    # rules._tokens: names, whitespace, the required tokens (tool tokens for workers)
+    # rules._tokens: names, whitespace, the required tokens (the eval job's markers, every role)
     tokens = defs["Tokenizer"]["properties"]["special_tokens"]
     tokens["propertyNames"] = {"pattern": TOKEN_NAME.pattern}
-    tokens["required"] = list(REQUIRED_TOKENS)
+    tokens["required"] = list(REQUIRED_TOKENS + TOOL_TOKENS)
     defs["SpecialToken"]["properties"]["text"]["pattern"] = r"^\S+$"
-    conditions = [_when("role", ["worker"], {"properties": {"tokenizer": {"properties": {"special_tokens": {
-        "required": list(TOOL_TOKENS)}}}}})]
+    conditions: list = []
 
     # rules._shapes: each prefill shape once
     defs["Shapes"]["properties"]["prefill"]["uniqueItems"] = True

@@ -12,6 +12,7 @@ import re
 from typing import Iterator
 
 from compiler.analysis.catalogue import CATALOGUE
+from compiler.schema.tokenizer import EVAL_MARKERS
 from compiler.analysis.derived import derive, kernels
 from compiler.analysis.estimates import Kernels, min_fsdp2_ranks, unsharded_bytes
 from compiler.core.errors import Path, did_you_mean
@@ -29,7 +30,7 @@ from compiler.schema.training import Ramp, StepChange
 
 Finding = tuple[Path, str, str | None]
 REQUIRED_TOKENS = ("pad", "bos", "eos")
-TOOL_TOKENS = ("tool_call_start", "tool_call_end")
+TOOL_TOKENS = EVAL_MARKERS  # every role's eval reads them: required at validate, never a late failure in eval
 TOKEN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -68,9 +69,13 @@ def _tokens(spec: Spec) -> Iterator[Finding]:
     vocab = spec.architecture.vocab_size
     tokens = spec.tokenizer.special_tokens
     base: Path = ("tokenizer", "special_tokens")
-    for name in REQUIRED_TOKENS + (TOOL_TOKENS if spec.role == "worker" else ()):
+    for name in REQUIRED_TOKENS:
         if name not in tokens:
             yield (base, f"missing special token '{name}'", f"add {name}: {{text: ..., id: ...}}")
+    for name in TOOL_TOKENS:
+        if name not in tokens:
+            yield (base, f"missing special token '{name}': the eval job reads it for every role (role {spec.role})",
+                   f"add {name}: {{text: ..., id: ...}} (a judge or drafter shares the worker's tool and think tokens)")
     seen_ids: dict[int, str] = {}
     seen_texts: dict[str, str] = {}
     for name, tok in tokens.items():

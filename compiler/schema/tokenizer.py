@@ -9,6 +9,10 @@ from pydantic import Field
 from .base import F, NonNegInt, PosInt, SpecModel
 
 
+# The special tokens the eval job reads, for every role: it generates with tool calls answered from
+# the samples and scores what follows `think_end` (the validator requires them: never a late failure).
+EVAL_MARKERS = ("tool_call_start", "tool_call_end", "tool_result_start", "tool_result_end", "think_end")
+
 class BpeSource(SpecModel):
     kind: Literal["bpe"] = F("Train a byte-level BPE tokenizer from a corpus.")
     corpus: str = F("Training corpus; relative paths are relative to the spec file.", unit="path")
@@ -31,8 +35,8 @@ class SpecialToken(SpecModel):
 class Tokenizer(SpecModel):
     source: TokenizerSource = F("Where the tokenizer comes from (discriminated by kind).")
     special_tokens: dict[str, SpecialToken] = F(
-        "Special tokens by role name; pad, bos and eos are required. Tool-calling roles also need "
-        "tool_call_start/tool_call_end."
+        "Special tokens by role name; pad, bos and eos are required, and for every role the tokens the eval job "
+        "reads: tool_call_start, tool_call_end, tool_result_start, tool_result_end, think_end."
     )
     chat_template: Optional[str] = F(
         "Jinja chat template file (transformers' format) installed in the tokenizer; relative paths are relative to the "

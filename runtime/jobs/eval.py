@@ -37,12 +37,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from compiler.schema.tokenizer import EVAL_MARKERS
 from runtime.model.checkpoint import load_student, read_record
 
 from .eval_metrics import Markers, Reference, aggregate, score_sample
 from .tokenizer import load_tokenizer, special_token_mismatch, write_report
 
-MARKERS = ("tool_call_start", "tool_call_end", "tool_result_start", "tool_result_end", "think_end")
+MARKERS = EVAL_MARKERS  # the validator requires them for every role
 # The batches' memory on a CPU when the spec gives no device memory (training.resources.memory_gb).
 EVAL_CPU_BUDGET_MB = 4096
 # A cache/forward argmax disagreement is a tie, not a bug, when the two logits are this close.

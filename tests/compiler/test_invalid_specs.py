@@ -166,6 +166,9 @@ CASES: list[Case] = [
          "missing special token 'eos'"),
     Case("special_token_missing_tool_call_start_for_worker", '    tool_call_start: {text: "<tool_call>", id: 5}\n', "",
          "tokenizer.special_tokens", "    pad: {", "missing special token 'tool_call_start'"),
+    Case("special_token_missing_think_end_the_eval_reads", '    think_end: {text: "</think>", id: 4}\n', "",
+         "tokenizer.special_tokens", "    pad: {", "missing special token 'think_end': the eval job reads it for every role",
+         "a judge or drafter shares the worker's tool and think tokens"),
     Case("bpe_vocab_exceeds_architecture", "corpus.txt, vocab_size: 512", "corpus.txt, vocab_size: 1024",
          "tokenizer.source.vocab_size", "vocab_size: 1024", "tokenizer vocab_size 1024 exceeds architecture.vocab_size 512"),
     # --- shapes --------------------------------------------------------------------------------
