@@ -25,6 +25,7 @@ import numpy as np
 
 from .blobs import BlobError
 from .mil_ops import CONSTEXPR, NP_DTYPES, OPS, Args, OpError, cast_to
+from .ops_tensor import slice_update_into
 from .program import (Function, ProgramError, TensorDesc, WeightFiles, op_reads, decode_value, load_model, model_file,
                       op_name, tensor_desc)
 
@@ -75,6 +76,7 @@ class Interpreter:
         self.fp16 = fp16
         self.cache_bytes = int(cache_mb * 2 ** 20)
         self._cached_bytes = 0
+        self._update_nonfinite = False  # what the last in-place slice_update wrote held inf/NaN
         path = model_file(self.package)
         self.spec = load_model(path)
         self._weights = WeightFiles(path.parent)
@@ -84,7 +86,7 @@ class Interpreter:
         self.functions: list[str] = sorted(self._functions)
         default = self.spec.description.defaultFunctionName
         self.default_function: str = default or ("main" if "main" in self._functions else self.functions[0])
-        self._consts: dict[tuple[str, int], list[tuple[Any, bool]]] = {}
+        self._consts: dict[Any, list[tuple[Any, bool]]] = {}  # Function.const_keys -> outputs
 
     def function(self, name: str) -> Function:
         if name not in self._functions:
@@ -153,7 +155,7 @@ class Interpreter:
     def _const(self, fn: Function, index: int, op: Any, env: dict[str, Any]) -> list[tuple[Any, bool]]:
         """A const's or constexpr's outputs (and whether each is non-finite), kept for later runs
         while the cache has room."""
-        key = (fn.name, index)
+        key = fn.const_keys().get(index, (fn.name, index))
         if key in self._consts:
             return self._consts[key]
         where = f"function {fn.name!r} {op.type} {op_name(op)!r}"
@@ -214,6 +216,9 @@ class Interpreter:
         if states is None:
             states = {n: self._zeros(fn, n) for n in fn.states}
         state = self._inputs(fn, states, fn.states, "states")
+        in_place = fn.in_place_updates()
+        if in_place:  # the caller's arrays are never written
+            state = {k: np.array(v, copy=True) for k, v in state.items()}
         nonfinite: list[str] = []
         last_uses = fn.last_uses()
         live = peak = sum(_nbytes(v) for v in (*env.values(), *state.values()))
@@ -228,12 +233,19 @@ class Interpreter:
             else:
                 if op.type in STATE_OPS:
                     results = self._state_op(fn, op, env, state, where)
+                elif index in in_place:
+                    results = [self._update_in_place(fn, op, env, state, where)]
                 else:
                     results = self._compute(fn, op, env, where)
                 for o, value in zip(op.outputs, results):
-                    env[o.name] = self._store(value, tensor_desc(o.type, where), f"{where} output {o.name!r}")
-                # a read state was checked when written (or is an input): only computed values are scanned
-                if op.type != "read_state" and any(_nonfinite(env[o.name]) for o in op.outputs):
+                    env[o.name] = value if index in in_place else \
+                        self._store(value, tensor_desc(o.type, where), f"{where} output {o.name!r}")
+                # a read state was checked when written (or is an input), an in-place update checks what it wrote
+                if index in in_place:
+                    bad = self._update_nonfinite
+                else:
+                    bad = op.type != "read_state" and any(_nonfinite(env[o.name]) for o in op.outputs)
+                if bad:
                     nonfinite.append(f"{op.type}:{op_name(op)}")
             live += sum(_nbytes(env.get(o.name)) for o in op.outputs)
             peak = max(peak, live)
@@ -270,8 +282,33 @@ class Interpreter:
         if op.type == "read_state":
             return [state[name]]
         data = self._args(fn, op, {**env, name: state[name]}, where)["data"]
-        state[name] = self._store(data, fn.states[name], f"{where} (state {name!r})")
+        if data is not state[name]:  # else an in-place update already wrote it, stored as the state's type
+            state[name] = self._store(data, fn.states[name], f"{where} (state {name!r})")
         return []
+
+    def _update_in_place(self, fn: Function, op: Any, env: dict[str, Any], state: dict[str, Any], where: str) -> np.ndarray:
+        """`slice_update` writing into its input (`Function.in_place_updates`), unless a live value or
+        another state may share that memory; the update is stored as the output's type first, so the
+        result is what the copying op stores."""
+        args = self._args(fn, op, env, where)
+        desc = tensor_desc(op.outputs[0].type, where)
+        x = args["x"]
+        x_name = op.inputs["x"].arguments[0].name
+        shared = isinstance(x, np.ndarray) and any(
+            isinstance(v, np.ndarray) and v is not x and np.may_share_memory(v, x)
+            for k, v in (*env.items(), *state.items()) if k != x_name)
+        if shared or not isinstance(x, np.ndarray) or not desc.fits(x.shape) or x.dtype != np.float32 \
+                or not desc.is_float or not x.flags.writeable:
+            out = self._store(self._compute(fn, op, env, where)[0], desc, f"{where} output")
+            self._update_nonfinite = _nonfinite(out)
+            return out
+        update = self._store(np.asarray(args["update"], dtype=np.float32), TensorDesc(desc.dtype, (), True), where)
+        try:
+            slice_update_into(x, Args(op.type, op_name(op), {**args.values, "update": [update]}, fn.opset))
+        except OpError as e:
+            raise ProgramError(f"function {fn.name!r}: {e}") from e
+        self._update_nonfinite = _nonfinite(update)  # the rest of x was checked when it was written
+        return x
 
     def close(self) -> None:
         """Drop the constant cache and unmap the weight files (arrays already returned stay valid: they

@@ -83,7 +83,12 @@ def slice_by_index(a: Args) -> np.ndarray:
 
 @op("slice_update")
 def slice_update(a: Args) -> np.ndarray:
-    x = np.array(a["x"], copy=True)
+    return slice_update_into(np.array(a["x"], copy=True), a)
+
+
+def slice_update_into(x: np.ndarray, a: Args) -> np.ndarray:
+    """`slice_update` writing into `x` itself (the interpreter passes a copy unless nothing else can
+    see x: `Function.in_place_updates`)."""
     slices, _ = index_slices(a, x.shape)
     update = np.asarray(a["update"])
     target = x[slices].shape

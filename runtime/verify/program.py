@@ -9,6 +9,7 @@ and blob reads are bounds-checked by `runtime.verify.blobs`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -173,6 +174,11 @@ def _immediate(t: Any, desc: TensorDesc, shape: tuple[int, ...], where: str) -> 
     return arr.reshape(shape)
 
 
+def _state_name(op: Any) -> str:
+    bindings = op.inputs["input"].arguments if "input" in op.inputs else []
+    return bindings[0].name if len(bindings) == 1 else ""
+
+
 def op_reads(op: Any) -> list[str]:
     """Names an op reads, its nested blocks' reads included."""
     names = [b.name for arg in op.inputs.values() for b in arg.arguments if b.name]
@@ -203,6 +209,8 @@ class Function:
     outputs: list[str]
     ops: list[Any]
     _last_uses: dict[int, list[str]] | None = dc_field(default=None, repr=False, compare=False)
+    _in_place: set[int] | None = dc_field(default=None, repr=False, compare=False)
+    _const_keys: dict[int, bytes] | None = dc_field(default=None, repr=False, compare=False)
 
     @staticmethod
     def parse(name: str, fn: Any) -> Function:
@@ -234,6 +242,70 @@ class Function:
                     by_op.setdefault(index, []).append(name)
             self._last_uses = by_op
         return self._last_uses
+
+    def const_keys(self) -> dict[int, bytes]:
+        """Op index -> a digest of what a const or constexpr op computes (its serialized value, blob
+        reference included, or its type, parameters and the digests of the constants it reads, and its
+        output types). The functions of a multifunction package share their weight blobs: keyed so,
+        a weight dequantized for one function is the cached value of every other."""
+        if self._const_keys is None:
+            keys: dict[int, bytes] = {}
+            by_name: dict[str, bytes] = {}
+            for index, op in enumerate(self.ops):
+                if op.type == "const" and "val" in op.attributes:
+                    parts = [op.attributes["val"].SerializeToString()]
+                elif op.type.startswith("constexpr_"):
+                    parts = [op.type.encode()]
+                    parts += [k.encode() + v.SerializeToString() for k, v in sorted(op.attributes.items()) if k != "name"]
+                    for param, arg in sorted(op.inputs.items()):
+                        for b in arg.arguments:
+                            parts.append(param.encode() + (b.value.SerializeToString() if b.HasField("value")
+                                                           else by_name.get(b.name, f"{self.name}:{b.name}".encode())))
+                else:
+                    continue
+                parts += [o.type.SerializeToString() for o in op.outputs]
+                key = hashlib.blake2b(b"\0".join(parts), digest_size=16).digest()
+                keys[index] = key
+                for i, o in enumerate(op.outputs):
+                    by_name[o.name] = key + str(i).encode()
+            self._const_keys = keys
+        return self._const_keys
+
+    def in_place_updates(self) -> set[int]:
+        """Indices of the `slice_update` ops that may write into their input `x`: x comes from a
+        `read_state` or another `slice_update` (never a constant, an input or a view of one), nothing
+        reads x afterwards, and when x is a state's array (read, or updated in place from one) a
+        `write_state` of that state follows before any `read_state` of it. coremltools threads a
+        decode step's KV cache (all layers in one state) through one slice_update per layer: copying,
+        each would copy the whole cache. The interpreter still checks at run time that no live value
+        shares x's memory (a slice taken from it, say)."""
+        if self._in_place is None:
+            found: set[int] = set()
+            producer: dict[str, str] = {}
+            alias: dict[str, str] = {}  # value name -> the state whose array it is
+            dying = {name: index for index, names in self.last_uses().items() for name in names}
+            for index, op in enumerate(self.ops):
+                out = op.outputs[0].name if op.outputs else ""
+                if op.type == "read_state" and out:
+                    alias[out] = _state_name(op)
+                if op.type == "slice_update" and "x" in op.inputs and op.inputs["x"].arguments and out:
+                    x = op.inputs["x"].arguments[0].name
+                    state = alias.get(x)
+                    if producer.get(x) in ("read_state", "slice_update") and dying.get(x) == index \
+                            and (state is None or self._written_before_read(state, index)):
+                        found.add(index)
+                        if state is not None:
+                            alias[out] = state
+                for o in op.outputs:
+                    producer[o.name] = op.type
+            self._in_place = found
+        return self._in_place
+
+    def _written_before_read(self, state: str, after: int) -> bool:
+        for op in self.ops[after + 1:]:
+            if op.type in ("read_state", "write_state") and _state_name(op) == state:
+                return op.type == "write_state"
+        return False
 
     def op_types(self) -> dict[str, list[str]]:
         """Op type -> names of its ops, nested blocks included."""

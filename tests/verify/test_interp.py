@@ -504,3 +504,31 @@ def test_decode_states_are_threaded_with_liveness(toy_package, interp) -> None: 
         assert all(np.array_equal(r1.states[k], r2.states[k]) for k in r1.states)
         states = r1.states
     assert any(np.abs(v).sum() > 0 for v in states.values())
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_in_place_cache_updates_equal_the_copying_op(toy_package, monkeypatch, fp16: bool) -> None:  # noqa: ANN001
+    """Each decode step's slice_update writes into the cache it read (Function.in_place_updates) instead
+    of copying the whole cache per layer: the same logits and states bit for bit as the copying op,
+    the same non-finite report, and the caller's state arrays are never written."""
+    from runtime.verify.program import Function
+
+    fast = Interpreter(toy_package.package, fp16=fp16)
+    assert fast.function("decode").in_place_updates(), "the toy's decode updates its caches"
+    steps = []
+    states = None
+    for pos, tok in enumerate([21, 22, 23, 24]):
+        ins = {"input_ids": np.array([[tok]], np.int32), "position": np.array([pos], np.int32)}
+        given = None if states is None else {k: v.copy() for k, v in states.items()}
+        r = fast.run("decode", ins, states)
+        if given is not None:
+            assert all(np.array_equal(given[k], states[k]) for k in given), "the caller's states were written"
+        steps.append((ins, states, r))
+        states = r.states
+    monkeypatch.setattr(Function, "in_place_updates", lambda self: set())
+    slow = Interpreter(toy_package.package, fp16=fp16)
+    for ins, before, r in steps:
+        ref = slow.run("decode", ins, before)
+        np.testing.assert_array_equal(r.outputs["logits"], ref.outputs["logits"])
+        assert all(np.array_equal(r.states[k], ref.states[k]) for k in ref.states)
+        assert r.nonfinite == ref.nonfinite
