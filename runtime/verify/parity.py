@@ -13,6 +13,10 @@ Per function (and its enumerated lengths), on seeded token sequences, some right
     (states threaded through) equals the full-sequence logits; no non-finite intermediates.
 The golden inputs and outputs (interpreter, fp16 emulation, torch) are saved for a later run of
 the same vectors with CoreML on Apple hardware.
+
+What runs is the spec's `export.parity` (lengths, samples, compared positions, decode steps). It
+runs in phases so that one model is in memory at a time: torch with the checkpoint, the package's
+weights streamed into that same model (`weights.py`), then the fp32 interpreter, then the fp16 one.
 """
 
 from __future__ import annotations
@@ -20,21 +24,22 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from compiler.planning.params import FunctionP
 
-from .interp import CONST_CACHE_MB, Interpreter, UnsupportedOp, constants
+from .checks import Check
+from .interp import CONST_CACHE_MB, Interpreter, UnsupportedOp
 from .program import ProgramError
-from .observe import _Package, observe, weight_root
+from .observe import weight_root
+from .weights import package_state_dict, package_weights, weights_check
 
 CAUSAL_TOL = 1e-4  # max |Δlogit| / max |logit| at positions before the change (fp32 reference mode)
 # prefill+decode vs full sequence, both in the interpreter's fp32 reference mode: equal up to
 # round-off (>100 dB on the toy); a decode that ignores its cache lands below 10 dB
 DECODE_SNR_DB = 40.0
-WEIGHT_TOL = 0.05  # max |package - checkpoint| / max |checkpoint| per module (requantization of QAT weights)
 PAD_ID = 0
 SNR_CAP_DB = 200.0  # identical outputs (keeps reports valid JSON)
 
@@ -53,67 +58,6 @@ def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
 
 def top1(ref: np.ndarray, x: np.ndarray) -> float:
     return float((ref.argmax(-1) == x.argmax(-1)).mean())
-
-
-def package_weights(package: Path, params: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(parameter name, float32 value as stored in the package, dequantized when compressed), one
-    at a time: a module's weight is read from the memory-mapped weight file, dequantized, handed
-    over and dropped, so the package's weights are never all in memory together.
-
-    `.weight` parameters come through the observed contract's compressed and dense weights; the
-    others (q/k/v biases: dense, often inline) through the consts whose name roots match."""
-    from .observe import PARAM_PREFIX
-
-    modules = [p.removesuffix(".weight") for p in params if p.endswith(".weight")]
-    others = {PARAM_PREFIX + n.replace(".", "_"): n for n in params if not n.endswith(".weight")}
-    obs = observe(package, modules)
-    seen: set[str] = set()
-    pkg = _Package(package)
-    for fo in obs["functions"].values():  # dense weights: straight from the blob file
-        for d in fo["dense"]:
-            key = (d["module"] or "") + ".weight"
-            if d["module"] and key not in seen and d["blob"]:
-                blobs = pkg.blob_file(d["blob"]["file"])
-                if blobs is not None:
-                    seen.add(key)
-                    yield key, np.asarray(blobs.read(d["blob"]["offset"], d["dtype"], d["shape"]), dtype=np.float32)
-    for blobs in pkg.files.values():
-        if blobs is not None:
-            blobs.close()
-    interp = Interpreter(package, cache_mb=0)
-    try:
-        for fname, fo in obs["functions"].items():
-            wanted = {c["name"]: c["module"] + ".weight" for c in fo["compressed"]
-                      if c["module"] and c["module"] + ".weight" not in seen}
-            fn = interp.function(fname)
-            for op in fn.ops:
-                if op.type == "const" and op.outputs and weight_root(op.outputs[0].name) in others:
-                    name = others[weight_root(op.outputs[0].name)]
-                    if name not in seen:
-                        wanted.setdefault(op.outputs[0].name, name)
-            for out_name, value in constants(interp, fname, set(wanted)):
-                key = wanted[out_name]
-                if key not in seen:
-                    seen.add(key)
-                    yield key, value
-    finally:
-        interp.close()
-
-
-def package_state_dict(package: Path, params: list[str]) -> dict[str, np.ndarray]:
-    """Parameter name -> float32 value as stored in the package, all at once (small packages, tests)."""
-    return dict(package_weights(package, params))
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool
-    message: str
-    value: float | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "message": self.message, "value": self.value}
 
 
 @dataclass
@@ -293,32 +237,6 @@ class Parity:
         return Check("prefill_then_decode", ok, f"prefill + {steps} decode steps match {against} ({db:.1f} dB)" if ok else
                      f"prefill + {steps} decode steps differ from {against}: {db:.1f} dB < {DECODE_SNR_DB:g} dB "
                      "(does the decode function read its cache?)", db)
-
-
-def weights_check(pkg_weights: Iterable[tuple[str, np.ndarray]], ckpt: dict[str, Any]) -> Check:
-    """Each package weight (streamed) against the checkpoint's (numpy or torch, by name)."""
-    bad, worst, found = [], 0.0, set()
-    for name, got in pkg_weights:
-        if name not in ckpt:
-            continue
-        found.add(name)
-        want = _np(ckpt[name])
-        if got.shape != want.shape:
-            bad.append(f"{name} shape {list(got.shape)} != checkpoint {list(want.shape)}")
-            continue
-        rel = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
-        worst = max(worst, rel)
-        if rel > WEIGHT_TOL:
-            bad.append(f"{name} differs from the checkpoint (max relative error {rel:.3g})")
-    missing = sorted(set(ckpt) - found)
-    if missing:
-        bad.append(f"weights not found in the package: {missing}")
-    return Check("weights_match_checkpoint", not bad, "; ".join(sorted(bad)) if bad else
-                 f"every weight matches the checkpoint (max relative error {worst:.3g}, tolerance {WEIGHT_TOL:g})", worst)
-
-
-def _np(value: Any) -> np.ndarray:
-    return value if isinstance(value, np.ndarray) else value.detach().float().numpy()
 
 
 def summarize(fig: Figures) -> dict[str, float]:

@@ -142,7 +142,8 @@ def test_a_wrong_key_from_the_real_server_is_redacted(server, tmp_path):
 
 def test_the_budget_is_never_exceeded_with_64_in_flight(tmp_path):
     with ChatServer(echo=True, api_key=KEY, default_max_tokens=8) as srv:
-        srv.faults = lambda i: ("stall", 0.2)  # every answer takes a while, so 64 are really in flight
+        # every answer takes a while, so 64 are really in flight (0.2 s let a loaded 2-core CI machine reach only 45)
+        srv.faults = lambda i: ("stall", 0.5)
         # Each prompt is ~200 words (~1,100 bytes): its worst case is ~1,200 tokens, its real cost ~210. 64 worst
         # cases (~77k) fit under the cap, and 400 real costs (~84k) do not, so the cap is reached whatever the timing.
         cap = 80_000
