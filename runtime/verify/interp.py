@@ -76,7 +76,6 @@ class Interpreter:
         self.fp16 = fp16
         self.cache_bytes = int(cache_mb * 2 ** 20)
         self._cached_bytes = 0
-        self._update_nonfinite = False  # what the last in-place slice_update wrote held inf/NaN
         path = model_file(self.package)
         self.spec = load_model(path)
         self._weights = WeightFiles(path.parent)
@@ -165,7 +164,7 @@ class Interpreter:
             results = self._compute(fn, op, env, where)
         stored = [self._store(v, tensor_desc(o.type, where), where) for v, o in zip(results, op.outputs)]
         out = [(v, _nonfinite(v)) for v in stored]
-        size = sum(getattr(v, "nbytes", 0) for v in stored)
+        size = sum(_nbytes(v) for v in stored)
         if self._cached_bytes + size <= self.cache_bytes:
             self._consts[key] = out
             self._cached_bytes += size
@@ -231,19 +230,14 @@ class Interpreter:
                     if bad:
                         nonfinite.append(f"{op.type}:{op_name(op)}")
             else:
-                if op.type in STATE_OPS:
-                    results = self._state_op(fn, op, env, state, where)
-                elif index in in_place:
-                    results = [self._update_in_place(fn, op, env, state, where)]
+                if index in in_place:  # stored as its type already; checks only what it wrote
+                    env[op.outputs[0].name], bad = self._update_in_place(fn, op, env, state, where)
                 else:
-                    results = self._compute(fn, op, env, where)
-                for o, value in zip(op.outputs, results):
-                    env[o.name] = value if index in in_place else \
-                        self._store(value, tensor_desc(o.type, where), f"{where} output {o.name!r}")
-                # a read state was checked when written (or is an input), an in-place update checks what it wrote
-                if index in in_place:
-                    bad = self._update_nonfinite
-                else:
+                    results = self._state_op(fn, op, env, state, where) if op.type in STATE_OPS \
+                        else self._compute(fn, op, env, where)
+                    for o, value in zip(op.outputs, results):
+                        env[o.name] = self._store(value, tensor_desc(o.type, where), f"{where} output {o.name!r}")
+                    # a read state was checked when it was written (or is an input)
                     bad = op.type != "read_state" and any(_nonfinite(env[o.name]) for o in op.outputs)
                 if bad:
                     nonfinite.append(f"{op.type}:{op_name(op)}")
@@ -272,9 +266,9 @@ class Interpreter:
         return np.zeros([int(d or 0) for d in desc.shape], np.float32 if desc.is_float else NP_DTYPES[desc.dtype])
 
     def _state_op(self, fn: Function, op: Any, env: dict[str, Any], state: dict[str, Any], where: str) -> list[Any]:
-        """read_state gives the state's array; write_state makes `data` the state. No copies: no op
-        writes into an array it reads (slice_update copies its input), so sharing is safe and a
-        decode step does not copy its whole KV cache twice."""
+        """read_state gives the state's array; write_state makes `data` the state. No copies: the only
+        op that writes into an array it reads is an in-place slice_update, and only where nothing
+        else can see that array, so a decode step does not copy its whole KV cache twice."""
         bindings = op.inputs["input"].arguments if "input" in op.inputs else []
         if len(bindings) != 1 or bindings[0].name not in state:
             raise ProgramError(f"{where}: 'input' must name one state of the function ({sorted(state)})")
@@ -286,10 +280,11 @@ class Interpreter:
             state[name] = self._store(data, fn.states[name], f"{where} (state {name!r})")
         return []
 
-    def _update_in_place(self, fn: Function, op: Any, env: dict[str, Any], state: dict[str, Any], where: str) -> np.ndarray:
+    def _update_in_place(self, fn: Function, op: Any, env: dict[str, Any], state: dict[str, Any],
+                         where: str) -> tuple[np.ndarray, bool]:
         """`slice_update` writing into its input (`Function.in_place_updates`), unless a live value or
         another state may share that memory; the update is stored as the output's type first, so the
-        result is what the copying op stores."""
+        result is what the copying op stores. (result, whether what it wrote holds inf/NaN)."""
         args = self._args(fn, op, env, where)
         desc = tensor_desc(op.outputs[0].type, where)
         x = args["x"]
@@ -300,15 +295,13 @@ class Interpreter:
         if shared or not isinstance(x, np.ndarray) or not desc.fits(x.shape) or x.dtype != np.float32 \
                 or not desc.is_float or not x.flags.writeable:
             out = self._store(self._compute(fn, op, env, where)[0], desc, f"{where} output")
-            self._update_nonfinite = _nonfinite(out)
-            return out
+            return out, _nonfinite(out)
         update = self._store(np.asarray(args["update"], dtype=np.float32), TensorDesc(desc.dtype, (), True), where)
         try:
             slice_update_into(x, Args(op.type, op_name(op), {**args.values, "update": [update]}, fn.opset))
         except OpError as e:
             raise ProgramError(f"function {fn.name!r}: {e}") from e
-        self._update_nonfinite = _nonfinite(update)  # the rest of x was checked when it was written
-        return x
+        return x, _nonfinite(update)  # the rest of x was checked when it was written
 
     def close(self) -> None:
         """Drop the constant cache and unmap the weight files (arrays already returned stay valid: they

@@ -119,6 +119,7 @@ class Parity:
         self.package, self.fn, self.vocab, self.decode_steps, self.cache_mb = Path(package), fn, vocab, decode_steps, cache_mb
         self.nonfinite: list[str] = []
         self.interp: Interpreter | None = None
+        self.has_decode = False  # the package has a decode function (read by `unsupported`, which runs first)
 
     # --- torch --------------------------------------------------------------------------------
 
@@ -158,14 +159,10 @@ class Parity:
             self.interp.close()
             self.interp = None
 
-    @property
-    def has_decode(self) -> bool:
-        return self._has_decode
-
     def unsupported(self) -> list[str]:
         with Interpreter(self.package, cache_mb=0) as interp:
-            self._has_decode = "decode" in interp.functions
-            names = [self.fn.name] + (["decode"] if self._has_decode and self.fn.role == "prefill" else [])
+            self.has_decode = "decode" in interp.functions
+            names = [self.fn.name] + (["decode"] if self.has_decode and self.fn.role == "prefill" else [])
             return sorted({op for f in names for op in interp.unsupported_ops(f)})
 
     def _call(self, function: str, inputs: dict[str, np.ndarray], states: dict | None) -> Any:

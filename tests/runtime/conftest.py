@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ from compiler.planning.params import DatasetParams, TokenizerParams
 from runtime.jobs import dataset as dsjob
 from runtime.jobs import tokenizer as tokjob
 from tests.runtime.helpers import Ctx
+from tests.runtime.toy_exports import shared_dir as _shared_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY_PLAN = json.loads((ROOT / "generated" / "toy-worker" / "plan.json").read_text())
@@ -33,12 +33,6 @@ def toy_data(tmp_path_factory) -> SimpleNamespace:
     dsjob.run(DatasetParams.model_validate(toy_params("dataset"), strict=False),
               {"tokenizer": {"tokenizer": tok_out / "tokenizer", "report": tok_out / "report.json"}}, ds_out, Ctx())
     return SimpleNamespace(tokenizer=tok_out / "tokenizer", data=ds_out / "data")
-
-
-def _shared_dir(factory) -> Path:
-    """A folder every pytest-xdist worker of this session sees (the session's own one without xdist)."""
-    base = factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ and the `modelspec verify` CLI: exit 0 (good), 1 (a broken package, the problem 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from compiler.output.build import compile_one
 from compiler.reading.loader import load_file
 from runtime.verify.gate import verify
 from tests.verify import broken
+from tests.runtime.toy_exports import shared_dir as _shared_dir
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,11 +50,6 @@ SWAPPED = ("layers.0.self_attn.q_proj", "layers.1.self_attn.q_proj")
 REQUANTIZED = "layers.0.mlp.up_proj"  # int4 per_block 32 in the recipe
 FP16_ISLAND = "layers.1.post_attention_layernorm"
 FOREIGN_SPEC = broken.TOY  # the full toy's hash: a real spec, not this one
-
-
-def _shared_dir(factory: pytest.TempPathFactory) -> Path:
-    base = factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 
 from runtime.verify.mil_ops import OPS
 from tests.verify import mil_conformance as mc
+from tests.runtime.toy_exports import shared_dir as _shared_dir
 
 pytestmark = [  # raised inside coremltools while it builds and converts the programs
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -46,11 +46,6 @@ REFUSED = [
 
 def _refused(case: dict[str, Any], outcome: dict[str, Any]) -> bool:
     return any(re.search(ids, case["id"]) and re.search(err, outcome["detail"]) for ids, err, _ in REFUSED)
-
-
-def _shared_dir(factory: pytest.TempPathFactory) -> Path:
-    base = factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
