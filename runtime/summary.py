@@ -27,7 +27,9 @@ FIXES = {
     "parity": "the package does not compute what the checkpoint computes: look at the precision islands and the "
               "quantization rules, and the parity report's checks",
     "package": "the package is too big: quantize more modules (quantization.weights.rules) or shrink the architecture",
-    "speed": "on-device speed: measure on a Mac",
+    "speed": "on-device speed comes from a speed report: run `modelspec bench-device` on a Mac with the profile's "
+             "hardware and commit the report under speed/<name>/ beside the spec (docs/speed.md); the gate's reason "
+             "says which profile lacks one or why a report was refused",
 }
 
 

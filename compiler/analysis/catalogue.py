@@ -14,7 +14,7 @@ from dataclasses import dataclass
 class Metric:
     name: str
     kind: str  # rate | db | count | megabytes | relative | milliseconds | per_second
-    producer: str  # job kind that measures it
+    producer: str  # job kind that measures it; "speed": a speed report from a device (runtime/speed)
     description: str
     has_n: bool  # measured over samples, so min_n applies
 
@@ -65,8 +65,11 @@ _METRICS = [
     Metric("generate.fixture_hit_rate", "rate", "generate", "Share of the teacher's tool calls that a prompt's fixtures answered (n: calls).", True),
     Metric("generate.failure_rate", "rate", "generate", "Share of valid prompts without a kept transcript (n: prompts).", True),
     Metric("package.size_mb", "megabytes", "convert", "Size of the .mlpackage on disk (MiB).", False),
-    Metric("speed.ttft_p50_ms", "milliseconds", "verify", "Median time to first token on device (needs a Mac).", True),
-    Metric("speed.tps_p50", "per_second", "verify", "Median decode tokens per second on device (needs a Mac).", True),
-    Metric("speed.ttft_p50_regression", "relative", "verify", "Relative median TTFT change against the last published release (needs a Mac).", True),
+    Metric("speed.ttft_p50_ms", "milliseconds", "speed", "Median time to first token on device, prefill at the smallest shape that holds the prompt (a speed report from `modelspec bench-device`, docs/speed.md).", True),
+    Metric("speed.ttft_p90_ms", "milliseconds", "speed", "90th percentile time to first token on device (speed report).", True),
+    Metric("speed.tps_p50", "per_second", "speed", "Median decode tokens per second on device, greedy, KV cache in CoreML states (speed report).", True),
+    Metric("speed.first_tool_call_p50_ms", "milliseconds", "speed", "Median time from the request to the end of the first complete tool call, on prompts that call a tool (speed report).", True),
+    Metric("speed.ttft_p50_regression", "relative", "speed", "Relative median TTFT change against the newest earlier report of another package on the same chip and profile (a slowdown is positive).", True),
+    Metric("speed.tps_p50_regression", "relative", "speed", "Relative median decode speed drop against the newest earlier report of another package on the same chip and profile (a slowdown is positive).", True),
 ]
 CATALOGUE: dict[str, Metric] = {m.name: m for m in _METRICS}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from typing import Any
 from dataclasses import dataclass
 
 from compiler.core.errors import Problem, SpecError
@@ -144,6 +145,11 @@ def _gate(metric, op, value, min_n=None, policy=None):
     return g
 
 
+# speed thresholds, set from the profiles' chips (compiler/analysis/chips.py): TTFT at 3x the roofline's
+# least, decode at half its most, so that a well-made package can pass them (docs/speed.md)
+TTFT, TPS = "<ttft>", "<tps>"
+ROOFLINE_TTFT, ROOFLINE_TPS = 3.0, 0.5
+
 PRESETS = {
     "worker": {
         "max_context": 16384, "prefill": [4096, 8192, 16384], "decode": 16384, "packaging": "multifunction",
@@ -156,14 +162,14 @@ PRESETS = {
                    "early_tool": {"weight": {"ramp": {"start": Raw("0.0"), "end": Raw("0.05"), "steps": 2000}}, "within_tokens": 25}},
         "quantization": _INT4_RECIPE,
         "softmax": "long-context softmax loses mass in fp16",
-        "profiles": [("m1-max-64g", 2, 16384), ("m3-pro-36g", 1, 8192)],
+        "profiles": [("m1-max-64g", 2, 16384, "apple-m1-max"), ("m3-pro-36g", 1, 8192, "apple-m3-pro")],
         "gates": [
             _gate("parity.snr_db", ">=", "55"), _gate("parity.top1_agreement", ">=", "0.99"),
             _gate("parity.quant_top1_agreement", ">=", "0.95"), _gate("eval.json_validity", ">=", "0.98", 500),
             _gate("eval.tool_selection", ">=", "0.90", 500), _gate("eval.integration_f1_lax", ">=", "0.85", 200),
             _gate("eval.privacy_ok_rate", "==", "1.0", 100), _gate("eval.control_tool_calls", "==", "0"),
             None,  # package.size_mb, from the derived weight bytes
-            _gate("speed.ttft_p50_ms", "<=", "2000", 50), _gate("speed.tps_p50", ">=", "20", 50, "warn"),
+            _gate("speed.ttft_p50_ms", "<=", TTFT, 50), _gate("speed.tps_p50", ">=", TPS, 50, "warn"),
             _gate("speed.ttft_p50_regression", "<=", "0.05", None, "warn"),
         ],
     },
@@ -177,12 +183,12 @@ PRESETS = {
         "quantization": {"default": {"dtype": "int8", "granularity": "per_channel"},
                          "rules": [{"match": "layers.*.mlp.*", "dtype": "int4", "granularity": "per_block", "block_size": 64}]},
         "softmax": "verdict logits are compared across candidates",
-        "profiles": [("m1-max-64g", 4, 2048), ("m3-pro-36g", 2, 2048)],
+        "profiles": [("m1-max-64g", 4, 2048, "apple-m1-max"), ("m3-pro-36g", 2, 2048, "apple-m3-pro")],
         "gates": [
             _gate("parity.snr_db", ">=", "55"), _gate("parity.top1_agreement", ">=", "0.99"),
             _gate("parity.quant_top1_agreement", ">=", "0.97"), _gate("eval.json_validity", ">=", "0.99", 500),
             _gate("eval.privacy_ok_rate", "==", "1.0", 100), None,
-            _gate("speed.ttft_p50_ms", "<=", "30", 50), _gate("speed.ttft_p50_regression", "<=", "0.05", None, "warn"),
+            _gate("speed.ttft_p50_ms", "<=", TTFT, 50), _gate("speed.ttft_p50_regression", "<=", "0.05", None, "warn"),
         ],
     },
     "drafter": {
@@ -194,12 +200,12 @@ PRESETS = {
                    "json_args": {"weight": Raw("0.1")}},
         "quantization": _INT4_RECIPE,
         "softmax": "draft acceptance compares probabilities with the worker",
-        "profiles": [("m1-max-64g", 2, 4096), ("m3-pro-36g", 1, 4096)],
+        "profiles": [("m1-max-64g", 2, 4096, "apple-m1-max"), ("m3-pro-36g", 1, 4096, "apple-m3-pro")],
         "gates": [
             _gate("parity.snr_db", ">=", "55"), _gate("parity.top1_agreement", ">=", "0.99"),
             _gate("parity.quant_top1_agreement", ">=", "0.95"), _gate("eval.json_validity", ">=", "0.95", 500),
             _gate("eval.tool_selection", ">=", "0.80", 500), _gate("eval.privacy_ok_rate", "==", "1.0", 100), None,
-            _gate("speed.tps_p50", ">=", "500", 50), _gate("speed.ttft_p50_ms", "<=", "100", 50, "warn"),
+            _gate("speed.tps_p50", ">=", TPS, 50), _gate("speed.ttft_p50_ms", "<=", TTFT, 50, "warn"),
         ],
     },
 }
@@ -217,12 +223,32 @@ def _human_count(n: float) -> str:
     return human_count(n)
 
 
-def scaffold_data(role: str, sized: Sized, name: str, memory_gb: dict[str, int] | None = None, size_mb: int = 100000) -> dict:
+def _speed_value(g: dict, speed: dict[str, str]) -> dict:
+    value = g["value"].text
+    return dict(g, value=Raw(speed[value])) if value in speed else g
+
+
+def speed_thresholds(spec: Any) -> dict[str, str]:
+    """TTFT and decode thresholds every profile's chip leaves room for (3x / 0.5x its roofline)."""
+    from compiler.analysis.chips import CHIPS, bounds
+    from compiler.analysis.derived import derive
+
+    derived = derive(spec)
+    limits = [bounds(spec, derived, CHIPS[p.chip]) for p in spec.deployment.profiles if p.chip in CHIPS]
+    ttft = max(lim["ttft_min_ms"] for lim in limits) * ROOFLINE_TTFT
+    tps = min(lim["tps_max"] for lim in limits) * ROOFLINE_TPS
+    return {TTFT: str(max(100, math.ceil(ttft / 100) * 100)), TPS: str(max(1, math.floor(tps)))}
+
+
+def scaffold_data(role: str, sized: Sized, name: str, memory_gb: dict[str, int] | None = None, size_mb: int = 100000,
+                  speed: dict[str, str] | None = None) -> dict:
     p = PRESETS[role]
     d, h, kv, dh, hidden = sized.row
     label = size_label(sized.target)
-    profiles = [{"name": n, "memory_gb": (memory_gb or {}).get(n, 1024), "sessions": s, "context": c} for n, s, c in p["profiles"]]
-    gates = [g if g is not None else _gate("package.size_mb", "<=", str(size_mb)) for g in p["gates"]]
+    profiles = [{"name": n, "memory_gb": (memory_gb or {}).get(n, 1024), "sessions": s, "context": c, "chip": chip}
+                for n, s, c, chip in p["profiles"]]
+    speed = speed or {TTFT: "100000", TPS: "1"}
+    gates = [_speed_value(g, speed) if g is not None else _gate("package.size_mb", "<=", str(size_mb)) for g in p["gates"]]
     return {
         "modelspec": 1,
         "name": name,
@@ -298,7 +324,7 @@ def scaffold(role: str, size: str, name: str | None = None, out_path: str | None
     for p in spec.deployment.profiles:
         budgets[p.name] = max(1, math.ceil(derived.profile_bytes(p) * 1.25 / (1 << 30)))
     size_mb = max(1, math.ceil(derived.weight_bytes * 1.1 / (1 << 20) / 100) * 100)
-    data = scaffold_data(role, sized, name, budgets, size_mb)
+    data = scaffold_data(role, sized, name, budgets, size_mb, speed_thresholds(spec))
     plain = plain_data(data)
     first_doc, spec = _validate(emit(node_from_data(plain), None), file, spec_dir)
     derived = derive(spec)

@@ -14,7 +14,7 @@ from compiler.analysis.catalogue import CATALOGUE
 from compiler.analysis.derived import derive
 from compiler.planning.interface import default_function, functions
 from compiler.planning.params import (
-    CPU_JOB, ArchitectureP, ComputeP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams,
+    CPU_JOB, ArchitectureP, ComputeP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams, ProfileP,
     GenerateParams, HttpTeacherP, ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
     TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
 )
@@ -69,7 +69,7 @@ READS = {
     "parity": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache",
                "export.parity", "precision", "training.seed"),
     "eval": ("role", "architecture", "tokenizer.special_tokens"),
-    "gates": ("gates",),
+    "gates": ("gates", "name", "deployment.profiles", "export.coreml.compute_units"),  # speed reports: folder, binding
     "publish": ("name", "version", "role", "tokenizer.special_tokens"),
 }
 
@@ -183,6 +183,12 @@ def _teacher(spec: Spec) -> TeacherParams:
                              micro_batch=t.micro_batch, seq_len=t.seq_len, lr=t.lr, seed=spec.training.seed, top_k=t.top_k)
     return TeacherParams(kind="hf_local", path=t.path, architecture=None, steps=None, micro_batch=None, seq_len=None,
                          lr=None, seed=spec.training.seed, top_k=t.top_k)
+
+
+def speed_reports_folder(spec: Spec) -> str:
+    """Where the spec's speed reports live, relative to the spec file: `speed/<name>` (docs/speed.md).
+    A convention, not a spec field: adding a report must not change the spec, or the package it measured."""
+    return f"speed/{spec.name}"
 
 
 def parity_lengths(spec) -> list[int]:
@@ -311,8 +317,13 @@ def build_jobs(spec: Spec) -> list[Job]:
     ), {"report": "report.json", "samples": "samples.jsonl"}, _one_device(spec)))
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
                    kind=CATALOGUE[g.metric].kind, producer=CATALOGUE[g.metric].producer) for g in spec.gates]
-    jobs.append(Job("gates", "gates", ("convert", "verify", *parity_ids, "eval", *generated), GatesParams(gates=gates),
-                    {"report": "report.json"}))
+    speed = any(g.producer == "speed" for g in gates)
+    jobs.append(Job("gates", "gates", ("convert", "verify", *parity_ids, "eval", *generated), GatesParams(
+        gates=gates, speed_reports=speed_reports_folder(spec) if speed else "",
+        profiles=sorted((ProfileP(name=p.name, chip=p.chip) for p in spec.deployment.profiles),
+                        key=lambda p: p.name) if speed else [],
+        compute_units=spec.export.coreml.compute_units if speed else "",
+    ), {"report": "report.json"}))
     # the tokenizer ships with the release; parity jobs for their golden vectors; the student's
     # checkpoint for the release's hf/ folder (a released worker is a valid teacher for its drafter)
     jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids, "tokenizer", student), PublishParams(

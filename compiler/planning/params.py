@@ -298,8 +298,22 @@ class GateP(Params):
     producer: str
 
 
+class ProfileP(Params):
+    """What a speed report must match of a deployment profile: its name and chip (not its memory
+    budget or context: they do not change how fast the package runs)."""
+
+    name: str
+    chip: str | None  # compiler/analysis/chips.py
+
+
 class GatesParams(Params):
+    OMIT_WHEN_DEFAULT: ClassVar[frozenset[str]] = frozenset({"speed_reports", "profiles", "compute_units"})
     gates: list[GateP]
+    # speed gates: the folder of speed reports (relative to the spec; an external input), and what a
+    # report must match besides the package: the deployment profiles and the compute units
+    speed_reports: str = ""
+    profiles: list[ProfileP] = []
+    compute_units: str = ""
 
 
 class PublishParams(Params):

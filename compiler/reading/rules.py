@@ -12,6 +12,7 @@ import re
 from typing import Iterator
 
 from compiler.analysis.catalogue import CATALOGUE
+from compiler.analysis.chips import CHIPS
 from compiler.schema.tokenizer import EVAL_MARKERS
 from compiler.analysis.derived import derive, kernels
 from compiler.analysis.estimates import Kernels, min_fsdp2_ranks, unsharded_bytes
@@ -23,7 +24,7 @@ from compiler.schema.architecture import Heads
 from compiler.schema.quantization import Quantized
 from compiler.schema.spec import Spec
 from compiler.schema.teacher import HfLocalTeacher, OpenAICompatibleTeacher, TrainTeacher
-from compiler.reading import rules_teacher
+from compiler.reading import rules_speed, rules_teacher
 from compiler.reading.rules_teacher import is_local_relative
 from compiler.schema.tokenizer import BpeSource
 from compiler.schema.training import Ramp, StepChange
@@ -258,6 +259,8 @@ def _gates(spec: Spec) -> Iterator[Finding]:
             yield (base + ("min_n",), f"min_n does not apply to {gate.metric}, which is not measured over samples", "remove min_n")
         if (gate.metric, gate.op) in seen:
             yield (base,  f"gate {gate.metric} {gate.op} appears twice", "keep one threshold per metric and operator")
+        if metric.producer == "speed":
+            yield from rules_speed.speed_gate(spec, gate, base)
         seen.add((gate.metric, gate.op))
 
 
@@ -265,6 +268,9 @@ def _deployment(spec: Spec) -> Iterator[Finding]:
     derived = derive(spec)
     names: set[str] = set()
     for i, p in enumerate(spec.deployment.profiles):
+        if p.chip is not None and p.chip not in CHIPS:
+            yield (("deployment", "profiles", i, "chip"), f"unknown chip '{p.chip}'",
+                   did_you_mean(p.chip, CHIPS) or f"known chips: {', '.join(CHIPS)}")
         if p.name in names:
             yield (("deployment", "profiles", i, "name"), f"profile '{p.name}' is listed twice", "give every profile its own name")
         names.add(p.name)

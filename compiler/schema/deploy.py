@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Discriminator, Field, Tag
 
@@ -106,6 +106,9 @@ class Profile(SpecModel):
     memory_gb: PosFloat = F("Memory the model may use on this device (weights plus KV caches).", unit="GiB")
     sessions: PosInt = F("Concurrent sessions, each with its own KV cache.")
     context: PosInt = F("Context per session (<= architecture.max_context).", unit="tokens")
+    chip: Optional[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)]] = F(
+        "The Apple chip of this device (e.g. apple-m1-max; docs/speed.md lists them): speed reports must come from it, "
+        "and speed gates its memory bandwidth and compute rule out are refused at compile time.", default=None)
 
 
 class Deployment(SpecModel):

@@ -46,7 +46,7 @@ def find_output(store_root: Path, kinds: tuple[str, ...], fingerprint: str | Non
     return max(found)[2] if found else None
 
 
-def _references(package: Path, store_root: Path, keys: dict[str, Any]) -> dict[str, Any]:
+def references(package: Path, store_root: Path, keys: dict[str, Any]) -> dict[str, Any]:
     from runtime.coreml.package import load_spec
 
     meta = dict(load_spec(package).description.metadata.userDefined)
@@ -70,6 +70,8 @@ def verify(
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer folder to fingerprint (default: found in the store).")] = None,
     parity: Annotated[bool, typer.Option("--parity/--no-parity", help="Also execute the package with the reference interpreter.")] = True,
     release: Annotated[Optional[str], typer.Option("--release", help="Release folder of the package (default: the package's folder when it holds manifest.json and tokenizer/): its tokenizer must be the package's.")] = None,
+    speed_report: Annotated[Optional[str], typer.Option("--speed-report", help="A speed report from `modelspec bench-device` (docs/speed.md): it must measure this package on one of the spec's profiles; the spec's speed gates are evaluated on it.")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="An earlier speed report (another package, same chip and profile) for the regression gates.")] = None,
     workdir: WorkdirOpt = ".modelspec",
     set_: SetOpt = None,
 ) -> None:
@@ -87,7 +89,7 @@ def verify(
     from runtime.keys import job_keys
     from runtime.plan import Plan
 
-    refs = _references(pkg, Path(workdir), job_keys(Plan.from_compiled(compiled)))
+    refs = references(pkg, Path(workdir), job_keys(Plan.from_compiled(compiled)))
     from runtime.release import release_checks, release_of
 
     rel = Path(release) if release else release_of(pkg)
@@ -96,10 +98,20 @@ def verify(
     tok = Path(tokenizer) if tokenizer else (rel / "tokenizer" if rel and (rel / "tokenizer").is_dir() else refs["tokenizer"])
     from runtime.verify.gate import summary_lines, verify as run_verify
 
+    speed_rows = _speed_gates(compiled.spec, pkg, speed_report, baseline) if speed_report else None
+    if baseline and not speed_report:
+        _fail_input("--baseline compares with a --speed-report; pass both")
     report = run_verify(params, pkg, spec_hash=compiled.spec_hash, tokenizer=tok,
                         convert_fingerprint=compiled.job("convert").fingerprint, doc=load_file(spec))
     report["parity"] = {}
     failed = not report["passed"]
+    if speed_rows is not None:
+        report["speed"] = {"report": speed_report, "baseline": baseline, "gates": speed_rows}
+        for g in speed_rows:
+            failed = failed or (g["policy"] == "hard" and g["outcome"] != "pass")
+            value = "-" if g["value"] is None else f"{g['value']:.4g}"
+            typer.echo(f"[speed] gate {g['metric']} {g['op']} {g['threshold']:g}: {value} {g['outcome']}"
+                       + (f" ({g['reason']})" if g["reason"] else ""), err=True)
     for line in summary_lines(report):
         typer.echo(line, err=True)
     if rel is not None:  # the release's tokenizer is the package's, its files the manifest's
@@ -144,6 +156,41 @@ def verify(
     typer.echo(f"{'PASS' if not failed else 'FAIL'}: {pkg.name} against {spec}", err=True)
     if failed:
         raise typer.Exit(1)
+
+
+def _speed_gates(spec: Any, pkg: Path, path: str, baseline_path: str | None) -> list[dict[str, Any]]:
+    """The spec's speed gates on one speed report (and a baseline); a report that does not measure
+    this package on a profile of this spec with its compute units is refused (exit 2)."""
+    from compiler.analysis.catalogue import CATALOGUE
+    from compiler.planning.params import GateP
+    from runtime.coreml.package import canonical_hash
+    from runtime.jobs.gates import evaluate
+    from runtime.speed import report as speed
+
+    binding = speed.Binding(canonical_hash(pkg), {p.name: speed.profile_values(p) for p in spec.deployment.profiles},
+                            spec.export.coreml.compute_units)
+    try:
+        rep = speed.load(Path(path))
+        base = speed.load(Path(baseline_path)) if baseline_path else None
+    except speed.SpeedReportError as exc:
+        _fail_input(str(exc))
+    why = speed.refusal(rep, binding)
+    if why:
+        _fail_input(f"speed report {path} refused: {why}")
+    if base is not None:
+        why = speed.refusal(base, binding, as_baseline=True) or (
+            None if (base["device"]["chip"], base["profile"]["name"]) == (rep["device"]["chip"], rep["profile"]["name"])
+            else f"it measured {base['device']['chip']} / {base['profile']['name']}, the report "
+                 f"{rep['device']['chip']} / {rep['profile']['name']}")
+        if why:
+            _fail_input(f"baseline {baseline_path} refused: {why}")
+    rows = []
+    for g in spec.gates:
+        if CATALOGUE[g.metric].producer != "speed":
+            continue
+        gp = GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n, kind="", producer="speed")
+        rows.append(evaluate(gp, {}, speed.metric(g.metric.split(".", 1)[1], rep, base)))
+    return rows
 
 
 def _parity_gates(report: dict[str, Any], gates: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from runtime.cli import gate  # noqa: F401  (registers verify, publish)
 from runtime.cli import launch  # noqa: F401,I001  (registers launch)
 from runtime.cli import hf  # noqa: F401,I001  (registers export-hf)
 from runtime.cli import report  # noqa: F401,I001  (registers report)
+from runtime.cli import speed  # noqa: F401,I001  (registers bench-device)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ EXTERNAL_INPUTS = {
     "teacher": ("path",),
     "generate": ("prompts",),
     "train": ("init_checkpoint",),
+    "gates": ("speed_reports",),
 }
 
 

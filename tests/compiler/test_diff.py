@@ -82,17 +82,17 @@ CATALOGUE = [
     Edit("deployment-memory", "toy", (R("memory_gb: 64,", "memory_gb: 32,"),),
          "COSMETIC", T["NONE"], ("deployment.profiles[name=m1-max-64g].memory_gb",)),
     Edit("deployment-profile-added", "toy",
-         (R("    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256}\n",
-            "    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256}\n"
+         (R("    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256, chip: apple-m1-max}\n",
+            "    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256, chip: apple-m1-max}\n"
             "    - {name: iphone-8g, memory_gb: 2, sessions: 1, context: 128}\n"),),
-         "COSMETIC", T["NONE"], ("deployment.profiles[name=iphone-8g]",)),
+         "REVERIFY", T["GATES"], ("deployment.profiles[name=iphone-8g]",)),  # a speed report is due for it
     Edit("deployment-profiles-reordered", "w9",
-         (R("    - {name: m1-max-64g, memory_gb: 48, sessions: 2, context: 16384}\n", ""),
-          R("    - {name: m3-pro-36g, memory_gb: 24, sessions: 1, context: 8192}\n",
-            "    - {name: m3-pro-36g, memory_gb: 24, sessions: 1, context: 8192}\n"
-            "    - {name: m1-max-64g, memory_gb: 48, sessions: 2, context: 16384}\n")),
+         (R("    - {name: m1-max-64g, memory_gb: 48, sessions: 2, context: 16384, chip: apple-m1-max}\n", ""),
+          R("    - {name: m3-pro-36g, memory_gb: 24, sessions: 1, context: 8192, chip: apple-m3-pro}\n",
+            "    - {name: m3-pro-36g, memory_gb: 24, sessions: 1, context: 8192, chip: apple-m3-pro}\n"
+            "    - {name: m1-max-64g, memory_gb: 48, sessions: 2, context: 16384, chip: apple-m1-max}\n")),
          "COSMETIC", W["NONE"], ("deployment.profiles",)),
-    Edit("w9-deployment-context", "w9", (R("sessions: 1, context: 8192}", "sessions: 1, context: 4096}"),),
+    Edit("w9-deployment-context", "w9", (R("sessions: 1, context: 8192,", "sessions: 1, context: 4096,"),),
          "COSMETIC", W["NONE"], ("deployment.profiles[name=m3-pro-36g].context",)),
     # --- REVERIFY: gates, publish, verify ---------------------------------------------------
     Edit("gate-threshold", "toy", (R(TOY_GATE, TOY_GATE.replace("0.90", "0.85")),),
@@ -213,8 +213,8 @@ FORMATTING = {
                     '    bos: {id: 1, text: "<s>"}\n    pad: {text: "<pad>", id: 0}\n')),
     "flow-vs-block": (R("  mlp: {kind: swiglu, hidden: 352}\n", "  mlp:\n    kind: swiglu\n    hidden: 352\n"),
                       R("  prefill: [64, 128, 256]\n", "  prefill:\n    - 64\n    - 128\n    - 256\n"),
-                      R("    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256}\n",
-                        "    - name: m1-max-64g\n      memory_gb: 64\n      sessions: 2\n      context: 256\n")),
+                      R("    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256, chip: apple-m1-max}\n",
+                        "    - name: m1-max-64g\n      memory_gb: 64\n      sessions: 2\n      context: 256\n      chip: apple-m1-max\n")),
     "quoting": (R("name: toy-worker\n", "name: 'toy-worker'\n"), R("version: 1.0.0\n", 'version: "1.0.0"\n'),
                 R('{match: "embed_tokens", dtype: none}', "{match: embed_tokens, dtype: 'none'}"),
                 R("{op: softmax,", '{op: "softmax",')),

@@ -263,8 +263,8 @@ CASES: list[Case] = [
          "memory_gb: 0.0001", "but memory_gb is 0.0001"),
     Case("profile_context_exceeds_max_context", "sessions: 2, context: 256", "sessions: 2, context: 512",
          "deployment.profiles[0].context", "context: 512", "context 512 exceeds architecture.max_context 256"),
-    Case("profile_duplicate_name", "    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256}\n",
-         "    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256}\n"
+    Case("profile_duplicate_name", "    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256, chip: apple-m1-max}\n",
+         "    - {name: m1-max-64g, memory_gb: 64, sessions: 2, context: 256, chip: apple-m1-max}\n"
          "    - {name: m1-max-64g, memory_gb: 32, sessions: 1, context: 128}\n",
          "deployment.profiles[1].name", "memory_gb: 32", "profile 'm1-max-64g' is listed twice"),
     # --- paths ---------------------------------------------------------------------------------

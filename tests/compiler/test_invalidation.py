@@ -114,7 +114,7 @@ EDITS = [
          direct=frozenset({"convert", "publish"}), changed=FROM_CONVERT),  # the package's version metadata
     Edit("name", ("name",),
          (R("name: toy-worker", "name: toy-worker-v2"),),
-         direct=frozenset({"convert", "verify", "publish"}), changed=FROM_CONVERT),
+         direct=frozenset({"convert", "verify", "gates", "publish"}), changed=FROM_CONVERT),  # gates: speed/<name>/
     Edit("learning-rate", ("training.optimizer.lr",),
          (R("lr: 3.0e-3,", "lr: 2.0e-3,"),),
          direct=frozenset({"train", "qat"}), changed=FROM_TRAIN),
@@ -167,7 +167,7 @@ EDITS = [
          direct=EXPORTS | PARITY | {"convert", "verify"}, changed=PACKAGE),
     Edit("compute-units", ("export.coreml.compute_units",),
          (R("compute_units: all", "compute_units: cpu_and_ne"),),
-         direct=frozenset({"convert"}), changed=FROM_CONVERT),
+         direct=frozenset({"convert", "gates"}), changed=FROM_CONVERT),  # gates: a speed report's compute units
     Edit("coreml-target", ("export.coreml.target",),
          (R("target: macOS15", "target: iOS18"),),
          direct=frozenset({"convert"}), changed=FROM_CONVERT),

@@ -15,7 +15,7 @@ from tests.runtime.helpers import Ctx
 
 def gate(metric: str, op: str, value: float, policy: str = "hard", min_n: int | None = None) -> GateP:
     kind, producer = {"parity": ("db", "parity"), "eval": ("rate", "eval"), "package": ("megabytes", "convert"),
-                      "speed": ("relative", "verify")}[metric.split(".")[0]]
+                      "speed": ("relative", "speed")}[metric.split(".")[0]]
     return GateP(metric=metric, op=op, value=value, policy=policy, min_n=min_n, kind=kind, producer=producer)
 
 
@@ -53,7 +53,7 @@ def test_every_outcome_with_value_n_threshold_and_policy(tmp_path):
     assert (rows[0]["value"], rows[0]["n"], rows[0]["threshold"], rows[0]["policy"]) == (0.95, 84, 0.9, "hard")
     assert rows[2]["reason"] == "1.4 is not <= 1"
     assert rows[3]["value"] == 58.0 and rows[3]["by_job"] == {"parity-decode": 58.0, "parity-prefill-64": 70.0}
-    assert "needs a Mac" in rows[4]["reason"] and rows[4]["policy"] == "warn"
+    assert "speed report" in rows[4]["reason"] and rows[4]["policy"] == "warn"  # tests/speed
     assert "min_n=100" in rows[5]["reason"]
     assert report["passed"] is False and report["hard_not_passed"] == ["package.size_mb", "eval.json_validity"]
     assert report["package_hash"] == "abc"
