@@ -26,6 +26,8 @@ FIXES = {
             "the samples it got wrong are in {samples}",
     "parity": "the package does not compute what the checkpoint computes: look at the precision islands and the "
               "quantization rules, and the parity report's checks",
+    "speculate": "the worker rejects the drafter's tokens: distil longer from the worker (training.steps), check that "
+                 "teacher.path is the worker's release, or lower speculative.k; the speculate report names any mismatch",
     "package": "the package is too big: quantize more modules (quantization.weights.rules) or shrink the architecture",
     "speed": "on-device speed comes from a speed report: run `modelspec bench-device` on a Mac with the profile's "
              "hardware and commit the report under speed/<name>/ beside the spec (docs/speed.md); the gate's reason "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Metric:
     name: str
-    kind: str  # rate | db | count | megabytes | relative | milliseconds | per_second
+    kind: str  # rate | db | count | megabytes | relative | milliseconds | per_second | per_step
     producer: str  # job kind that measures it; "speed": a speed report from a device (runtime/speed)
     description: str
     has_n: bool  # measured over samples, so min_n applies
@@ -28,6 +28,7 @@ class Metric:
 
 
 KIND_BOUNDS = {
+    "per_step": (0.0, math.inf),
     "rate": (0.0, 1.0),
     "db": (-math.inf, math.inf),
     "count": (0.0, math.inf),
@@ -38,6 +39,7 @@ KIND_BOUNDS = {
 }
 ORDER_OPS = (">=", ">", "<=", "<")
 KIND_OPS = {
+    "per_step": (">=", ">"),
     "rate": ORDER_OPS + ("==",),
     "db": (">=", ">"),
     "count": ("==", "<=", "<"),
@@ -64,6 +66,9 @@ _METRICS = [
     Metric("eval.control_tool_calls", "count", "eval", "Tool calls emitted on control samples that must not call a tool.", True),
     Metric("generate.fixture_hit_rate", "rate", "generate", "Share of the teacher's tool calls that a prompt's fixtures answered (n: calls).", True),
     Metric("generate.failure_rate", "rate", "generate", "Share of valid prompts without a kept transcript (n: prompts).", True),
+    Metric("speculate.acceptance_rate", "rate", "speculate", "Drafted tokens the worker accepted in greedy speculative decoding of the eval prompts (n: drafted tokens).", True),
+    Metric("speculate.tokens_per_step", "per_step", "speculate", "Tokens emitted per worker verify call: accepted drafts plus the worker's own (n: calls).", True),
+    Metric("speculate.worker_mismatches", "count", "speculate", "Eval prompts whose speculative output differs from the worker's own greedy output (0 unless near-ties; n: prompts).", True),
     Metric("package.size_mb", "megabytes", "convert", "Size of the .mlpackage on disk (MiB).", False),
     Metric("speed.ttft_p50_ms", "milliseconds", "speed", "Median time to first token on device, prefill at the smallest shape that holds the prompt (a speed report from `modelspec bench-device`, docs/speed.md).", True),
     Metric("speed.ttft_p90_ms", "milliseconds", "speed", "90th percentile time to first token on device (speed report).", True),

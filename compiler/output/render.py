@@ -15,6 +15,23 @@ def _mermaid_id(job_id: str) -> str:
     return job_id.replace("-", "_")
 
 
+def _pairs(c: Compiled) -> list[str]:
+    """The README's lines on the drafter-worker pair (compiler/reading/pairing.py checked it)."""
+    import os
+
+    from compiler.reading.pairing import drafters_of, worker_path
+    from compiler.reading.validate import load_spec
+
+    s = c.spec
+    if s.drafts_for is not None:
+        worker = load_spec(worker_path(os.path.dirname(os.path.abspath(c.validated.path)), s.drafts_for))
+        return [f"drafts for: `{md(worker.name)}` {md(worker.version)} (`{md(s.drafts_for)}`); the compiler checked that "
+                "they share tokenizer source, special tokens, vocabulary and chat template, and that this context "
+                f"({s.architecture.max_context}) fits the worker's ({worker.architecture.max_context})"]
+    return [f"drafted for by: `{md(name)}` (`{md(file)}`, its `drafts_for`; the compiler checks the pair there)"
+            for name, file in drafters_of(s, c.validated.path)]
+
+
 def render_files(c: Compiled) -> dict[str, str]:
     from compiler.output.training_report import training_context
 
@@ -49,6 +66,7 @@ def render_files(c: Compiled) -> dict[str, str]:
         "profiles": profiles, "jobs": jobs, "edges": edges, "gates": gates,
         "prefill": ", ".join(str(t) for t in s.shapes.prefill),
         "training": training_context(c),
+        "pairs": _pairs(c),
     }
     return {
         "README.md": env.get_template("README.md.j2").render(context),

@@ -51,7 +51,10 @@ class Compiled:
 
 
 def spec_hash(validated: Validated) -> str:
-    return sha256_text(canonical_json(validated.spec.model_dump(mode="json")))
+    """The spec's identity. Unset optional fields (None) are left out, so a field added to the format
+    later does not change the hash of specs that do not use it (nor, through the package's stamp,
+    their packages)."""
+    return sha256_text(canonical_json(validated.spec.model_dump(mode="json", exclude_none=True)))
 
 
 def _repository_root(folder: str) -> str | None:

@@ -15,7 +15,7 @@ from compiler.analysis.derived import derive
 from compiler.planning.interface import default_function, functions
 from compiler.planning.params import (
     CPU_JOB, ArchitectureP, ComputeP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams, ProfileP,
-    GenerateParams, HttpTeacherP, ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
+    GenerateParams, HttpTeacherP, ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, SpeculateParams, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
     TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
 )
 from compiler.analysis.resolve import precision_plan, quant_plan
@@ -27,7 +27,7 @@ from compiler.schema.training import loss_used
 from compiler.schema.tokenizer import BpeSource
 
 KINDS = ("tokenizer", "dataset", "teacher", "generate", "train", "qat", "export", "convert",
-         "verify", "parity", "eval", "gates", "publish")
+         "verify", "parity", "eval", "speculate", "gates", "publish")
 
 # Bump a kind's version when its runtime code changes what it produces: every cached
 # output of that kind (and everything downstream) is then rebuilt.
@@ -49,6 +49,7 @@ WHY = {
     "verify": "Reads the package and checks it against the compiled contracts.",
     "parity": "Runs one function in a reference interpreter and compares it with torch.",
     "eval": "Greedy generation on the eval split with the torch student; quality metrics.",
+    "speculate": "Greedy speculative decoding of the eval prompts with the worker (the drafter's teacher): acceptance rate, tokens per worker call.",
     "gates": "Evaluates the spec's gates against the measured metrics.",
     "publish": "The release once every hard gate passed: the package, its tokenizer, a runtime config for apps and a manifest hashing all of it.",
 }
@@ -69,6 +70,7 @@ READS = {
     "parity": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache",
                "export.parity", "precision", "training.seed"),
     "eval": ("role", "architecture", "tokenizer.special_tokens"),
+    "speculate": ("speculative", "architecture", "tokenizer.special_tokens"),
     "gates": ("gates", "name", "deployment.profiles", "export.coreml.compute_units"),  # speed reports: folder, binding
     "publish": ("name", "version", "role", "tokenizer.special_tokens"),
 }
@@ -315,6 +317,13 @@ def build_jobs(spec: Spec) -> list[Job]:
         architecture=arch, role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,
         **_eval_memory(spec),
     ), {"report": "report.json", "samples": "samples.jsonl"}, _one_device(spec)))
+    if spec.speculative is not None:  # a drafter against its worker (compiler/reading/pairing.py checks the pair)
+        sp = spec.speculative
+        jobs.append(Job("speculate", "speculate", (student, "teacher", "dataset"), SpeculateParams(
+            architecture=arch, k=sp.k, max_new_tokens=sp.max_new_tokens, prompts=sp.prompts,
+            max_total_tokens=spec.architecture.max_context, special_tokens=special,
+        ), {"report": "report.json"}))
+        generated = (*generated, "speculate")
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
                    kind=CATALOGUE[g.metric].kind, producer=CATALOGUE[g.metric].producer) for g in spec.gates]
     speed = any(g.producer == "speed" for g in gates)

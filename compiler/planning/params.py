@@ -288,6 +288,17 @@ class EvalParams(Params):
     OMIT_WHEN_DEFAULT = frozenset({"memory_budget_mb", "dtype"})
 
 
+class SpeculateParams(Params):
+    """A drafter's acceptance rate against its worker (runtime/jobs/speculate.py)."""
+
+    architecture: ArchitectureP  # the drafter's
+    k: int  # drafted tokens per worker call
+    max_new_tokens: int
+    prompts: int  # the first eval prompts measured
+    max_total_tokens: int  # prompt + generated, at most (the drafter's max_context)
+    special_tokens: dict[str, SpecialTokenP]
+
+
 class GateP(Params):
     metric: str
     op: str

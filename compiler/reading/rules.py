@@ -332,7 +332,9 @@ def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
         (("data", "tool_registry"), spec.data.tool_registry, False),
         (("tokenizer", "source", "corpus"), src.corpus, False) if isinstance(src, BpeSource) else (("tokenizer", "source", "path"), src.path, True),
     ]
-    if isinstance(spec.teacher, HfLocalTeacher):
+    if isinstance(spec.teacher, HfLocalTeacher) and spec.drafts_for is None:
+        # a drafter's teacher is its worker's release, which exists once the worker is published: the
+        # teacher job names the command when it is missing (runtime/jobs/teacher.py)
         candidates.append((("teacher", "path"), spec.teacher.path, True))
     if spec.data.prompts is not None:
         candidates.append((("data", "prompts"), spec.data.prompts, False))

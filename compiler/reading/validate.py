@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from compiler.reading import overrides as _overrides
 from compiler.reading import rules
+from compiler.reading.pairing import pairing
 from compiler.core.errors import Path, Problem, SpecError, did_you_mean, format_path
 from compiler.reading.loader import Document, load_file
 from compiler.schema.spec import SUPPORTED_FORMATS, Spec
@@ -35,6 +36,11 @@ def validate_file(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Val
     return Validated(spec, doc, path, tuple(overrides))
 
 
+def load_spec(path: str) -> Spec:
+    """Another spec a spec names (a drafter's worker), validated like any."""
+    return validate_doc(load_file(path), os.path.dirname(os.path.abspath(path)))
+
+
 def validate_doc(doc: Document, spec_dir: str) -> Spec:
     data = doc.data
     version = data.get("modelspec")
@@ -47,7 +53,7 @@ def validate_doc(doc: Document, spec_dir: str) -> Spec:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise SpecError([_translate(doc, err) for err in exc.errors(include_url=False)]) from None
-    findings = rules.check(spec, spec_dir)
+    findings = rules.check(spec, spec_dir) + list(pairing(spec, spec_dir, load_spec))
     if findings:
         raise SpecError([doc.problem(path, message, hint) for path, message, hint in findings])
     return spec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
@@ -12,6 +12,7 @@ from .data import Data
 from .deploy import Deployment, Export, Precision, Shapes
 from .gates import Gate
 from .quantization import Quantization
+from .roles import Speculative
 from .teacher import Teacher
 from .tokenizer import Tokenizer
 from .training import Training
@@ -28,6 +29,13 @@ class Spec(SpecModel):
     role: Literal["worker", "judge", "drafter"] = F("What the model does in the system.")
     description: Annotated[str, Field(max_length=2000)] = F(
         "Free text for people; also the package's short description (Xcode's model viewer), so changing it rebuilds the package.")
+    drafts_for: Optional[Annotated[str, Field(min_length=1, max_length=1024)]] = F(
+        "role drafter: the worker spec this model drafts tokens for (a path relative to this spec). The compiler checks "
+        "that the pair shares tokenizer source, special tokens, vocabulary and chat template, and that the drafter's "
+        "context fits the worker's; both generated READMEs name the pair.", default=None)
+    speculative: Optional[Speculative] = F(
+        "role drafter with drafts_for: measure greedy speculative decoding against the worker (the drafter's teacher) "
+        "in the speculate job: acceptance rate and tokens per worker call, gated as speculate.*.", default=None)
     architecture: Architecture = F("Student architecture.")
     tokenizer: Tokenizer = F("Tokenizer.")
     teacher: Teacher = F("Teacher (discriminated by kind).")

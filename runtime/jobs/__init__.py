@@ -19,6 +19,7 @@ IMPLEMENTED = {
     "train": "runtime.jobs.train",
     "qat": "runtime.jobs.qat",
     "eval": "runtime.jobs.eval",
+    "speculate": "runtime.jobs.speculate",
     "export": "runtime.jobs.export",
     "convert": "runtime.jobs.convert",
     "gates": "runtime.jobs.gates",

@@ -235,6 +235,10 @@ def _teacher(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, world: 
         except RuntimeError as exc:
             raise TeacherJobError(f"teacher.path: {exc}") from exc
         where = f"teacher {folder}"
+        if not Path(folder).is_dir():  # a drafter's teacher is its worker's release, made by another spec's run
+            raise TeacherJobError(f"teacher.path {params.path!r} does not exist (looked at {folder}); when it is a worker's "
+                                  "release, publish the worker first: modelspec publish <worker spec> --to <dir>, "
+                                  "with teacher.path at <dir>/current/hf")
         model = load_hf_folder(folder, device)
         _check_tokenizers(folder, inputs["tokenizer"]["tokenizer"])
     else:  # pragma: no cover - params are typed

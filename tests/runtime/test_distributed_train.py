@@ -253,17 +253,19 @@ def _record(store: Path, job: str, overrides: list[str]) -> dict | None:
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> Path:
-    """The tiny toy spec's tokenizer, dataset and teacher, built by `modelspec run` on one process."""
-    from tests.runtime.test_pipeline_resume import cli, tiny_spec
+def tiny_store(tiny_run, tmp_path_factory) -> Path:
+    """The tiny toy spec's tokenizer, dataset and teacher, built by `modelspec run` on one process: the
+    session's shared tiny run, copied (placement is not in a fingerprint, so `nodes: 1` keeps its keys)."""
+    import shutil
 
-    spec = tiny_spec(tmp_path_factory.mktemp("tiny"))
+    root = tmp_path_factory.mktemp("tiny")
+    shutil.copytree(tiny_run.spec.parent, root, dirs_exist_ok=True)
+    shutil.copytree(tiny_run.store, root / "store", symlinks=True)
+    spec = root / "tiny.yaml"
     text = spec.read_text()  # --set can change a key the spec has, not add one: spell out the default nodes: 1
     assert text.count("resources: {device: cpu, nproc: 1}") == 1
     spec.write_text(text.replace("resources: {device: cpu, nproc: 1}", "resources: {device: cpu, nproc: 1, nodes: 1}"))
-    store = spec.parent / "store"
-    cli("run", str(spec), "--until", "teacher", "--allow-stale", workdir=store)
-    return store
+    return root / "store"
 
 
 @pytest.mark.slow

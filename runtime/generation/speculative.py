@@ -1,0 +1,86 @@
+"""Greedy speculative decoding in torch: a drafter proposes k tokens, the worker checks them in one call.
+
+One step: the drafter extends the sequence greedily by up to k tokens; the worker runs once over the
+sequence plus the draft and, at each drafted position, says which token it would have chosen. The
+longest prefix of the draft that matches is accepted, then the worker's own token at the first
+mismatch (or after the whole draft) is appended: every step emits between 1 and k + 1 tokens, and
+the output is, token for token, the worker's own greedy output (tested against `greedy`). Stops at
+eos or after `max_new` tokens, as the worker alone would.
+
+Models are callables from token ids ``[1, T]`` to logits ``[1, T, V]`` (the student, or a
+transformers model's ``.logits``); every call is a full forward (no cache), the reference behaviour
+the exported verify function and the app's cache must reproduce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Speculation:
+    tokens: list[int]  # generated, as the worker alone would generate them
+    steps: int = 0  # worker verify calls
+    drafted: int = 0  # tokens the drafter proposed
+    accepted: int = 0  # of those, the ones the worker agreed with
+    per_step: list[int] = field(default_factory=list)  # tokens emitted by each step
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+def _next(model: Model, ids: list[int], device: torch.device) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids], dtype=torch.long, device=device))[0]
+
+
+def greedy(worker: Model, prompt: list[int], max_new: int, eos: int, device: torch.device | str = "cpu") -> list[int]:
+    """The worker alone, one token per call: the output speculative decoding must reproduce."""
+    device = torch.device(device)
+    ids, out = list(prompt), []
+    while len(out) < max_new:
+        token = int(_next(worker, ids, device)[-1].argmax())
+        out.append(token)
+        ids.append(token)
+        if token == eos:
+            break
+    return out
+
+
+def speculate(drafter: Model, worker: Model, prompt: list[int], k: int, max_new: int, eos: int,
+              device: torch.device | str = "cpu") -> Speculation:
+    device = torch.device(device)
+    ids = list(prompt)
+    result = Speculation(tokens=[])
+    while len(result.tokens) < max_new and (not result.tokens or result.tokens[-1] != eos):
+        room = max_new - len(result.tokens)
+        draft: list[int] = []
+        for _ in range(min(k, room)):  # the drafter, greedy, one token per call
+            token = int(_next(drafter, ids + draft, device)[-1].argmax())
+            draft.append(token)
+            if token == eos:
+                break
+        # the worker once over sequence + draft: its choice after each prefix of the draft
+        choices = _next(worker, ids + draft, device)[len(ids) - 1:].argmax(-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == choices[accepted]:
+            accepted += 1
+        emitted = draft[:accepted]
+        if accepted < len(draft) or (not draft or draft[-1] != eos):
+            emitted.append(int(choices[accepted]))  # the worker's token at the first mismatch, or the bonus one
+        emitted = emitted[:room]
+        if eos in emitted:
+            emitted = emitted[: emitted.index(eos) + 1]
+        result.steps += 1
+        result.drafted += len(draft)
+        result.accepted += accepted
+        result.per_step.append(len(emitted))
+        result.tokens += emitted
+        ids += emitted
+    return result
