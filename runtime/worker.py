@@ -56,13 +56,7 @@ def run_job(kind: str, job_id: str, params_json: dict, inputs: dict[str, dict[st
     from .joblog import JobLog
     from .jobs import runner
 
-    cls = {
-        "tokenizer": params_mod.TokenizerParams, "dataset": params_mod.DatasetParams, "teacher": params_mod.TeacherParams,
-        "generate": params_mod.GenerateParams,
-        "train": params_mod.TrainParams, "qat": params_mod.QatParams, "export": params_mod.ExportParams,
-        "convert": params_mod.ConvertParams, "verify": params_mod.VerifyParams, "parity": params_mod.ParityParams,
-        "eval": params_mod.EvalParams, "gates": params_mod.GatesParams, "publish": params_mod.PublishParams,
-    }[kind]
+    cls = params_mod.BY_KIND[kind]
     params = cls.model_validate(params_json, strict=False)
     with JobLog(ctx_data.get("log"), job_id) as log:  # library warnings and chatter go to the job's log, not the console
 

@@ -234,3 +234,24 @@ def test_a_gate_the_model_does_not_meet_fails_the_run_and_blocks_publish(store: 
     assert jobs["gates"] == "failed" and jobs["publish"] != "ran"
     assert {j for j, a in jobs.items() if a == "ran"} == set(), jobs  # gates failed; nothing else was stale
     assert "eval.integration_f1_lax" in proc.stderr
+
+
+def test_the_toy_drafter_distils_from_the_published_worker_and_drafts_for_it(store: dict, tmp_path: Path) -> None:
+    """specs/toy-drafter.yaml end to end: the toy worker's release is its teacher (published here where the
+    drafter's teacher.path points), its speculate job measures acceptance against it, every gate passes."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for name in ("toy.yaml", "toy-drafter.yaml"):
+        shutil.copy(ROOT / "specs" / name, specs / name)
+    shutil.copytree(ROOT / "specs" / "data", specs / "data")
+    modelspec("publish", SPEC, "--to", str(tmp_path / "releases" / "toy-worker"), "--workdir", str(store["store"]), check=True)
+    proc = modelspec("run", str(specs / "toy-drafter.yaml"), "--allow-stale", "--workdir", str(store["store"]), "--json",
+                     check=True)
+    jobs = {j["id"]: j for j in json.loads(proc.stdout)["jobs"]}
+    assert jobs["tokenizer"]["action"] == "cached", "the worker's tokenizer, shared"
+    assert {j["action"] for i, j in jobs.items() if i != "tokenizer"} == {"ran"}
+    spec = json.loads(Path(jobs["speculate"]["outputs"]["report"]).read_text())
+    m = spec["metrics"]
+    assert m["worker_mismatches"]["value"] == 0 and m["acceptance_rate"]["n"] > 200, spec
+    gates = json.loads(Path(jobs["gates"]["outputs"]["report"]).read_text())
+    assert gates["passed"] and {g["metric"]: g["outcome"] for g in gates["gates"]}["speculate.acceptance_rate"] == "pass"

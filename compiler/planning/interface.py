@@ -54,6 +54,11 @@ def functions(spec: Spec) -> list[FunctionP]:
             inputs += [TensorP(name=n, dtype=kv, shape=_cache_shape(spec, decode.cache_len)) for n in ("key_cache", "value_cache")]
             outputs += [TensorP(name=n, dtype=kv, shape=_cache_shape(spec, decode.cache_len)) for n in ("present_keys", "present_values")]
         out.append(FunctionP(name="decode", role="decode", seq_lens=[1], inputs=inputs, outputs=outputs, states=states))
+        if decode.verify_k:  # decode of the last accepted token plus k drafted ones (docs/roles.md)
+            t = decode.verify_k + 1
+            v_inputs = [TensorP(name="input_ids", dtype="int32", shape=[b, t]), inputs[1], *inputs[2:]]
+            v_outputs = [TensorP(name="logits", dtype=logits, shape=[b, t, v]), *outputs[1:]]
+            out.append(FunctionP(name="verify", role="verify", seq_lens=[t], inputs=v_inputs, outputs=v_outputs, states=states))
     return out
 
 

@@ -211,8 +211,8 @@ class TensorP(Params):
 
 class FunctionP(Params):
     name: str
-    role: Literal["prefill", "decode"]
-    seq_lens: list[int]  # the lengths this function accepts (one unless enumerated)
+    role: Literal["prefill", "decode", "verify"]  # verify: decode of k + 1 tokens at once (speculative decoding)
+    seq_lens: list[int]  # the lengths this function accepts (one unless enumerated; verify: k + 1)
     inputs: list[TensorP]
     outputs: list[TensorP]
     states: list[TensorP]
@@ -332,3 +332,11 @@ class PublishParams(Params):
     version: str
     role: str  # the runtime config tells the app what the model is for
     special_tokens: dict[str, SpecialTokenP]  # ids and texts for the runtime config (bos rule, stop ids)
+
+
+# job kind -> its params class: what a worker validates a job's JSON params with (runtime/worker.py)
+BY_KIND: dict[str, type[Params]] = {
+    "tokenizer": TokenizerParams, "dataset": DatasetParams, "teacher": TeacherParams, "generate": GenerateParams,
+    "train": TrainParams, "qat": QatParams, "export": ExportParams, "convert": ConvertParams, "verify": VerifyParams,
+    "parity": ParityParams, "eval": EvalParams, "speculate": SpeculateParams, "gates": GatesParams, "publish": PublishParams,
+}

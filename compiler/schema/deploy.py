@@ -17,6 +17,10 @@ ISLAND_OPS = (
 class DecodeOn(SpecModel):
     enabled: Literal[True] = F("Export a one-token decode function with a KV cache.")
     cache_len: PosInt = F("KV-cache length (<= architecture.max_context).", unit="tokens")
+    verify_k: Optional[Annotated[int, Field(ge=1, le=16)]] = F(
+        "Also export `verify`: the last accepted token plus k drafted tokens written to the cache and scored in one call, "
+        "for speculative decoding with a drafter (docs/roles.md: cache semantics of a rejected draft).", unit="tokens",
+        default=None)
 
 
 class DecodeOff(SpecModel):

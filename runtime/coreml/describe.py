@@ -43,6 +43,9 @@ def feature_descriptions(fn: FunctionP, special: dict[str, SpecialTokenP]) -> di
             text = (f"Token ids, {shape}: {_id(special, 'bos')} first, then the prompt's tokens, right-padded with "
                     f"{_id(special, 'pad')} to {length}")
             text += f"; writes cache positions {span} (decode overwrites the padded ones)." if (stateful or cache) else "."
+        elif t.name == "input_ids" and fn.role == "verify":
+            text = (f"The last accepted token then {length - 1} drafted ones, {shape}, at positions `position`.."
+                    f"`position`+{length - 1}; a rejected draft's cache entries are overwritten by the next call, never read.")
         elif t.name == "input_ids":
             text = f"The next token id, {shape}, at `position`."
         elif t.name == "position":
@@ -60,6 +63,9 @@ def feature_descriptions(fn: FunctionP, special: dict[str, SpecialTokenP]) -> di
         if t.name == "logits" and fn.role == "prefill":
             text = (f"Next-token scores, {shape}: row i scores the token after position i; read the row of the "
                     "last real (unpadded) token.")
+        elif t.name == "logits" and fn.role == "verify":
+            text = (f"Next-token scores, {shape}: row i scores the token after `position`+i; accept drafted token i+1 "
+                    "while it is row i's argmax, then take the first disagreeing row's argmax.")
         elif t.name == "logits":
             text = f"Next-token scores, {shape}: the token after `position`."
         elif t.name in ("present_keys", "present_values") and fn.role == "prefill":
@@ -73,7 +79,8 @@ def feature_descriptions(fn: FunctionP, special: dict[str, SpecialTokenP]) -> di
         out["outputs"][t.name] = text
     for t in fn.states:
         what = "keys" if t.name == "key_cache" else "values"
-        writes = f"positions {span}" if fn.role == "prefill" else "`position`"
+        writes = f"positions {span}" if fn.role == "prefill" else (
+            f"`position`..`position`+{length - 1}" if fn.role == "verify" else "`position`")
         out["states"][t.name] = (f"KV cache {what} (state, shared by prefill and decode), {t.dtype} {_shape(t, fn.seq_lens)} "
                                  f"{CACHE_AXES}: this function writes {writes}; a new state per sequence.")
     return out

@@ -166,6 +166,28 @@ def decode_checks(run: Runner, student: Student, kv: torch.dtype) -> list[dict[s
     return [reproduce, _uses_cache(run, ids[:, prefix_len:prefix_len + 1], prefix_len, k0, v0, got[0])]
 
 
+def verify_checks(run: Runner, student: Student, kv: torch.dtype) -> list[dict[str, Any]]:
+    """`verify` (k + 1 tokens per call) reproduces the full forward, also after a rejected draft: a call
+    at an earlier position with other tokens overwrites the stale entries and never reads them."""
+    fn, vocab = run.fn, student.arch.vocab_size
+    out_dtype = torch_dtype(fn.outputs[0].dtype)
+    t, cache_len = fn.seq_lens[0], fn_cache_len(fn)
+    prefix_len = max(1, min(cache_len // 4, cache_len - 2 * t))
+    ids = _tokens(prefix_len + t, vocab, seed=5)
+    alt = _tokens(t, vocab, seed=6)
+    _, k, v = student.prefill(ids[:, :prefix_len], *_empty_cache(student, cache_len, kv))
+    k0, v0 = k.clone(), v.clone()
+    pos = torch.tensor([prefix_len], dtype=torch.int32)
+    logits, k, v = _decode_step(run, ids[:, prefix_len:], pos, k, v)
+    ref = student(ids)[:, prefix_len:]
+    reproduce = _record("verify_reproduces_full", _diff(logits, ref), _tol(ref, out_dtype), prefix_len=prefix_len, tokens=t)
+    # the app accepted one token of the draft: the next call starts right after it, with other tokens
+    again, _, _ = _decode_step(run, alt, torch.tensor([prefix_len + 1], dtype=torch.int32), k, v)
+    ref2 = student(torch.cat([ids[:, :prefix_len + 1], alt], dim=1))[:, prefix_len + 1:]
+    rejected = _record("verify_after_a_rejected_draft", _diff(again, ref2), _tol(ref2, out_dtype), accepted=1)
+    return [reproduce, rejected, _uses_cache(run, ids[:, prefix_len:], prefix_len, k0, v0, logits)]
+
+
 def _decode_step(run: Runner, token: Tensor, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if run.stateful:
         run.set_cache(k, v)

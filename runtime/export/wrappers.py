@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from compiler.planning.params import FunctionP, TensorP
-from runtime.model.student import Student, allowed_mask
+from runtime.model.student import Student, allowed_mask, span
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "int32": torch.int32}
 
@@ -137,6 +137,40 @@ class StateDecode(StateCache):
         return logits.to(self.logits_dtype)
 
 
+class StateVerify(StateCache):
+    """k + 1 tokens at `position` .. `position` + k (the last accepted token and k drafted ones):
+    written to the cache, each attending to the cache at positions <= its own (`Student.extend`).
+    Entries past the written span (a rejected draft's) are neither read nor changed."""
+
+    def forward(self, input_ids: Tensor, position: Tensor) -> Tensor:
+        t = input_ids.shape[1]
+        cache_len = self.key_cache.shape[3]
+        k_pos = torch.arange(cache_len, device=input_ids.device)
+        start = position.reshape(1).to(k_pos.dtype)
+        q_pos = (start + torch.arange(t, device=input_ids.device))[None]
+        written, index = span(k_pos, start, t)
+
+        def writer(i: int):
+            def write(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+                self.key_cache[i] = torch.where(written, k.to(self.key_cache.dtype).index_select(2, index), self.key_cache[i])
+                self.value_cache[i] = torch.where(written, v.to(self.value_cache.dtype).index_select(2, index), self.value_cache[i])
+                return self.key_cache[i], self.value_cache[i]
+            return write
+
+        logits = self.model.run_layers(input_ids, q_pos, allowed_mask(q_pos, k_pos[None]),
+                                       [writer(i) for i in range(len(self.model.layers))])
+        return logits.to(self.logits_dtype)
+
+
+class ExplicitVerify(_Function):
+    """`Student.extend` with the cache as inputs and the updated cache as outputs."""
+
+    def forward(self, input_ids: Tensor, position: Tensor, key_cache: Tensor,
+                value_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, k, v = self.model.extend(input_ids, position, key_cache, value_cache)
+        return logits.to(self.logits_dtype), k, v
+
+
 class ExplicitPrefill(_Function):
     """Returns the logits and the T positions' keys and values `[n_layers, B, n_kv_heads, T, d_head]`."""
 
@@ -177,7 +211,7 @@ def wrap(model: Student, fn: FunctionP, decode_cache: str | None) -> nn.Module:
             return ExplicitPrefill(model, fn)
         return PlainPrefill(model, fn)
     if decode_cache == "state":
-        return StateDecode(model, fn)
+        return StateVerify(model, fn) if fn.role == "verify" else StateDecode(model, fn)
     if decode_cache == "explicit":
-        return ExplicitDecode(model, fn)
+        return ExplicitVerify(model, fn) if fn.role == "verify" else ExplicitDecode(model, fn)
     raise ValueError(f"function {fn.name!r}: decode needs decode_cache 'state' or 'explicit', got {decode_cache!r}")

@@ -15,7 +15,9 @@ the exported verify function and the app's cache must reproduce.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 import torch
 
@@ -84,3 +86,55 @@ def speculate(drafter: Model, worker: Model, prompt: list[int], k: int, max_new:
         result.tokens += emitted
         ids += emitted
     return result
+
+
+def speculate_packages(drafter: Any, worker: Any, prompt: list[int], prefill: str, length: int, pad: int, k: int,
+                       max_new: int, eos: int, cache_len: int) -> tuple[Speculation, list[int]]:
+    """Greedy speculative decoding with two packages (runtime/speed/backends.py: CoreML, or the reference
+    interpreter), each with its KV cache: the drafter decodes, the worker checks the last accepted token
+    plus k drafts with its `verify` function in one call. Returns the speculation and the worker's own
+    greedy output (prefill then `decode`), which it must equal.
+
+    Cache semantics: a verify call at position p writes p .. p + k; when only a of the k drafts are
+    accepted, the next call starts at p + a + 1 and overwrites the rejected entries, which no call reads
+    (each query attends to positions <= its own). The drafter's cache is handled the same way."""
+    ids = np.full((1, length), pad, np.int32)
+    ids[0, :len(prompt)] = prompt
+    n = len(prompt)
+
+    ws = worker.new_state()
+    ref_first = int(np.argmax(worker.prefill(prefill, ids, ws)[n - 1]))
+    reference, token, pos = [ref_first], ref_first, n
+    while len(reference) < max_new and token != eos and pos < cache_len:
+        token = int(np.argmax(worker.decode(token, pos, ws)))
+        reference.append(token)
+        pos += 1
+
+    ws, ds = worker.new_state(), drafter.new_state()
+    last = int(np.argmax(worker.prefill(prefill, ids, ws)[n - 1]))
+    drafter.prefill(prefill, ids, ds)
+    result = Speculation(tokens=[last])
+    pos = n  # where `last` goes
+    while len(result.tokens) < max_new and last != eos and pos + k < cache_len:
+        draft, token = [], last
+        for i in range(k):  # the drafter: `last` at pos, then its own tokens
+            token = int(np.argmax(drafter.decode(token, pos + i, ds)))
+            draft.append(token)
+        choices = [int(t) for t in np.argmax(worker.verify([last, *draft], pos, ws), axis=-1)]
+        accepted = 0
+        while accepted < k and draft[accepted] == choices[accepted]:
+            accepted += 1
+        if accepted == k:  # the drafter never consumed its last draft: put it in its cache
+            drafter.decode(draft[-1], pos + k, ds)
+        emitted = [*draft[:accepted], choices[accepted]]
+        emitted = emitted[: max_new - len(result.tokens)]
+        if eos in emitted:
+            emitted = emitted[: emitted.index(eos) + 1]
+        result.steps += 1
+        result.drafted += k
+        result.accepted += accepted
+        result.per_step.append(len(emitted))
+        result.tokens += emitted
+        pos += len(emitted)
+        last = emitted[-1]
+    return result, reference[: len(result.tokens)]

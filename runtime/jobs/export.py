@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from compiler.planning.params import ExportParams
-from runtime.export.checks import Runner, decode_checks, prefill_checks
+from runtime.export.checks import Runner, decode_checks, prefill_checks, verify_checks
 from runtime.export.contract import ContractError, check_contract
 from runtime.export.program import describe, export_function, save_and_reload
 from runtime.export.wrappers import torch_dtype, wrap
@@ -59,6 +59,8 @@ def run_checks(program: torch.nn.Module, params: ExportParams, student: Any) -> 
         return prefill_checks(run, student, kv)
     if kv is None:
         raise ExportJobError(f"function {params.function.name!r}: a decode function needs a KV cache in its contract")
+    if params.function.role == "verify":
+        return verify_checks(run, student, kv)
     return decode_checks(run, student, kv)
 
 

@@ -126,6 +126,8 @@ def runtime_config(params: PublishParams, convert: dict[str, Any], tokenizer: Pa
                        for n in fn["seq_lens"]), key=lambda p: (p["length"], p["function"]))
     decodes = [name for name, fn in functions.items() if fn["role"] == "decode"]
     decode = decodes[0] if decodes else None
+    verifies = [{"function": name, "tokens": fn["seq_lens"][0], "drafted": fn["seq_lens"][0] - 1}
+                for name, fn in functions.items() if fn["role"] == "verify"]
     cache = _cache(functions, decode)
     if not prefills:
         raise ConfigError("the package has no prefill function")
@@ -149,6 +151,8 @@ def runtime_config(params: PublishParams, convert: dict[str, Any], tokenizer: Pa
         "functions": functions,
         "prefill_functions": prefills,
         "decode_function": decode,
+        # speculative decoding (docs/roles.md): the last accepted token plus `drafted` tokens scored in one call
+        "verify_function": verifies[0] if verifies else None,
         "cache": cache,
         "max_tokens": cache["length"] if cache else prefills[-1]["length"],
         "vocab_size": logits["shape"][-1],

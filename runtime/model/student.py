@@ -227,6 +227,14 @@ def _identity_kv(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     return k, v
 
 
+def span(k_pos: Tensor, start: Tensor, t: int) -> tuple[Tensor, Tensor]:
+    """Which cache positions `[1, 1, S, 1]` a write of t tokens at `start` covers, and for each
+    position the index of its token among the t (0 where none: discarded by the mask)."""
+    rel = k_pos - start
+    written = (rel >= 0) & (rel < t)
+    return written.view(1, 1, -1, 1), torch.where(written, rel, torch.zeros_like(rel))
+
+
 class Student(nn.Module):
     """The student LM; `Student(arch, seed)` is deterministic for a given seed and device."""
 
@@ -364,6 +372,33 @@ class Student(nn.Module):
 
         allowed = allowed_mask(q_pos, k_pos[None])
         logits = self.run_layers(input_ids, q_pos, allowed, [writer(i) for i in range(len(self.layers))])
+        return logits, torch.stack(new_k), torch.stack(new_v)
+
+    def extend(self, input_ids: Tensor, position: Tensor, key_cache: Tensor,
+               value_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """T tokens `[B, T]` at positions `position` .. `position` + T - 1 (`position` a `[1]` int tensor):
+        written to the cache, each attending to the cache at positions <= its own (speculative decoding's
+        verify). Cache entries past the last written position (a rejected draft's) are neither read nor
+        changed: the next call at the first rejected position overwrites them. T = 1 is `decode`."""
+        t = input_ids.shape[1]
+        cache_len = key_cache.shape[3]
+        k_pos = torch.arange(cache_len, device=input_ids.device)
+        start = position.reshape(1).to(k_pos.dtype)
+        q_pos = (start + torch.arange(t, device=input_ids.device))[None]
+        written, index = span(k_pos, start, t)
+        new_k: list[Tensor] = []
+        new_v: list[Tensor] = []
+
+        def writer(i: int) -> KVFn:
+            def write(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+                k_all = torch.where(written, k.to(key_cache.dtype).index_select(2, index), key_cache[i])
+                v_all = torch.where(written, v.to(value_cache.dtype).index_select(2, index), value_cache[i])
+                new_k.append(k_all)
+                new_v.append(v_all)
+                return k_all, v_all
+            return write
+
+        logits = self.run_layers(input_ids, q_pos, allowed_mask(q_pos, k_pos[None]), [writer(i) for i in range(len(self.layers))])
         return logits, torch.stack(new_k), torch.stack(new_v)
 
     def empty_cache(self, batch: int, cache_len: int | None = None) -> tuple[Tensor, Tensor]:

@@ -71,6 +71,16 @@ class _Runner:
             state["caches"] = (np.asarray(out["present_keys"]), np.asarray(out["present_values"]))
         return np.asarray(out["logits"], dtype=np.float32)[0, 0]
 
+    def verify(self, tokens: list[int], position: int, state: dict[str, Any]) -> np.ndarray:
+        """The worker's `verify`: tokens at `position`.. in one call -> logits [len(tokens), V]."""
+        inputs = {"input_ids": np.array([tokens], np.int32), "position": np.array([position], np.int32)}
+        if self.cache == "explicit":
+            inputs["key_cache"], inputs["value_cache"] = state["caches"]
+        out = self._predict("verify", inputs, state)
+        if self.cache == "explicit":
+            state["caches"] = (np.asarray(out["present_keys"]), np.asarray(out["present_values"]))
+        return np.asarray(out["logits"], dtype=np.float32)[0]
+
     def close(self) -> None:
         pass
 

@@ -67,7 +67,7 @@ def _io(params: VerifyParams, obs: dict[str, Any]) -> list[Mismatch]:
 
 def _function_io(fn: FunctionP, o: dict[str, Any]) -> list[Mismatch]:
     out: list[Mismatch] = []
-    key = "shapes.decode" if fn.role == "decode" else "shapes.prefill"
+    key = {"decode": "shapes.decode", "verify": "shapes.decode.verify_k"}.get(fn.role, "shapes.prefill")
     for kind, wanted in (("inputs", fn.inputs), ("outputs", fn.outputs), ("states", fn.states)):
         where = "export.coreml.decode_cache" if kind == "states" else key
         have = {t["name"]: t for t in o[kind]}

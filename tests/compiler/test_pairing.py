@@ -98,3 +98,4 @@ def test_speculative_without_a_worker_is_refused(tmp_path: Path):
     edit(tmp_path / "d.yaml", "drafts_for: worker-9b.yaml   # ", "# ")
     assert any(p.startswith("speculative: speculative decoding is measured for a drafter against the worker")
                for p in refused(tmp_path / "d.yaml"))
+

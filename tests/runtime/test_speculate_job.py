@@ -35,3 +35,12 @@ def test_the_tiny_student_drafts_for_its_teacher(tiny_run, tmp_path):
     assert 0.0 <= m["acceptance_rate"]["value"] <= 1.0 and m["acceptance_rate"]["n"] > 0
     assert 1.0 <= m["tokens_per_step"]["value"] <= 4.0 and report["k"] == 3 and report["drafter"] == "qat"
     assert metrics["acceptance_rate"] == m["acceptance_rate"]["value"]
+
+
+def test_every_job_kind_has_params_and_a_runner():
+    """A kind the planner emits is one the worker can validate and run (`speculate` was missed once)."""
+    from compiler.planning.jobs import KINDS, READS, WHY
+    from compiler.planning.params import BY_KIND
+    from runtime.jobs import IMPLEMENTED
+
+    assert set(KINDS) == set(BY_KIND) == set(IMPLEMENTED) == set(READS) == set(WHY)
