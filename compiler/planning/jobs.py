@@ -44,7 +44,7 @@ WHY = {
     "generate": "The teacher answers data.prompts (tool calls answered from fixtures); verified transcripts join the train split.",
     "train": "Distills the student from the teacher (the KD stage) with every loss term from the spec.",
     "qat": "Continues training with fake quantization per the resolved recipe; export consumes its checkpoint.",
-    "export": "torch.export of one package function (a prefill shape or decode), checked against contracts/io.json.",
+    "export": "torch.export of one package function (a prefill shape, decode or verify), checked against contracts/io.json.",
     "convert": "Converts the exported programs to one CoreML ML program with the recipe, islands and metadata.",
     "verify": "Reads the package and checks it against the compiled contracts.",
     "parity": "Runs one function in a reference interpreter and compares it with torch.",

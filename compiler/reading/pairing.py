@@ -96,6 +96,12 @@ def pairing(spec: Spec, spec_dir: str, load: Callable[[str], Spec]) -> Iterator[
     if _template(spec, spec_dir) != _template(worker, wdir):
         yield (("tokenizer", "chat_template") if mine.chat_template else ("tokenizer",),
                f"the chat template differs from worker {worker.name}'s", "use the worker's chat template file")
+    k = spec.speculative.k if spec.speculative is not None else None
+    verify_k = worker.shapes.decode.verify_k if worker.shapes.decode.enabled else None
+    if k is not None and k != verify_k:
+        yield (("speculative", "k"), f"the drafter drafts {k} tokens per call and worker {worker.name} "
+               + (f"verifies {verify_k}" if verify_k else "exports no verify function"),
+               f"set shapes.decode.verify_k: {k} in the worker's spec (its package then verifies k drafted tokens in one call)")
     if spec.architecture.max_context > worker.architecture.max_context:
         yield (("architecture", "max_context"), f"max_context {spec.architecture.max_context} exceeds worker "
                f"{worker.name}'s {worker.architecture.max_context}", "a drafter cannot draft past the worker's context")

@@ -166,6 +166,7 @@ def decode_checks(run: Runner, student: Student, kv: torch.dtype) -> list[dict[s
     return [reproduce, _uses_cache(run, ids[:, prefix_len:prefix_len + 1], prefix_len, k0, v0, got[0])]
 
 
+@torch.no_grad()
 def verify_checks(run: Runner, student: Student, kv: torch.dtype) -> list[dict[str, Any]]:
     """`verify` (k + 1 tokens per call) reproduces the full forward, also after a rejected draft: a call
     at an earlier position with other tokens overwrites the stale entries and never reads them."""

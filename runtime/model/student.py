@@ -231,7 +231,7 @@ def span(k_pos: Tensor, start: Tensor, t: int) -> tuple[Tensor, Tensor]:
     """Which cache positions `[1, 1, S, 1]` a write of t tokens at `start` covers, and for each
     position the index of its token among the t (0 where none: discarded by the mask)."""
     rel = k_pos - start
-    written = (rel >= 0) & (rel < t)
+    written = torch.logical_and(rel >= 0, rel < t)  # coremltools converts logical_and, not &
     return written.view(1, 1, -1, 1), torch.where(written, rel, torch.zeros_like(rel))
 
 

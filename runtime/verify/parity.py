@@ -131,7 +131,7 @@ class Parity:
             return model(torch.from_numpy(ids.astype(np.int64))).float().numpy()[0]
 
     def _decode_tokens(self, s: Sample) -> np.ndarray:
-        return s.ids[:, : self.decode_steps] if self.fn.role == "decode" else s.ids[:, : s.n]
+        return s.ids[:, : self.decode_steps] if self.fn.role != "prefill" else s.ids[:, : s.n]
 
     def torch_figures(self, model: Any, shapes: list[Shape], attr: str) -> None:
         for shape in shapes:
@@ -185,16 +185,28 @@ class Parity:
             out.append(np.asarray(r.outputs["logits"], dtype=np.float32)[0, 0])
         return np.stack(out)
 
+    def _verify(self, ids: np.ndarray) -> np.ndarray:
+        """`verify` over the tokens in chunks of its length from position 0 (an empty cache), each chunk
+        a call at the position after the previous one: the logits of every position."""
+        t, states, out = self.fn.seq_lens[0], None, []
+        for start in range(0, ids.shape[1], t):
+            r = self._call("verify", {"input_ids": ids[:, start: start + t], "position": np.array([start], np.int32)}, states)
+            states = r.states
+            out.append(np.asarray(r.outputs["logits"], dtype=np.float32)[0])
+        return np.concatenate(out)
+
     def _run(self, ids: np.ndarray) -> np.ndarray:
-        """All real-position logits of one input under the function (prefill, or decode step by step)."""
+        """All real-position logits of one input under the function (prefill, decode step by step, verify by chunks)."""
         if self.fn.role == "decode":
             return self._decode([int(t) for t in ids[0]], 0, None)
+        if self.fn.role == "verify":
+            return self._verify(ids)
         return self._prefill(ids)[0]
 
     def interp_figures(self, shapes: list[Shape], attr: str) -> None:
         for shape in shapes:
             for s in shape.samples:
-                ids = self._decode_tokens(s) if self.fn.role == "decode" else s.ids
+                ids = self._decode_tokens(s) if self.fn.role != "prefill" else s.ids
                 getattr(shape.fig, attr).append(self._run(ids)[s.positions])
 
     def causality(self, shape: Shape) -> Check:
@@ -202,7 +214,7 @@ class Parity:
         positions; the unchanged run is the sample's own figure)."""
         sample = shape.samples[0]
         tokens = self._decode_tokens(sample)
-        n = tokens.shape[1] if self.fn.role == "decode" else sample.n
+        n = tokens.shape[1] if self.fn.role != "prefill" else sample.n
         p = max(1, n // 2)
         changed = (sample.ids if self.fn.role == "prefill" else tokens).copy()
         changed[0, p: n] = (changed[0, p: n] + 1 - 9) % (self.vocab - 9) + 9
@@ -285,6 +297,8 @@ def measure(package: Path, fn: FunctionP, checkpoint: Path, *, samples: int, dec
     from runtime.model.checkpoint import load_student
 
     report: dict[str, Any] = {"function": fn.name, "role": fn.role}
+    if fn.role == "verify":  # whole calls: the decode steps rounded up to the verify length
+        decode_steps = -(-decode_steps // fn.seq_lens[0]) * fn.seq_lens[0]
     parity = Parity(package, fn, 0, decode_steps, cache_mb)
     missing_ops = parity.unsupported()
     if missing_ops:
@@ -300,7 +314,7 @@ def measure(package: Path, fn: FunctionP, checkpoint: Path, *, samples: int, dec
     shapes = []
     for length in run_lengths:
         shape = Shape(length, _samples(length, samples, vocab, seed + length, 9, decode_steps, positions))
-        if fn.role == "decode":  # every sample decodes `decode_steps` tokens, its padding included
+        if fn.role != "prefill":  # every sample decodes `decode_steps` tokens, its padding included
             for s in shape.samples:
                 s.positions = positions_of(decode_steps, positions)
         if fn.role == "prefill" and len(shape.samples) > 1:

@@ -60,7 +60,7 @@ def test_functions_states_and_default_are_the_contracts(converted: dict) -> None
     contract = json.loads(IO.read_text())
     info = converted["info"]
     assert info["default_function"] == contract["default_function"] == "prefill_64"
-    assert sorted(info["functions"]) == sorted(contract["functions"]) == ["decode", "prefill_128", "prefill_256", "prefill_64"]
+    assert sorted(info["functions"]) == sorted(contract["functions"]) == ["decode", "prefill_128", "prefill_256", "prefill_64", "verify"]
     for name, fn in contract["functions"].items():
         got = info["functions"][name]
         for kind in ("inputs", "outputs", "states"):
@@ -136,7 +136,7 @@ def test_standard_metadata_and_a_description_of_every_feature(converted: dict) -
                                                      "short_description": spec.description}
     desc = load_spec(converted["package"]).description
     texts = {fd.name: {f.name: f.shortDescription for f in [*fd.input, *fd.output, *fd.state]} for fd in desc.functions}
-    assert sorted(texts) == ["decode", "prefill_128", "prefill_256", "prefill_64"]
+    assert sorted(texts) == ["decode", "prefill_128", "prefill_256", "prefill_64", "verify"]
     assert all(text for fn in texts.values() for text in fn.values()), texts
     assert texts["prefill_64"]["input_ids"].startswith("Token ids, int32 [1, 64]: bos (1) first")
     assert "right-padded with pad (0) to 64" in texts["prefill_64"]["input_ids"]
@@ -147,7 +147,7 @@ def test_standard_metadata_and_a_description_of_every_feature(converted: dict) -
     for name, fn in converted["report"]["functions"].items():  # the report carries them for the release's runtime config
         got = fn["package"]["descriptions"]
         assert {**got["inputs"], **got["outputs"], **got["states"]} == texts[name]
-        assert fn["role"] == ("decode" if name == "decode" else "prefill")
+        assert fn["role"] == {"decode": "decode", "verify": "verify"}.get(name, "prefill")
 
 
 @pytest.mark.slow
@@ -258,7 +258,7 @@ def test_enumerated_packaging_is_one_prefill_with_enumerated_shapes(tmp_path: Pa
     from runtime.coreml.package import inspect
 
     info = inspect(package)
-    assert sorted(info["functions"]) == ["decode", "prefill"] and info["default_function"] == "prefill"
+    assert sorted(info["functions"]) == ["decode", "prefill", "verify"] and info["default_function"] == "prefill"
     (ids,) = info["functions"]["prefill"]["inputs"]
     assert ids["enumerated_shapes"] == [[1, 64], [1, 128], [1, 256]] and ids["dtype"] == "int32"
     assert info["functions"]["prefill"]["descriptions"]["inputs"]["input_ids"].startswith(

@@ -34,10 +34,12 @@ from tests.runtime.toy_exports import save_checkpoint
 TOY = SPECS / "toy.yaml"
 EDITS_SMALL = {  # exact text of specs/toy.yaml -> the reduced spec's
     "prefill: [64, 128, 256]": "prefill: [64]",
+    "cache_len: 256, verify_k: 4}": "cache_len: 256}",  # no verify function: tests/runtime/test_verify_function.py
     "{until_step: 400, seq_len: 128}": "{until_step: 400, seq_len: 64}",  # training shapes must be exported ones
 }
 EDITS_ENUMERATED = {
     "prefill: [64, 128, 256]": "prefill: [64, 128]",
+    "cache_len: 256, verify_k: 4}": "cache_len: 256}",
     "packaging: multifunction": "packaging: enumerated",
 }
 

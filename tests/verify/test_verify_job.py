@@ -43,7 +43,7 @@ def test_the_good_package_passes_and_its_observed_contract_is_complete(toy_packa
     assert metrics["_verdict"]["ok"], report["mismatches"]
     assert report["passed"] and report["not_checked"] == []
     obs = report["observed"]
-    assert set(obs["functions"]) == {"prefill_64", "prefill_128", "prefill_256", "decode"}
+    assert set(obs["functions"]) == {"prefill_64", "prefill_128", "prefill_256", "decode", "verify"}
     assert obs["default_function"] == "prefill_64" and obs["problems"] == []
     plan = {q.module: q for q in _params().quantization}
     for fn in obs["functions"].values():
