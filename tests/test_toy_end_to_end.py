@@ -186,7 +186,7 @@ def test_verify_outside_the_run_finds_its_checkpoint_and_passes(store: dict) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["passed"] and not report["mismatches"]
-    assert set(report["parity"]) == {"prefill_64", "prefill_128", "prefill_256", "decode"}
+    assert set(report["parity"]) == {"prefill_64", "prefill_128", "prefill_256", "decode", "verify"}
     assert all(p["passed"] for p in report["parity"].values())
 
 

@@ -33,8 +33,8 @@ LENGTHS = {"toy": (64, 128, 256), "w9": (4096, 8192, 16384)}
 
 def plan_sets(lengths, generate: bool, parity_lengths=None) -> dict[str, frozenset[str]]:
     """`parity_lengths`: the prefill lengths with a parity job (export.parity.lengths; None: all)."""
-    exports = frozenset({f"export-prefill-{t}" for t in lengths} | {"export-decode"})
-    parity = frozenset({f"parity-prefill-{t}" for t in (parity_lengths or lengths)} | {"parity-decode"})
+    exports = frozenset({f"export-prefill-{t}" for t in lengths} | {"export-decode", "export-verify"})  # verify: decode.verify_k
+    parity = frozenset({f"parity-prefill-{t}" for t in (parity_lengths or lengths)} | {"parity-decode", "parity-verify"})
     from_convert = frozenset({"convert", "verify", "gates", "publish"}) | parity
     package = exports | from_convert
     from_qat = frozenset({"qat", "eval"}) | package
@@ -49,7 +49,7 @@ def plan_sets(lengths, generate: bool, parity_lengths=None) -> dict[str, frozens
 
 # the toy runs parity at every length; worker-9b at export.parity's default, the smallest
 T, W = plan_sets(LENGTHS["toy"], generate=True), plan_sets(LENGTHS["w9"], generate=False, parity_lengths=(4096,))
-W_SMALLEST_MOVES = frozenset({"convert", "verify", "parity-decode", "gates", "publish"})  # parity-prefill-4096 leaves or comes
+W_SMALLEST_MOVES = frozenset({"convert", "verify", "parity-decode", "parity-verify", "gates", "publish"})  # parity-prefill-4096 leaves or comes
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ CATALOGUE = [
          "REEXPORT", W_SMALLEST_MOVES, ("shapes.prefill[2048]",),
          added=frozenset({"export-prefill-2048", "parity-prefill-2048"}), removed=frozenset({"parity-prefill-4096"})),
     # the cache is a CoreML state: its length is not something a consumer feeds
-    Edit("decode-cache-len", "toy", (R("decode: {enabled: true, cache_len: 256}", "decode: {enabled: true, cache_len: 512}"),),
+    Edit("decode-cache-len", "toy", (R("decode: {enabled: true, cache_len: 256,", "decode: {enabled: true, cache_len: 512,"),),
          "REEXPORT", T["PACKAGE"], ("shapes.decode.cache_len",), base=(R("max_context: 256", "max_context: 512"),)),
     # --- RETRAIN: tokenizer, dataset, teacher, train, qat -----------------------------------
     Edit("learning-rate", "toy", (R("lr: 3.0e-3,", "lr: 2.0e-3,"),), "RETRAIN", T["FROM_TRAIN"], ("training.optimizer.lr",)),
@@ -192,7 +192,7 @@ CATALOGUE = [
     Edit("decode-cache-explicit", "toy", (R("decode_cache: state", "decode_cache: explicit"),), "BREAKING_CONTRACT",
          T["PACKAGE"], ("export.coreml.decode_cache",)),
     Edit("packaging-enumerated", "toy", (R("packaging: multifunction", "packaging: enumerated"),), "BREAKING_CONTRACT",
-         frozenset({"convert", "verify", "parity-decode", "gates", "publish"}), ("export.coreml.packaging",),
+         frozenset({"convert", "verify", "parity-decode", "parity-verify", "gates", "publish"}), ("export.coreml.packaging",),
          added=frozenset({"export-prefill", "parity-prefill"}),
          removed=frozenset({f"{k}-prefill-{t}" for k in ("export", "parity") for t in (64, 128, 256)})),
     # (the curriculum trains on every shipped length, so the removed one is added in the base)

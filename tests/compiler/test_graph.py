@@ -25,8 +25,9 @@ MODELSPEC = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from
 # Export jobs per shipped spec: one per package function (multifunction: one per prefill
 # shape; enumerated: one for all shapes), plus decode when it is enabled.
 EXPORTS = {
-    "toy.yaml": {"export-prefill-64", "export-prefill-128", "export-prefill-256", "export-decode"},
-    "worker-9b.yaml": {"export-prefill-4096", "export-prefill-8192", "export-prefill-16384", "export-decode"},
+    "toy.yaml": {"export-prefill-64", "export-prefill-128", "export-prefill-256", "export-decode", "export-verify"},
+    "toy-drafter.yaml": {"export-prefill-64", "export-prefill-128", "export-prefill-256", "export-decode"},
+    "worker-9b.yaml": {"export-prefill-4096", "export-prefill-8192", "export-prefill-16384", "export-decode", "export-verify"},
     "drafter-4b.yaml": {"export-prefill-2048", "export-prefill-4096", "export-decode"},
     "judge-4b.yaml": {"export-prefill"},  # enumerated packaging, decode disabled
 }
@@ -175,12 +176,14 @@ def test_one_export_and_one_parity_job_per_function(compiled, spec):
     assert exports == EXPORTS[spec]
     # a parity job per function whose lengths export.parity runs (the toy: all; the others: the smallest)
     lengths = parity_lengths(s)
-    runs = {f"export-{fn.name.replace('_', '-')}" for fn in functions(s) if fn.role == "decode" or set(fn.seq_lens) & set(lengths)}
+    runs = {f"export-{fn.name.replace('_', '-')}" for fn in functions(s) if fn.role != "prefill" or set(fn.seq_lens) & set(lengths)}
     assert parity == {e.replace("export-", "parity-", 1) for e in runs}
     assert lengths == (list(s.shapes.prefill) if s.export.parity.lengths == "all" else [min(s.shapes.prefill)])
     assert exports == {f"export-{fn.name.replace('_', '-')}" for fn in functions(s)}
     prefill_functions = len(s.shapes.prefill) if s.export.coreml.packaging == "multifunction" else 1
-    assert len(exports) == prefill_functions + (1 if s.shapes.decode.enabled else 0)
+    verify = s.shapes.decode.enabled and s.shapes.decode.verify_k is not None
+    assert len(exports) == prefill_functions + (1 if s.shapes.decode.enabled else 0) + (1 if verify else 0)
+    assert ("export-verify" in exports) == verify
     assert ("export-decode" in exports) == s.shapes.decode.enabled
     assert set(c.job("convert").job.needs) == exports | {"tokenizer"}
     assert set(c.job("gates").job.needs) >= parity

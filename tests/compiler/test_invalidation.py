@@ -34,13 +34,13 @@ TOY = REPO / "specs" / "toy.yaml"
 
 ALL = frozenset({
     "tokenizer", "dataset", "teacher", "generate", "train", "qat",
-    "export-prefill-64", "export-prefill-128", "export-prefill-256", "export-decode",
+    "export-prefill-64", "export-prefill-128", "export-prefill-256", "export-decode", "export-verify",
     "convert", "verify",
-    "parity-prefill-64", "parity-prefill-128", "parity-prefill-256", "parity-decode",
+    "parity-prefill-64", "parity-prefill-128", "parity-prefill-256", "parity-decode", "parity-verify",
     "eval", "gates", "publish",
 })
-EXPORTS = frozenset({"export-prefill-64", "export-prefill-128", "export-prefill-256", "export-decode"})
-PARITY = frozenset({"parity-prefill-64", "parity-prefill-128", "parity-prefill-256", "parity-decode"})
+EXPORTS = frozenset({"export-prefill-64", "export-prefill-128", "export-prefill-256", "export-decode", "export-verify"})
+PARITY = frozenset({"parity-prefill-64", "parity-prefill-128", "parity-prefill-256", "parity-decode", "parity-verify"})
 NONE: frozenset[str] = frozenset()
 GATES_PUBLISH = frozenset({"gates", "publish"})
 # convert and everything downstream of it (parity needs convert; eval does not)
@@ -184,7 +184,7 @@ EDITS = [
          removed=frozenset({"export-prefill-256", "parity-prefill-256"})),
     # cache_len cannot grow past max_context (256 = the longest prefill), so both sides use 512
     Edit("decode-cache-len", ("shapes.decode.cache_len",),
-         (R("decode: {enabled: true, cache_len: 256}", "decode: {enabled: true, cache_len: 512}"),),
+         (R("decode: {enabled: true, cache_len: 256,", "decode: {enabled: true, cache_len: 512,"),),
          base=(R("max_context: 256", "max_context: 512"),),
          direct=EXPORTS | PARITY | {"convert", "verify"}, changed=PACKAGE),
     Edit("max-context", ("architecture.max_context",),
@@ -194,7 +194,7 @@ EDITS = [
     Edit("packaging-enumerated", ("export.coreml.packaging",),
          (R("packaging: multifunction", "packaging: enumerated"),),
          direct=frozenset({"convert", "verify"}),
-         changed=frozenset({"convert", "verify", "parity-decode", "gates", "publish"}),
+         changed=frozenset({"convert", "verify", "parity-decode", "parity-verify", "gates", "publish"}),
          added=frozenset({"export-prefill", "parity-prefill"}),
          removed=frozenset({"export-prefill-64", "export-prefill-128", "export-prefill-256",
                             "parity-prefill-64", "parity-prefill-128", "parity-prefill-256"})),

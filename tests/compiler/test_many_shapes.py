@@ -18,5 +18,5 @@ def test_a_spec_with_100_prefill_shapes_compiles(tmp_path: Path) -> None:
     (tmp_path / "many.yaml").write_text(text)
     compiled = compile_one(str(tmp_path / "many.yaml"), [], out_root=str(tmp_path / "generated"))
     kinds = [pj.job.kind for pj in compiled.jobs]
-    assert kinds.count("export") == kinds.count("parity") == 101  # 100 prefill functions + decode
-    assert len(compiled.job("convert").job.params.functions) == 101
+    assert kinds.count("export") == kinds.count("parity") == 102  # 100 prefill functions + decode + verify
+    assert len(compiled.job("convert").job.params.functions) == 102

@@ -29,15 +29,15 @@ def _parity(compiled) -> dict[str, object]:
 def test_the_toy_widens_parity_to_every_length_and_position() -> None:
     compiled = compile_one(str(SPECS / "toy.yaml"), [])
     jobs = _parity(compiled)
-    assert sorted(jobs) == ["parity-decode", "parity-prefill-128", "parity-prefill-256", "parity-prefill-64"]
+    assert sorted(jobs) == ["parity-decode", "parity-prefill-128", "parity-prefill-256", "parity-prefill-64", "parity-verify"]
     assert all(p.positions is None and p.samples == 4 and p.decode_steps == 8 for p in jobs.values())
     assert set(compiled.job("gates").job.needs) >= set(jobs)
 
 
 def test_the_defaults_run_the_smallest_length_and_64_positions(tmp_path: Path) -> None:
     jobs = _parity(_compile(tmp_path, "parity: {}"))
-    assert sorted(jobs) == ["parity-decode", "parity-prefill-64"]
-    assert jobs["parity-prefill-64"].lengths == [64] and jobs["parity-decode"].lengths == []
+    assert sorted(jobs) == ["parity-decode", "parity-prefill-64", "parity-verify"]
+    assert jobs["parity-prefill-64"].lengths == [64] and jobs["parity-decode"].lengths == jobs["parity-verify"].lengths == []
     assert {p.positions for p in jobs.values()} == {64}
 
 
@@ -47,7 +47,7 @@ def test_a_listed_subset_runs_those_lengths(tmp_path: Path, packaging: str) -> N
                         f"export.coreml.packaging={packaging}")
     jobs = _parity(compiled)
     if packaging == "multifunction":
-        assert sorted(jobs) == ["parity-decode", "parity-prefill-256", "parity-prefill-64"]
+        assert sorted(jobs) == ["parity-decode", "parity-prefill-256", "parity-prefill-64", "parity-verify"]
         assert jobs["parity-prefill-256"].lengths == [256]
     else:  # one prefill function with every length: its job runs the two
         (prefill,) = [p for p in jobs.values() if p.function.role == "prefill"]
