@@ -10,7 +10,7 @@ import pytest
 from compiler.output.build import compile_one
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
-TOY_PARITY = "parity: {lengths: all, positions: all}"
+TOY_PARITY = "parity: {lengths: all, positions: all, decode_steps: 16}"
 
 
 def _compile(tmp_path: Path, parity: str, *overrides: str):
@@ -30,7 +30,7 @@ def test_the_toy_widens_parity_to_every_length_and_position() -> None:
     compiled = compile_one(str(SPECS / "toy.yaml"), [])
     jobs = _parity(compiled)
     assert sorted(jobs) == ["parity-decode", "parity-prefill-128", "parity-prefill-256", "parity-prefill-64", "parity-verify"]
-    assert all(p.positions is None and p.samples == 4 and p.decode_steps == 8 for p in jobs.values())
+    assert all(p.positions is None and p.samples == 4 and p.decode_steps == 16 for p in jobs.values())
     assert set(compiled.job("gates").job.needs) >= set(jobs)
 
 

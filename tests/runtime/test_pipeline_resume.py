@@ -45,7 +45,7 @@ def tiny_spec(folder: Path) -> Path:
         # toy's end-to-end test (tests/test_toy_end_to_end.py) and tests/generation/test_local.py
         ("  prompts: data/toy/prompts.jsonl   # the teacher's transcripts of these join the train split\n", ""),
         ('  - {metric: generate.fixture_hit_rate, op: ">=", value: 0.9, min_n: 50}\n', ""),
-        ("  parity: {lengths: all, positions: all}", "  parity: {}"),  # export.parity's defaults: smallest length, 64 positions
+        ("  parity: {lengths: all, positions: all, decode_steps: 16}", "  parity: {}"),  # export.parity's defaults: smallest length, 64 positions
         ("cache_len: 256, verify_k: 4}", "cache_len: 256}"),  # no verify function (tests/runtime/test_verify_function.py)
     ]
     for old, new in edits:
