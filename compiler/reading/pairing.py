@@ -109,7 +109,7 @@ def pairing(spec: Spec, spec_dir: str, load: Callable[[str], Spec]) -> Iterator[
 
 def drafters_of(spec: Spec, spec_file: str) -> list[tuple[str, str]]:
     """(name, file) of the specs beside this one whose `drafts_for` names it (for the worker's README)."""
-    import yaml
+    from compiler.reading.loader import load_file  # safe YAML, as every spec is read
 
     if spec.role != "worker":
         return []
@@ -121,9 +121,8 @@ def drafters_of(spec: Spec, spec_file: str) -> list[tuple[str, str]]:
         if other == here or not entry.endswith((".yaml", ".yml")):
             continue
         try:
-            with open(other, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError):
+            data = load_file(other).data
+        except (OSError, SpecError):
             continue
         target = data.get("drafts_for") if isinstance(data, dict) else None
         if isinstance(target, str) and worker_path(folder, target) == here:

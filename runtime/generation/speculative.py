@@ -9,7 +9,9 @@ eos or after `max_new` tokens, as the worker alone would.
 
 Models are callables from token ids ``[1, T]`` to logits ``[1, T, V]`` (the student, or a
 transformers model's ``.logits``); every call is a full forward (no cache), the reference behaviour
-the exported verify function and the app's cache must reproduce.
+the exported verify function and the app's cache must reproduce. `speculate_packages` does the same
+with two packages and their KV caches (the worker's `verify` function), through a backend of
+runtime/speed/backends.py: the reference interpreter anywhere, CoreML on a Mac.
 """
 
 from __future__ import annotations

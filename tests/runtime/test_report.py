@@ -130,7 +130,7 @@ def test_the_page_has_every_section_with_data(filled: dict) -> None:
     text = "".join(page.text)
     assert "every hard gate passed" not in text and "a hard gate did not pass" in text
     assert [r.get("class") for r in page.tags["tr"]].count("gate") == 2
-    assert [r.get("class") for r in page.tags["tr"]].count("parity-fn") == 4
+    assert [r.get("class") for r in page.tags["tr"]].count("parity-fn") == 5  # 3 prefill, decode, verify
     assert [r.get("class") for r in page.tags["tr"]].count("size-module") >= 8
     assert [r.get("class") for r in page.tags["tr"]].count("eval-kind") == 3  # all + 2 kinds
     assert len([r for r in page.tags["rect"] if r.get("class") == "bar"]) >= 12 + 8  # parity + size bars

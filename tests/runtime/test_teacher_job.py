@@ -262,8 +262,11 @@ def test_hf_local_loads_other_families_and_refuses_unknown_ones(data, tmp_path):
     (bad / "config.json").write_text(json.dumps({**cfg_json, "model_type": "not-a-model"}))
     with pytest.raises(tjob.TeacherJobError, match="model_type 'not-a-model' is not a transformers-native causal LM"):
         run_teacher(data, tmp_path / "out", local_params(bad))
-    with pytest.raises(tjob.TeacherJobError, match="not a readable config.json"):
+    with pytest.raises(tjob.TeacherJobError, match="does not exist .*publish the worker first"):
         run_teacher(data, tmp_path / "out", local_params(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(tjob.TeacherJobError, match="not a readable config.json"):
+        run_teacher(data, tmp_path / "out", local_params(tmp_path / "empty"))
 
 
 def test_two_processes_train_the_teacher_one_process_does(data, trained, tmp_path):
