@@ -1,4 +1,4 @@
-"""Collection order for a 2-worker CI run: the longest chains start first.
+"""Collection order for a 2-worker CI run (the longest chains start first), and one thread per process.
 
 pytest-xdist hands tests out in collection order, so a multi-minute chain collected last (the toy
 end to end, the kill soak) would run alone at the end while the other worker idles. Modules in
@@ -7,6 +7,14 @@ front, in this order; everything else keeps its order.
 """
 
 from __future__ import annotations
+
+import os
+
+# One torch/OpenMP thread per process under test: `pytest -n 2` already runs two test processes on
+# CI's 2 cores, and the jobs they start run side by side too; more threads only spin-wait on each
+# other. Tests that need a thread count set their own (tests/runtime/test_ray_executor.py).
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 LONGEST_FIRST = (
     "tests/test_toy_end_to_end.py",
