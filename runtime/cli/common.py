@@ -54,3 +54,19 @@ def _check_jobs(plan, names: list[str], option: str) -> None:
     bad = [n for n in names if n not in ids]
     if bad:
         raise SpecError([_arg_problem(option, f"no job '{b}'", did_you_mean(b, ids) or f"jobs: {', '.join(ids)}") for b in bad])
+
+
+def fail_input(message: str) -> None:
+    """Invalid input on the command line: one line, exit 2, nothing written."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def package_arg(package: str):
+    """The .mlpackage a command was given, or exit 2 when the path is not one."""
+    from pathlib import Path
+
+    pkg = Path(package)
+    if not (pkg / "Manifest.json").is_file():
+        fail_input(f"{package} is not an .mlpackage (no Manifest.json)")
+    return pkg

@@ -17,13 +17,7 @@ import typer
 from compiler.cli.app import SetOpt, app
 from compiler.core.errors import CheckFailed
 
-from runtime.cli.common import WorkdirOpt, _plan, require_runtime
-
-
-
-def _fail_input(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+from runtime.cli.common import WorkdirOpt, _plan, fail_input as _fail_input, package_arg, require_runtime
 
 
 def find_output(store_root: Path, kinds: tuple[str, ...], fingerprint: str | None, output: str,
@@ -81,9 +75,7 @@ def verify(
     from compiler.reading.loader import load_file
     from compiler.planning.params import ParityParams, VerifyParams
 
-    pkg = Path(package)
-    if not (pkg / "Manifest.json").is_file():
-        _fail_input(f"{package} is not an .mlpackage (no Manifest.json)")
+    pkg = package_arg(package)
     compiled = compile_one(spec, set_ or [])  # SpecError -> exit 2 with file:line:col
     params = VerifyParams.model_validate(compiled.job("verify").job.params.model_dump(mode="json"))
     from runtime.keys import job_keys

@@ -20,12 +20,7 @@ import typer
 
 from compiler.cli.app import SetOpt, app
 
-from runtime.cli.common import WorkdirOpt, require_runtime
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+from runtime.cli.common import WorkdirOpt, fail_input as _fail, package_arg, require_runtime
 
 
 def _eval_rows(spec_file: Path, value: str, workdir: Path) -> tuple[list[dict[str, Any]], str]:
@@ -95,9 +90,7 @@ def bench_device(
     from runtime.speed.harness import Shapes, Stops, measure
     from runtime.speed.report import FORMAT, MEASURED, profile_record
 
-    pkg = Path(package)
-    if not (pkg / "Manifest.json").is_file():
-        _fail(f"{package} is not an .mlpackage (no Manifest.json)")
+    pkg = package_arg(package)
     if backend not in BACKENDS:
         _fail(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
     compiled = compile_one(spec, set_ or [])  # SpecError -> exit 2 with file:line:col
