@@ -17,6 +17,7 @@ class Metric:
     producer: str  # job kind that measures it; "speed": a speed report from a device (runtime/speed)
     description: str
     has_n: bool  # measured over samples, so min_n applies
+    roles: tuple[str, ...] = ()  # the roles whose jobs produce it (empty: every role)
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -49,6 +50,9 @@ KIND_OPS = {
     "per_second": (">=", ">"),
 }
 
+NOT_JUDGE = ("worker", "drafter")  # generation metrics: a judge's eval measures verdicts instead
+JUDGE = ("judge",)
+
 _METRICS = [
     Metric("parity.snr_db", "db", "parity", "SNR of package (reference interpreter) vs torch with the package's own weights: conversion fidelity.", False),
     Metric("parity.top1_agreement", "rate", "parity", "Top-1 agreement of package vs torch with the package's own weights, non-padded positions.", False),
@@ -58,12 +62,17 @@ _METRICS = [
     Metric("parity.fp16_top1_agreement", "rate", "parity", "Top-1 agreement of the package in fp16-storage emulation vs torch with the package's own weights.", False),
     Metric("parity.nonfinite_intermediates", "count", "parity", "Ops whose output is inf or NaN when the package runs in fp16-storage emulation.", False),
     Metric("parity.coreml_snr_db", "db", "parity", "SNR of CoreML predictions vs golden outputs (needs macOS).", False),
-    Metric("eval.json_validity", "rate", "eval", "Fraction of emitted tool calls whose arguments parse as JSON and match the tool schema.", True),
-    Metric("eval.tool_selection", "rate", "eval", "Fraction of tool-needing samples where the right tool is called first.", True),
-    Metric("eval.integration_f1_lax", "rate", "eval", "Token F1 of integration spans against the reference, lax matching.", True),
-    Metric("eval.integration_f1_strict", "rate", "eval", "Exact-span F1 of integration spans against the reference.", True),
-    Metric("eval.privacy_ok_rate", "rate", "eval", "Fraction of personal-data samples whose output echoes no personal data.", True),
-    Metric("eval.control_tool_calls", "count", "eval", "Tool calls emitted on control samples that must not call a tool.", True),
+    Metric("eval.json_validity", "rate", "eval", "Fraction of emitted tool calls whose arguments parse as JSON and match the tool schema.", True, NOT_JUDGE),
+    Metric("eval.tool_selection", "rate", "eval", "Fraction of tool-needing samples where the right tool is called first.", True, NOT_JUDGE),
+    Metric("eval.integration_f1_lax", "rate", "eval", "Token F1 of integration spans against the reference, lax matching.", True, NOT_JUDGE),
+    Metric("eval.integration_f1_strict", "rate", "eval", "Exact-span F1 of integration spans against the reference.", True, NOT_JUDGE),
+    Metric("eval.privacy_ok_rate", "rate", "eval", "Fraction of personal-data samples whose output echoes no personal data.", True, NOT_JUDGE),
+    Metric("eval.control_tool_calls", "count", "eval", "Tool calls emitted on control samples that must not call a tool.", True, NOT_JUDGE),
+    Metric("eval.pairwise_accuracy", "rate", "eval", "Judge: preference pairs whose verdict prefers the chosen response, each pair scored in both orders (n: pair orders).", True, JUDGE),
+    Metric("eval.position_bias_rate", "rate", "eval", "Judge: preference pairs whose verdict picks the same position (A or B) in both orders, i.e. flips its preferred response when the two are swapped (n: pairs).", True, JUDGE),
+    Metric("eval.clause_f1_micro", "rate", "eval", "Judge: micro-averaged F1 of the clause labels (a clause is flagged when its logit > 0) over clause-labelled rows (n: rows).", True, JUDGE),
+    Metric("eval.clause_f1_min", "rate", "eval", "Judge: the lowest per-clause F1 among clauses with a positive label or prediction (each clause's F1 is in the eval report; n: rows).", True, JUDGE),
+    Metric("eval.verdict_json_validity", "rate", "eval", "Judge: eval rows whose verdict JSON (preferred, probability, clause probabilities) is finite and valid against the published verdict schema (n: rows).", True, JUDGE),
     Metric("generate.fixture_hit_rate", "rate", "generate", "Share of the teacher's tool calls that a prompt's fixtures answered (n: calls).", True),
     Metric("generate.failure_rate", "rate", "generate", "Share of valid prompts without a kept transcript (n: prompts).", True),
     Metric("speculate.acceptance_rate", "rate", "speculate", "Drafted tokens the worker accepted in greedy speculative decoding of the eval prompts (n: drafted tokens).", True),

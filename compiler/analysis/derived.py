@@ -95,7 +95,7 @@ def kernels(spec: Spec) -> Kernels:
     sparse = getattr(spec.teacher, "kind", None) == "openai_compatible"
     copies = 1 + (1 if ls.kl is not None else 0)  # the fp32 logits, and the tempered (dense) or knocked-out (sparse) copy
     return Kernels(precision=c.precision, attention=c.attention, recompute=c.activation_checkpointing,
-                   loss_chunk=c.loss_chunk, logit_copies=copies, top_k=0 if sparse and ls.kl is None else spec.teacher.top_k)
+                   loss_chunk=c.loss_chunk, logit_copies=copies, top_k=0 if spec.teacher is None or (sparse and ls.kl is None) else spec.teacher.top_k)
 
 
 def _training_memory(spec: Spec, student: Dims, teacher: Dims | None) -> dict[str, dict[int, RankMemory]]:

@@ -177,17 +177,17 @@ PRESETS = {
         "max_context": 2048, "prefill": [512, 1024, 2048], "decode": None, "packaging": "enumerated",
         "steps": 8000, "micro_batch": 4, "grad_accum": 8,
         "curriculum": [(4000, 512), (6500, 1024), (8000, 2048)],
-        "losses": {"kl": {"weight": Raw("1.0"), "temperature": Raw("2.0")}, "ce_teacher": {"weight": Raw("0.5")},
-                   "ce_ground_truth": {"weight": Raw("0.2")}, "json_args": {"weight": Raw("0.3")},
-                   "length_kd": {"weight": Raw("0.1"), "hinge": Raw("0.05"), "slope": Raw("2.0")}},
+        "losses": {"pairwise": {"weight": Raw("1.0")}, "clauses": {"weight": Raw("0.5")},
+                   "verdict_kd": {"weight": {"ramp": {"start": Raw("0.0"), "end": Raw("0.5"), "steps": 1000}}}},
         "quantization": {"default": {"dtype": "int8", "granularity": "per_channel"},
                          "rules": [{"match": "layers.*.mlp.*", "dtype": "int4", "granularity": "per_block", "block_size": 64}]},
         "softmax": "verdict logits are compared across candidates",
         "profiles": [("m1-max-64g", 4, 2048, "apple-m1-max"), ("m3-pro-36g", 2, 2048, "apple-m3-pro")],
         "gates": [
             _gate("parity.snr_db", ">=", "55"), _gate("parity.top1_agreement", ">=", "0.99"),
-            _gate("parity.quant_top1_agreement", ">=", "0.97"), _gate("eval.json_validity", ">=", "0.99", 500),
-            _gate("eval.privacy_ok_rate", "==", "1.0", 100), None,
+            _gate("parity.quant_top1_agreement", ">=", "0.97"), _gate("eval.pairwise_accuracy", ">=", "0.85", 1000),
+            _gate("eval.position_bias_rate", "<=", "0.05", 500), _gate("eval.clause_f1_micro", ">=", "0.8", 500),
+            _gate("eval.verdict_json_validity", "==", "1.0", 500), None,
             _gate("speed.ttft_p50_ms", "<=", TTFT, 50), _gate("speed.ttft_p50_regression", "<=", "0.05", None, "warn"),
         ],
     },
@@ -254,7 +254,8 @@ def scaffold_data(role: str, sized: Sized, name: str, memory_gb: dict[str, int] 
         "name": name,
         "version": "0.1.0",
         "role": role,
-        "description": f"{label} GQA {role} scaffolded by modelspec new; point the teacher, tokenizer and data at real locations.",
+        "description": f"{label} GQA {role} scaffolded by modelspec new; point the "
+                       f"{'' if role == 'judge' else 'teacher, '}tokenizer and data at real locations.",
         "architecture": {
             "vocab_size": VOCAB, "d_model": d, "n_layers": sized.n_layers, "n_heads": h, "n_kv_heads": kv, "d_head": dh,
             "mlp": {"kind": "swiglu", "hidden": hidden}, "norm": {"kind": "rmsnorm", "eps": Raw("1.0e-5")},
@@ -264,7 +265,8 @@ def scaffold_data(role: str, sized: Sized, name: str, memory_gb: dict[str, int] 
             "source": {"kind": "pretrained", "path": "/mnt/models/tokenizers/worker-32k"},
             "special_tokens": {k: {"text": t, "id": i} for k, (t, i) in _TOKENS.items()},
         },
-        "teacher": {"kind": "hf_local", "path": f"/mnt/models/teachers/{name}-teacher", "top_k": 32},
+        **({"judge": {"clauses": ["privacy", "accuracy", "safety"], "objective": "bradley_terry"}} if role == "judge" else
+           {"teacher": {"kind": "hf_local", "path": f"/mnt/models/teachers/{name}-teacher", "top_k": 32}}),
         "data": {"train": f"s3://distill-data/{name}/train.jsonl", "eval": f"s3://distill-data/{name}/eval.jsonl",
                  "tool_registry": f"s3://distill-data/{name}/tools.json"},
         "training": {

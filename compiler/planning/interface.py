@@ -34,6 +34,8 @@ def functions(spec: Spec) -> list[FunctionP]:
     def prefill(name: str, length: int | str, lengths: list[int]) -> FunctionP:
         enumerated = [[b, t] for t in lengths] if isinstance(length, str) else None
         outputs = [TensorP(name="logits", dtype=logits, shape=[b, length, v])]
+        if spec.judge is not None:  # the verdict head at every position: the app reads the last real one
+            outputs.append(TensorP(name="judge", dtype=logits, shape=[b, length, 1 + len(spec.judge.clauses)]))
         if explicit:
             outputs += [TensorP(name=n, dtype=kv, shape=_cache_shape(spec, length)) for n in ("present_keys", "present_values")]
         return FunctionP(

@@ -15,7 +15,7 @@ from compiler.analysis.derived import derive
 from compiler.planning.interface import default_function, functions
 from compiler.planning.params import (
     CPU_JOB, ArchitectureP, ComputeP, ConvertParams, DatasetParams, EvalParams, ExportParams, GateP, GatesParams, ProfileP,
-    GenerateParams, HttpTeacherP, ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, SpeculateParams, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
+    GenerateParams, HttpTeacherP, JudgeP, ModuleQuantP, PackageMetadataP, Params, ParityParams, PrecisionP, SpeculateParams, PublishParams, QatParams, ResourcesP, RopeScalingP, SpecialTokenP,
     TeacherParams, TokenizerParams, TrainingP, TrainParams, VerifyParams,
 )
 from compiler.analysis.resolve import precision_plan, quant_plan
@@ -56,23 +56,25 @@ WHY = {
 
 READS = {
     "tokenizer": ("tokenizer", "architecture.vocab_size"),
-    "dataset": ("data", "role", "shapes.prefill", "tokenizer.special_tokens"),
+    "dataset": ("data", "role", "shapes.prefill", "tokenizer.special_tokens", "judge"),
     "teacher": ("teacher", "architecture.vocab_size", "architecture.norm", "architecture.rope", "architecture.max_context",
                 "architecture.tie_embeddings", "training.seed"),
     "generate": ("data.prompts", "teacher", "shapes.prefill", "tokenizer.special_tokens", "training.seed"),
-    "train": ("architecture", "training", "tokenizer.special_tokens"),
-    "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights"),
-    "export": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache", "precision"),
+    "train": ("architecture", "training", "tokenizer.special_tokens", "judge"),
+    "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights", "judge"),
+    "export": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache",
+               "precision", "judge"),
     "convert": ("name", "version", "description", "architecture", "shapes", "quantization", "precision", "export.coreml",
-                "tokenizer.special_tokens"),
+                "tokenizer.special_tokens", "judge"),
     "verify": ("name", "architecture", "shapes", "quantization", "precision", "export.coreml.packaging",
-               "export.coreml.decode_cache", "tokenizer.special_tokens", "gates"),
+               "export.coreml.decode_cache", "tokenizer.special_tokens", "gates", "judge"),
     "parity": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache",
-               "export.parity", "precision", "training.seed"),
-    "eval": ("role", "architecture", "tokenizer.special_tokens"),
+               "export.parity", "precision", "training.seed", "judge"),
+    "eval": ("role", "architecture", "tokenizer.special_tokens", "judge"),
     "speculate": ("speculative", "architecture", "tokenizer.special_tokens"),
     "gates": ("gates", "name", "deployment.profiles", "export.coreml.compute_units"),  # speed reports: folder, binding
-    "publish": ("name", "version", "role", "tokenizer.special_tokens"),
+    "publish": ("name", "version", "role", "tokenizer.special_tokens", "judge", "architecture.vocab_size",
+                "export.coreml.packaging"),
 }
 
 
@@ -124,6 +126,19 @@ def rope_scaling_params(scaling) -> RopeScalingP | None:
                         original_max_position_embeddings=scaling.original_max_context)
 
 
+def judge_params(spec: Spec) -> JudgeP | None:
+    j = spec.judge
+    return JudgeP(clauses=list(j.clauses), objective=j.objective, margin=j.margin) if j is not None else None
+
+
+def student_architecture(spec: Spec) -> ArchitectureP:
+    """The student's architecture parameters: the spec's, plus a judge's verdict head (1 score + one logit per clause)."""
+    arch = architecture_params(spec.architecture)
+    if spec.judge is not None:
+        arch = arch.model_copy(update={"judge_outputs": 1 + len(spec.judge.clauses)})
+    return arch
+
+
 def architecture_params(a: Architecture) -> ArchitectureP:
     return ArchitectureP(
         vocab_size=a.vocab_size, d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads,
@@ -164,13 +179,13 @@ def global_batch(spec: Spec) -> int:
 def _training(spec: Spec) -> TrainingP:
     tr = spec.training
     return TrainingP(
-        architecture=architecture_params(spec.architecture), seed=tr.seed, total_steps=tr.steps,
+        architecture=student_architecture(spec), seed=tr.seed, total_steps=tr.steps,
         micro_batch=tr.micro_batch, global_batch=global_batch(spec), optimizer=tr.optimizer.model_dump(),
         lr_schedule=tr.lr_schedule.model_dump(), curriculum=[c.model_dump() for c in tr.curriculum],
         checkpoint_every=tr.checkpoint_every, losses=tr.losses.model_dump(exclude_none=True),
         grad_balance=tr.grad_balance.model_dump(),
         special_token_ids={k: v.id for k, v in sorted(spec.tokenizer.special_tokens.items())},
-        compute=ComputeP(**tr.compute.model_dump()),
+        compute=ComputeP(**tr.compute.model_dump()), judge=judge_params(spec),
     )
 
 
@@ -240,7 +255,7 @@ def _generate_job(spec: Spec, special: dict[str, SpecialTokenP], needs: tuple[st
 def build_jobs(spec: Spec) -> list[Job]:
     src = spec.tokenizer.source
     special = _special(spec)
-    arch = architecture_params(spec.architecture)
+    arch = student_architecture(spec)
     tr = spec.training
     fns = functions(spec)
     cache_len = spec.shapes.decode.cache_len if spec.shapes.decode.enabled else None
@@ -257,15 +272,16 @@ def build_jobs(spec: Spec) -> list[Job]:
         ), {"tokenizer": "tokenizer", "report": "report.json"}),
         Job("dataset", "dataset", ("tokenizer",), DatasetParams(
             train=spec.data.train, eval=spec.data.eval, tool_registry=spec.data.tool_registry, role=spec.role,
-            max_seq_len=max(spec.shapes.prefill), special_tokens=special,
+            max_seq_len=max(spec.shapes.prefill), special_tokens=special, judge=judge_params(spec),
         ), {"data": "data", "report": "report.json"}),
     ]
     # the teacher: a local model (its job trains or loads it and writes top-k targets), and the generate job
     # when there are prompts; an HTTP teacher is only the generate job (it talks to the endpoint)
+    # a judge has no teacher job: its KD reads the teacher verdicts in its data rows (docs/roles.md#judge)
     http = isinstance(spec.teacher, OpenAICompatibleTeacher)
-    teacher: tuple[str, ...] = () if http else ("teacher",)
+    teacher: tuple[str, ...] = () if http or spec.teacher is None else ("teacher",)
     generated: tuple[str, ...] = ("generate",) if http or spec.data.prompts is not None else ()
-    if not http:
+    if teacher:
         jobs.append(Job("teacher", "teacher", ("tokenizer", "dataset"), _teacher(spec),
                         {"model": "model", "targets": "targets", "report": "report.json"},
                         training_resources(spec) if isinstance(spec.teacher, TrainTeacher) else _one_device(spec)))
@@ -315,7 +331,7 @@ def build_jobs(spec: Spec) -> list[Job]:
         ), {"golden": "golden.npz", "report": "report.json"}))
     jobs.append(Job("eval", "eval", (student, "dataset", "tokenizer"), EvalParams(
         architecture=arch, role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,
-        **_eval_memory(spec),
+        judge=judge_params(spec), **_eval_memory(spec),
     ), {"report": "report.json", "samples": "samples.jsonl"}, _one_device(spec)))
     if spec.speculative is not None:  # a drafter against its worker (compiler/reading/pairing.py checks the pair)
         sp = spec.speculative
@@ -337,5 +353,6 @@ def build_jobs(spec: Spec) -> list[Job]:
     # checkpoint for the release's hf/ folder (a released worker is a valid teacher for its drafter)
     jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids, "tokenizer", student), PublishParams(
         name=spec.name, version=spec.version, role=spec.role, special_tokens=special,
+        vocab_size=spec.architecture.vocab_size if cm.packaging == "enumerated" else None, judge=judge_params(spec),
     ), {"manifest": "manifest.json", "app": "app", "hf": "hf"}))
     return jobs

@@ -59,6 +59,14 @@ class TokenizerParams(Params):
     OMIT_WHEN_DEFAULT = frozenset({"chat_template"})
 
 
+class JudgeP(Params):
+    """A judge's clauses and pairwise objective (docs/roles.md#judge)."""
+
+    clauses: list[str]
+    objective: Literal["bradley_terry", "margin"]
+    margin: float
+
+
 class DatasetParams(Params):
     train: str
     eval: str
@@ -66,6 +74,9 @@ class DatasetParams(Params):
     role: str
     max_seq_len: int
     special_tokens: dict[str, SpecialTokenP]
+    judge: JudgeP | None = None  # role judge: rows are preference pairs and clause labels (runtime/data/judge.py)
+
+    OMIT_WHEN_DEFAULT = frozenset({"judge"})
 
 
 class RopeScalingP(Params):
@@ -93,8 +104,11 @@ class ArchitectureP(Params):
     attention_bias: bool = False
     qk_norm: bool = False
     rope_scaling: RopeScalingP | None = None
+    # role judge: the verdict head `judge_head` = Linear(d_model, judge_outputs) on the final normed hidden
+    # states: output 0 the verdict score (log-odds that response A beats B), then one logit per clause
+    judge_outputs: int = 0
 
-    OMIT_WHEN_DEFAULT = frozenset({"attention_bias", "qk_norm", "rope_scaling"})
+    OMIT_WHEN_DEFAULT = frozenset({"attention_bias", "qk_norm", "rope_scaling", "judge_outputs"})
 
 
 class TeacherParams(Params):
@@ -183,6 +197,9 @@ class TrainingP(Params):
     grad_balance: dict[str, Any]
     special_token_ids: dict[str, int]
     compute: ComputeP
+    judge: JudgeP | None = None  # role judge: the verdict terms read it
+
+    OMIT_WHEN_DEFAULT = frozenset({"judge"})
 
 
 class TrainParams(Params):
@@ -284,8 +301,9 @@ class EvalParams(Params):
     # the batches' KV caches and prefill activations fit this (MiB); None: EVAL_CPU_BUDGET_MB on cpu
     memory_budget_mb: int | None = None
     dtype: Literal["fp32", "bf16"] = "fp32"  # the student's weights and caches during eval (bf16 on cuda)
+    judge: JudgeP | None = None  # role judge: verdict metrics instead of generation
 
-    OMIT_WHEN_DEFAULT = frozenset({"memory_budget_mb", "dtype"})
+    OMIT_WHEN_DEFAULT = frozenset({"memory_budget_mb", "dtype", "judge"})
 
 
 class SpeculateParams(Params):
@@ -332,6 +350,10 @@ class PublishParams(Params):
     version: str
     role: str  # the runtime config tells the app what the model is for
     special_tokens: dict[str, SpecialTokenP]  # ids and texts for the runtime config (bos rule, stop ids)
+    vocab_size: int | None = None  # enumerated packaging: the package's outputs have flexible shapes that do not say it
+    judge: JudgeP | None = None  # role judge: the runtime config says how to render the input and read the verdict
+
+    OMIT_WHEN_DEFAULT = frozenset({"vocab_size", "judge"})
 
 
 # job kind -> its params class: what a worker validates a job's JSON params with (runtime/worker.py)

@@ -12,7 +12,7 @@ from .data import Data
 from .deploy import Deployment, Export, Precision, Shapes
 from .gates import Gate
 from .quantization import Quantization
-from .roles import Speculative
+from .roles import Judge, Speculative
 from .teacher import Teacher
 from .tokenizer import Tokenizer
 from .training import Training
@@ -36,9 +36,14 @@ class Spec(SpecModel):
     speculative: Optional[Speculative] = F(
         "role drafter with drafts_for: measure greedy speculative decoding against the worker (the drafter's teacher) "
         "in the speculate job: acceptance rate and tokens per worker call, gated as speculate.*.", default=None)
+    judge: Optional[Judge] = F(
+        "role judge: the clauses it labels and its pairwise objective; the model gains a verdict head (the score and "
+        "one logit per clause) exported as the prefill's `judge` output (docs/roles.md#judge).", default=None)
     architecture: Architecture = F("Student architecture.")
     tokenizer: Tokenizer = F("Tokenizer.")
-    teacher: Teacher = F("Teacher (discriminated by kind).")
+    teacher: Optional[Teacher] = F(
+        "Teacher (discriminated by kind). Required for worker and drafter; a judge has none: it distils from the teacher "
+        "verdicts written in its data rows (docs/roles.md#judge-data).", default=None)
     data: Data = F("Data files.")
     training: Training = F("KD training and QAT.")
     quantization: Quantization = F("Quantization recipe.")

@@ -23,9 +23,10 @@ TENSORS = ("input_ids", "attention_mask") + MASKS
 
 
 def write_rows(folder: Path, split: str, rows: list[dict[str, list[int]]], meta: list[dict[str, Any]], max_seq_len: int,
-               info: dict[str, Any]) -> dict[str, np.ndarray]:
+               info: dict[str, Any], extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Write `rows` (each `input_ids` and the masks, unpadded) and `meta`; returns the padded arrays.
-    `info` is the safetensors metadata (it must hold `pad_id`)."""
+    `info` is the safetensors metadata (it must hold `pad_id`). `extra`: more per-row tensors `[rows, ...]`
+    (a judge's `judge` vectors, runtime/data/judge.py)."""
     arrays = {name: np.zeros((len(rows), max_seq_len), dtype=np.int32) for name in TENSORS}
     arrays["input_ids"].fill(info["pad_id"])
     for r, row in enumerate(rows):
@@ -34,6 +35,7 @@ def write_rows(folder: Path, split: str, rows: list[dict[str, list[int]]], meta:
         arrays["attention_mask"][r, :k] = 1
         for m in MASKS:
             arrays[m][r, :k] = row[m]
+    arrays.update(extra or {})
     write_shards(folder, split, arrays, arrays["attention_mask"].sum(axis=1),
                  {"modelspec": json.dumps(info, sort_keys=True, separators=(",", ":"))})
     with open(folder / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as fh:

@@ -70,6 +70,18 @@ class PlainPrefill(_Function):
         return self.model(input_ids, position_ids=_positions(input_ids)).to(self.logits_dtype)
 
 
+class JudgePrefill(_Function):
+    """A judge's one prefill (no cache): the logits and the verdict head's outputs at every position."""
+
+    def __init__(self, model: Student, fn: FunctionP) -> None:
+        super().__init__(model, fn)
+        self.judge_dtype = torch_dtype(tensor(fn.outputs, "judge").dtype)
+
+    def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        logits, judge = self.model.judge_outputs(input_ids, position_ids=_positions(input_ids))
+        return logits.to(self.logits_dtype), judge.to(self.judge_dtype)
+
+
 class StateCache(_Function):
     """Holds `key_cache` / `value_cache` buffers shaped and typed as the contract's states."""
 
@@ -205,6 +217,10 @@ class ExplicitDecode(_Function):
 def wrap(model: Student, fn: FunctionP, decode_cache: str | None) -> nn.Module:
     """The module whose export is `fn`: chosen by role and by how the contract carries the cache."""
     if fn.role == "prefill":
+        if any(o.name == "judge" for o in fn.outputs):
+            if fn.states or len(fn.outputs) != 2:
+                raise ValueError(f"function {fn.name!r}: a judge's prefill has no cache (its spec disables decode)")
+            return JudgePrefill(model, fn)
         if fn.states:
             return StatePrefill(model, fn)
         if any(o.name == "present_keys" for o in fn.outputs):

@@ -37,6 +37,9 @@ the final answer (after the last ``</tool_result>``). Spans come from the fast t
 character offsets; each masked span's decoded text must contain the span's text, else it is
 counted in ``alignment_errors``.
 
+A judge's rows (the spec has a ``judge`` section) are preference pairs and clause labels instead:
+runtime/jobs/dataset_judge.py.
+
 Outputs in ``out/data``: ``{train,val,eval}.safetensors`` (int32 ``[rows, max_seq_len]``,
 padded with the pad id; masks and attention 0 on padding) and ``{split}.jsonl`` (row metadata,
 same order as the tensors), plus ``out/report.json``.
@@ -141,10 +144,14 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
             raise DatasetJobError(f"data.{key}: {exc}") from exc
         if not resolved[key].is_file():
             raise DatasetJobError(f"data.{key} {value!r} not found (looked at {resolved[key]})")
+    files = {"train": _read_jsonl(resolved["train"]), "eval": _read_jsonl(resolved["eval"])}
+    if params.judge is not None:  # preference pairs and clause rows (docs/roles.md#judge-data)
+        from .dataset_judge import run as run_judge
+
+        return run_judge(params, tok, files, resolved, out, ctx)
     registry = load_registry(resolved["tool_registry"])
 
     # -- read and validate ----------------------------------------------------------------------
-    files = {"train": _read_jsonl(resolved["train"]), "eval": _read_jsonl(resolved["eval"])}
     step = ctx.progress("validate samples", sum(len(v) for v in files.values()))
     seen: set[str] = set()
     kept: dict[str, list[tuple[dict, dict]]] = {s: [] for s in SPLITS}

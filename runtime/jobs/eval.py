@@ -21,6 +21,8 @@ the spec trains there, in bf16 when it trains in bf16). Every row's tokens depen
 alone, so the batching does not change what is generated. Before anything is scored, the cached path is checked against
 full ``forward`` recomputation (see `check_against_forward`).
 
+A judge (the spec has a ``judge`` section) is evaluated by runtime/jobs/eval_judge.py instead.
+
 Outputs: ``out/report.json`` (metrics as ``{"value", "n"}``, per-kind breakdowns, stop
 reasons, provenance; everything but ``seconds`` is deterministic) and ``out/samples.jsonl``.
 """
@@ -346,6 +348,10 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         if name not in inputs.get(key, {}):
             raise EvalJobError(f"the eval job needs inputs['{key}']['{name}']")
     student_job, ckpt = _checkpoint_folder(inputs)
+    if params.judge is not None:  # verdicts from one prefill, not generation (docs/roles.md#judge)
+        from .eval_judge import run as run_judge
+
+        return run_judge(params, inputs, out, ctx, student_job, ckpt)
     tok = load_tokenizer(inputs["tokenizer"]["tokenizer"])
     _check_tokenizer(tok, special)
     meta, input_ids = _load_eval_split(Path(inputs["dataset"]["data"]), special)

@@ -155,7 +155,7 @@ def runtime_config(params: PublishParams, convert: dict[str, Any], tokenizer: Pa
         "verify_function": verifies[0] if verifies else None,
         "cache": cache,
         "max_tokens": cache["length"] if cache else prefills[-1]["length"],
-        "vocab_size": logits["shape"][-1],
+        "vocab_size": logits["shape"][-1] if logits["shape"] else params.vocab_size,
         "tokenizer": {"folder": TOKENIZER_DIR, "sha256": tokenizer_sha256, "files": files},
         "chat_template": CHAT_TEMPLATE if has_chat_template else None,
         "special_tokens": special,
@@ -164,4 +164,23 @@ def runtime_config(params: PublishParams, convert: dict[str, Any], tokenizer: Pa
         "stop_token_ids": [s["id"] for s in stops],
         "stop_tokens": stops,
         "steps": _steps(prefills, decode, cache, bos_rule),
+        **({"judge": _judge(params)} if params.judge is not None else {}),
     }
+
+
+def _judge(params: PublishParams) -> dict[str, Any] | None:
+    """How an app asks the judge for a verdict: the input's layout, the output it reads and the verdict's schema."""
+    if params.judge is None:
+        return None
+    from runtime.data.judge import layout
+    from runtime.jobs.eval_judge import VERDICT_SCHEMA
+
+    clauses = list(params.judge.clauses)
+    return {"clauses": clauses, "layout": layout(clauses), "output": "judge", "verdict_schema": VERDICT_SCHEMA,
+            "steps": ["Render the pair with layout.pair (or one response with layout.single), encode it without special "
+                      "tokens, put bos first and eos last, and right-pad it to a prefill length.",
+                      "Call the prefill function once; read its `judge` output at the position of eos (the last real "
+                      "token): index 0 is the score s, the log-odds that response A beats response B; index 1 + i is "
+                      "clause i's log-odds of being violated.",
+                      "Build the verdict: preferred = A if s > 0 else B, p_a_better = sigmoid(s), clauses = sigmoid of "
+                      "each clause logit, violated = the clauses whose logit is > 0 (verdict_schema)."]}

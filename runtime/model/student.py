@@ -249,6 +249,8 @@ class Student(nn.Module):
         self.norm = RMSNorm(arch.d_model, arch.norm_eps)
         self.rotary_emb = RotaryEmbedding(arch.d_head, arch.rope_theta, arch.rope_scaling)
         self.lm_head: nn.Linear | None = None if arch.tie_embeddings else nn.Linear(arch.d_model, arch.vocab_size, bias=False)
+        # a judge's verdict head on the final normed hidden states: the score, then one logit per clause
+        self.judge_head: nn.Linear | None = nn.Linear(arch.d_model, arch.judge_outputs) if arch.judge_outputs else None
         self.to(device=device)
         self.init_weights(seed)
         self.to(dtype=dtype)
@@ -327,7 +329,20 @@ class Student(nn.Module):
         h = self._layers(input_ids, pos, allowed, None, sdpa, recompute)
         if head is None:
             return self._logits(h)
+        if self.judge_head is not None:
+            return head(self.norm(h), self.output_weight(), self.judge_head)
         return head(self.norm(h), self.output_weight())
+
+    def judge_outputs(self, input_ids: Tensor, position_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """A judge's logits `[B, T, V]` and verdict head outputs `[B, T, judge_outputs]` at every position (eager;
+        the export wrapper and the eval job)."""
+        if self.judge_head is None:
+            raise ValueError("this model has no verdict head (architecture judge_outputs is 0)")
+        t = input_ids.shape[1]
+        pos = position_ids if position_ids is not None else torch.arange(t, device=input_ids.device)[None]
+        h = self.norm(self._layers(input_ids, pos, allowed_mask(pos, pos), None))
+        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+        return logits, self.judge_head(h)
 
     def prefill(self, input_ids: Tensor, key_cache: Tensor, value_cache: Tensor,
                 last_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:

@@ -33,6 +33,7 @@ from runtime.data.shards import RowSource, ShardError
 TOKEN_TENSORS = ("input_ids", "attention_mask", "loss_mask", "tool_name_mask", "json_args_mask", "integration_mask")
 DENSE = ("topk_ids", "topk_logits")
 SPARSE = ("topk_ids", "topk_logprobs", "topk_log_tail", "kd_mask")
+JUDGE = "judge"  # a judge's rows: one vector per row (runtime/data/judge.py), never cropped
 
 
 class TrainDataError(RuntimeError):
@@ -72,11 +73,11 @@ class Part:
         """Rows of one tensor cut to `columns` positions (None: this part has no such tensor)."""
         if self.tensors is not None:
             t = self.tensors.get(name)
-            return None if t is None else t[torch.tensor(rows), :columns]
-        src = self.rows if name in TOKEN_TENSORS else self.targets
+            return None if t is None else t[torch.tensor(rows)] if name == JUDGE else t[torch.tensor(rows), :columns]
+        src = self.rows if name in TOKEN_TENSORS or name == JUDGE else self.targets
         if src is None or name not in src.names:
             return None
-        return src.take(name, rows, columns)
+        return src.take(name, rows, None if name == JUDGE else columns)
 
 
 @dataclass
@@ -106,6 +107,12 @@ class Split:
     @property
     def sparse(self) -> bool:
         return any(p.kind == "sparse" for p in self.parts)
+
+    @property
+    def judge(self) -> bool:
+        """A judge's rows: each carries its verdict vector."""
+        return any((p.tensors is not None and JUDGE in p.tensors) or (p.rows is not None and JUDGE in p.rows.names)
+                   for p in self.parts)
 
     @property
     def k(self) -> int:
@@ -212,7 +219,7 @@ def make_batch(split: Split, rows: list[int], seq_len: int, device: torch.device
     length = int(min(seq_len, int(split.lengths[rows].max())))
     located = split.locate(rows)
     order = torch.tensor([i for part in sorted(located) for _, i in located[part]])
-    names = TOKEN_TENSORS + (SPARSE if split.sparse else DENSE)
+    names = TOKEN_TENSORS + (SPARSE if split.sparse else DENSE) + ((JUDGE,) if split.judge else ())
     k = split.k
     batch: dict[str, Tensor] = {}
     for name in names:
@@ -220,6 +227,8 @@ def make_batch(split: Split, rows: list[int], seq_len: int, device: torch.device
         for p in sorted(located):
             part, local = split.parts[p], [r for r, _ in located[p]]
             t = part.read(name, local, length)
+            if t is None and name == JUDGE:
+                raise TrainDataError("judge rows and rows without verdict vectors cannot share a split")
             if t is None:  # targets this part lacks: none of its positions count
                 t = _absent(name, len(local), length, k, sparse=split.sparse)
             elif name in ("topk_ids", "topk_logits", "topk_logprobs") and t.shape[1] < length:

@@ -28,14 +28,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from . import losses
+from . import judge_losses, losses
 
 
 class LossHead:
     def __init__(self, batch: dict[str, Tensor], losses_cfg: dict[str, Any], special: dict[str, int], chunk: int,
-                 *, accuracy: bool = False, probe: dict[str, float] | None = None) -> None:
+                 *, accuracy: bool = False, probe: dict[str, float] | None = None, judge: Any = None) -> None:
         """`chunk`: positions per chunk (0: all at once, nothing recomputed). `accuracy`: also return the
-        argmax (`argmax`, `[B, T-1]`). `probe`: the terms' weights; also return their gradient norms."""
+        argmax (`argmax`, `[B, T-1]`). `probe`: the terms' weights; also return their gradient norms.
+        `judge`: a judge's settings (JudgeP): its terms read the verdict head (runtime/train/judge_losses.py)."""
+        self.judge = judge
+        self.judge_cfg = {k: v for k, v in losses_cfg.items() if k in judge_losses.TERMS}
+        losses_cfg = {k: v for k, v in losses_cfg.items() if k not in judge_losses.TERMS}
+        self.tokens = bool(losses_cfg) or (accuracy and not self.judge_cfg)  # token-level terms read the logits
         self.batch, self.cfg, self.special, self.chunk = batch, losses_cfg, special, chunk
         self.need = losses.needed(losses_cfg, batch, accuracy)
         self.at = losses.aligned(batch)
@@ -50,7 +55,23 @@ class LossHead:
         stats = losses.position_stats(F.linear(h, weight), at, self.need, self.cfg, self.special)
         return tuple(stats[k] for k in sorted(stats))
 
-    def __call__(self, h: Tensor, weight: Tensor) -> dict[str, Any]:
+    def __call__(self, h: Tensor, weight: Tensor, judge_head: Any = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"terms": {}}
+        if self.tokens:
+            out = self._tokens(h, weight)
+        if self.judge_cfg:
+            if judge_head is None:
+                raise ValueError("the judge's loss terms need the model's verdict head (architecture judge_outputs > 0)")
+            at, valid = judge_losses.read_positions(h, self.batch["judge"])
+            scores = judge_head(at)
+            out["terms"].update(judge_losses.terms(scores, self.batch["judge"], valid, self.judge_cfg, self.judge))
+            out["judge"] = scores.detach().float()
+            if self.probe is not None:
+                out.setdefault("grad_norm_by_loss", {}).update(judge_losses.grad_norms(
+                    scores, self.batch["judge"], valid, self.judge_cfg, self.judge, self.probe))
+        return out
+
+    def _tokens(self, h: Tensor, weight: Tensor) -> dict[str, Any]:
         losses.check(self.batch, self.cfg, weight.shape[0])
         h = h[:, :-1]  # the last position predicts nothing
         recompute = self.chunk > 0 and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)

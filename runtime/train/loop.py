@@ -91,7 +91,7 @@ class Trainer:
             batch = make_batch(self.train, rows, seq_len, world.device)
             positions += batch["attention_mask"].numel()
             probe = weights if measure and micro == 0 and world.main else None  # the step's first micro-batch, at any world size
-            head = LossHead(batch, tp.losses, tp.special_token_ids, cp.loss_chunk, probe=probe)
+            head = LossHead(batch, tp.losses, tp.special_token_ids, cp.loss_chunk, probe=probe, judge=tp.judge)
             with accumulating(self.model, last=micro == accum - 1):
                 with autocast(cp.precision, world.device):
                     out = self.model(batch["input_ids"], batch["attention_mask"], head=head)
@@ -201,16 +201,18 @@ def evaluate(model: nn.Module, split: Split, tp: TrainingP, device: torch.device
     for start in range(0, split.rows, batch_size):
         rows = list(range(start, min(split.rows, start + batch_size)))
         batch = make_batch(split, rows, max_len, device)
-        head = LossHead(batch, tp.losses, tp.special_token_ids, tp.compute.loss_chunk, accuracy=True)
+        head = LossHead(batch, tp.losses, tp.special_token_ids, tp.compute.loss_chunk, accuracy=True, judge=tp.judge)
         with autocast(tp.compute.precision, device):
             out = model(batch["input_ids"], batch["attention_mask"], head=head)
         for n, v in out["terms"].items():
             totals[n] = totals.get(n, 0.0) + float(v)
-        mask = batch["loss_mask"][:, 1:] > 0
-        correct += int(((out["argmax"] == batch["input_ids"][:, 1:]) & mask).sum())
-        counted += int(mask.sum())
+        if "argmax" in out:  # a judge has no token targets
+            mask = batch["loss_mask"][:, 1:] > 0
+            correct += int(((out["argmax"] == batch["input_ids"][:, 1:]) & mask).sum())
+            counted += int(mask.sum())
         batches += 1
     model.train()
     out = {f"val_{n}": v / batches for n, v in totals.items()}
-    out["val_token_accuracy"] = correct / max(1, counted)
+    if counted:
+        out["val_token_accuracy"] = correct / counted
     return out

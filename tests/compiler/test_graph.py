@@ -30,6 +30,7 @@ EXPORTS = {
     "worker-9b.yaml": {"export-prefill-4096", "export-prefill-8192", "export-prefill-16384", "export-decode", "export-verify"},
     "drafter-4b.yaml": {"export-prefill-2048", "export-prefill-4096", "export-decode"},
     "judge-4b.yaml": {"export-prefill"},  # enumerated packaging, decode disabled
+    "toy-judge.yaml": {"export-prefill"},
 }
 
 

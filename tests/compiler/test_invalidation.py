@@ -193,7 +193,7 @@ EDITS = [
     # enumerated packaging has one prefill function for every shape; export-decode is unchanged
     Edit("packaging-enumerated", ("export.coreml.packaging",),
          (R("packaging: multifunction", "packaging: enumerated"),),
-         direct=frozenset({"convert", "verify"}),
+         direct=frozenset({"convert", "verify", "publish"}),  # publish: the vocabulary (flexible output shapes)
          changed=frozenset({"convert", "verify", "parity-decode", "parity-verify", "gates", "publish"}),
          added=frozenset({"export-prefill", "parity-prefill"}),
          removed=frozenset({"export-prefill-64", "export-prefill-128", "export-prefill-256",

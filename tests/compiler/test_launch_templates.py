@@ -84,7 +84,7 @@ def _unk8s(arg: str) -> str:
 def _launched(spec: Path) -> tuple:
     c = compile_one(str(spec), [], str(REPO / "generated"))
     jobs = ["train", "qat"] if c.spec.training.qat.enabled else ["train"]
-    if c.spec.teacher.kind == "train":
+    if c.spec.teacher is not None and c.spec.teacher.kind == "train":
         jobs = ["teacher"] + jobs
     return c, jobs
 
