@@ -85,24 +85,13 @@ def _outputs(model, source: RowSource, device: torch.device, batch_rows: int = 3
     return out
 
 
-def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, student_job: str, ckpt: Path) -> dict:
+def score(meta: list[dict], vectors: list[list[float]], outputs: list[list[float]],
+          clauses: list[str]) -> tuple[dict, dict, dict, list[dict]]:
+    """(metrics, per-clause figures, counts, per-row samples) from each eval row's metadata, judge vector and head
+    outputs at its verdict position."""
     import jsonschema
 
-    start = time.perf_counter()
-    clauses = list(params.judge.clauses)
     c = len(clauses)
-    data = Path(inputs["dataset"]["data"])
-    source = RowSource(data, "eval", rebuild="the dataset job")
-    if "judge" not in source.names:
-        raise RuntimeError(f"{data}: the eval rows have no verdict vectors; rebuild the dataset job for this judge")
-    meta = [json.loads(line) for line in (data / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
-    device = torch.device("cuda") if ctx.resources.get("device") == "cuda" and torch.cuda.is_available() else torch.device("cpu")
-    model = load_student(ckpt, arch=params.architecture).to(device=device, dtype=torch.float32).eval()
-    record = read_record(ckpt)
-    ctx.detail(f"eval: {source.rows} judge rows")
-    outputs = _outputs(model, source, device)
-    vectors = source.read_all("judge").tolist()
-
     correct = pair_rows = 0
     picks: dict[str, dict[int, bool]] = defaultdict(dict)
     tp, fp, fn = [0] * c, [0] * c, [0] * c
@@ -142,10 +131,29 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, student_job:
         "clause_f1_min": {"value": min(supported) if supported else None, "n": clause_rows},
         "verdict_json_validity": {"value": valid / len(meta) if meta else None, "n": len(meta)},
     }
+    counts = {"rows": len(meta), "pair_rows": pair_rows, "pairs_in_both_orders": len(both), "clause_rows": clause_rows}
+    return metrics, per_clause, counts, samples
+
+
+def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, student_job: str, ckpt: Path) -> dict:
+    start = time.perf_counter()
+    clauses = list(params.judge.clauses)
+    data = Path(inputs["dataset"]["data"])
+    source = RowSource(data, "eval", rebuild="the dataset job")
+    if "judge" not in source.names:
+        raise RuntimeError(f"{data}: the eval rows have no verdict vectors; rebuild the dataset job for this judge")
+    meta = [json.loads(line) for line in (data / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    device = torch.device("cuda") if ctx.resources.get("device") == "cuda" and torch.cuda.is_available() else torch.device("cpu")
+    model = load_student(ckpt, arch=params.architecture).to(device=device, dtype=torch.float32).eval()
+    record = read_record(ckpt)
+    ctx.detail(f"eval: {source.rows} judge rows")
+    outputs = _outputs(model, source, device)
+    vectors = source.read_all("judge").tolist()
+
+    metrics, per_clause, counts, samples = score(meta, vectors, outputs, clauses)
     seconds = round(time.perf_counter() - start, 3)
     report = {
-        "metrics": metrics, "clauses": per_clause,
-        "counts": {"rows": len(meta), "pair_rows": pair_rows, "pairs_in_both_orders": len(both), "clause_rows": clause_rows},
+        "metrics": metrics, "clauses": per_clause, "counts": counts,
         "protocol": {"read_at": "the last token", "layout": J.layout(clauses), "verdict_schema": VERDICT_SCHEMA,
                      "flag": "logit > 0"},
         "placement": {"device": device.type, "dtype": "float32"},

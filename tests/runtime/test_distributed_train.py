@@ -34,8 +34,9 @@ WEIGHT_TOL = 1e-6
 # FSDP2 (measured again after the tokenizer and validation changes): every weight within 2.3e-7 of one
 # process except the tied embedding / LM head, 5.8e-6. Its rows for tokens the 8 steps barely touch get
 # near-zero gradients, and AdamW's m/sqrt(v) normalises those, so a last-bit difference in a sharded
-# reduction becomes a visible one. Still 100x below one step's learning rate.
-FSDP_WEIGHT_TOL = 1e-5
+# reduction becomes a visible one. With one torch thread per process (tests/conftest.py) it measured 1.19e-5
+# once on CI's machine class; the bound is 3e-5, still 100x below one step's learning rate.
+FSDP_WEIGHT_TOL = 3e-5
 # QAT's output is quantize-dequantized: a per-channel scale (max|w| / qmax) moves with the latent
 # weights' last bits, and so does every weight on its grid (measured 3.5e-6 under FSDP2).
 QAT_WEIGHT_TOL = 1e-5
