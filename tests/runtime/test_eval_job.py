@@ -80,8 +80,13 @@ def test_reference_targets_score_perfectly():
 
 
 def test_metric_names_cover_the_catalogue():
-    produced = {m.name.removeprefix("eval.") for m in CATALOGUE.values() if m.producer == "eval"}
+    produced = {m.name.removeprefix("eval.") for m in CATALOGUE.values()
+                if m.producer == "eval" and "worker" in (m.roles or ("worker",))}
     assert produced <= set(aggregate([]))
+    from runtime.jobs.eval_judge import score
+
+    judged = {m.name.removeprefix("eval.") for m in CATALOGUE.values() if m.producer == "eval" and "judge" in m.roles}
+    assert judged == set(score([], [], [], ["privacy"])[0])
 
 
 def test_wrong_tool_name_moves_tool_selection_only():
