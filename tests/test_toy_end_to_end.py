@@ -254,4 +254,15 @@ def test_the_toy_drafter_distils_from_the_published_worker_and_drafts_for_it(sto
     m = spec["metrics"]
     assert m["worker_mismatches"]["value"] == 0 and m["acceptance_rate"]["n"] > 200, spec
     gates = json.loads(Path(jobs["gates"]["outputs"]["report"]).read_text())
-    assert gates["passed"] and {g["metric"]: g["outcome"] for g in gates["gates"]}["speculate.acceptance_rate"] == "pass"
+    outcomes = {g["metric"]: g["outcome"] for g in gates["gates"]}
+    assert gates["passed"] and outcomes["speculate.acceptance_rate"] == "pass"
+    # the halt head: trained (both its gradient norm and length_kd's in the balance probe), exported, measured
+    assert {outcomes[m] for m in ("eval.halt_auroc", "eval.early_halt_rate", "parity.halt_sign_agreement")} == {"pass"}
+    rows = [json.loads(line) for line in Path(jobs["train"]["outputs"]["metrics"]).read_text().splitlines()]
+    probed = [r["grad_norm_by_loss"] for r in rows if "grad_norm_by_loss" in r]
+    assert probed and all({"halt", "length_kd"} <= set(p) for p in probed) and probed[-1]["halt"] > 0
+    ev = json.loads(Path(jobs["eval"]["outputs"]["report"]).read_text())["metrics"]
+    assert ev["halt_auroc"]["value"] >= 0.9 and ev["halt_auroc"]["n"] > 1000
+    assert spec["halt"]["threshold"] == 0.5 and spec["halt"]["drafts_cut"] >= 0
+    io = json.loads(Path(jobs["convert"]["outputs"]["report"]).read_text())["functions"]["decode"]["package"]["outputs"]
+    assert [o["name"] for o in io] == ["logits", "halt"]

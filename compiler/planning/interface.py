@@ -36,6 +36,8 @@ def functions(spec: Spec) -> list[FunctionP]:
         outputs = [TensorP(name="logits", dtype=logits, shape=[b, length, v])]
         if spec.judge is not None:  # the verdict head at every position: the app reads the last real one
             outputs.append(TensorP(name="judge", dtype=logits, shape=[b, length, 1 + len(spec.judge.clauses)]))
+        if spec.halt is not None:  # the halt logit at every position
+            outputs.append(TensorP(name="halt", dtype=logits, shape=[b, length, 1]))
         if explicit:
             outputs += [TensorP(name=n, dtype=kv, shape=_cache_shape(spec, length)) for n in ("present_keys", "present_values")]
         return FunctionP(
@@ -52,6 +54,8 @@ def functions(spec: Spec) -> list[FunctionP]:
     if decode.enabled:
         inputs = [TensorP(name="input_ids", dtype="int32", shape=[b, 1]), TensorP(name="position", dtype="int32", shape=[1])]
         outputs = [TensorP(name="logits", dtype=logits, shape=[b, 1, v])]
+        if spec.halt is not None:
+            outputs.append(TensorP(name="halt", dtype=logits, shape=[b, 1, 1]))
         if explicit:  # CoreML forbids a name that is both an input and an output of one function
             inputs += [TensorP(name=n, dtype=kv, shape=_cache_shape(spec, decode.cache_len)) for n in ("key_cache", "value_cache")]
             outputs += [TensorP(name=n, dtype=kv, shape=_cache_shape(spec, decode.cache_len)) for n in ("present_keys", "present_values")]
@@ -59,7 +63,9 @@ def functions(spec: Spec) -> list[FunctionP]:
         if decode.verify_k:  # decode of the last accepted token plus k drafted ones (docs/roles.md)
             t = decode.verify_k + 1
             v_inputs = [TensorP(name="input_ids", dtype="int32", shape=[b, t]), inputs[1], *inputs[2:]]
-            v_outputs = [TensorP(name="logits", dtype=logits, shape=[b, t, v]), *outputs[1:]]
+            v_outputs = [TensorP(name="logits", dtype=logits, shape=[b, t, v])]
+            v_outputs += [TensorP(name="halt", dtype=logits, shape=[b, t, 1])] if spec.halt is not None else []
+            v_outputs += [o for o in outputs[1:] if o.name != "halt"]
             out.append(FunctionP(name="verify", role="verify", seq_lens=[t], inputs=v_inputs, outputs=v_outputs, states=states))
     return out
 

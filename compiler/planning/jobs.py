@@ -60,21 +60,21 @@ READS = {
     "teacher": ("teacher", "architecture.vocab_size", "architecture.norm", "architecture.rope", "architecture.max_context",
                 "architecture.tie_embeddings", "training.seed"),
     "generate": ("data.prompts", "teacher", "shapes.prefill", "tokenizer.special_tokens", "training.seed"),
-    "train": ("architecture", "training", "tokenizer.special_tokens", "judge"),
-    "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights", "judge"),
+    "train": ("architecture", "training", "tokenizer.special_tokens", "judge", "halt"),
+    "qat": ("architecture", "training", "tokenizer.special_tokens", "quantization.weights", "judge", "halt"),
     "export": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache",
-               "precision", "judge"),
+               "precision", "judge", "halt"),
     "convert": ("name", "version", "description", "architecture", "shapes", "quantization", "precision", "export.coreml",
-                "tokenizer.special_tokens", "judge"),
+                "tokenizer.special_tokens", "judge", "halt"),
     "verify": ("name", "architecture", "shapes", "quantization", "precision", "export.coreml.packaging",
-               "export.coreml.decode_cache", "tokenizer.special_tokens", "gates", "judge"),
+               "export.coreml.decode_cache", "tokenizer.special_tokens", "gates", "judge", "halt"),
     "parity": ("architecture", "shapes", "quantization.kv_cache", "export.coreml.packaging", "export.coreml.decode_cache",
-               "export.parity", "precision", "training.seed", "judge"),
-    "eval": ("role", "architecture", "tokenizer.special_tokens", "judge"),
-    "speculate": ("speculative", "architecture", "tokenizer.special_tokens"),
+               "export.parity", "precision", "training.seed", "judge", "halt"),
+    "eval": ("role", "architecture", "tokenizer.special_tokens", "judge", "halt"),
+    "speculate": ("speculative", "architecture", "tokenizer.special_tokens", "halt"),
     "gates": ("gates", "name", "deployment.profiles", "export.coreml.compute_units"),  # speed reports: folder, binding
     "publish": ("name", "version", "role", "tokenizer.special_tokens", "judge", "architecture.vocab_size",
-                "export.coreml.packaging"),
+                "export.coreml.packaging", "halt"),
 }
 
 
@@ -136,6 +136,8 @@ def student_architecture(spec: Spec) -> ArchitectureP:
     arch = architecture_params(spec.architecture)
     if spec.judge is not None:
         arch = arch.model_copy(update={"judge_outputs": 1 + len(spec.judge.clauses)})
+    if spec.halt is not None:
+        arch = arch.model_copy(update={"halt_head": True})
     return arch
 
 
@@ -331,13 +333,14 @@ def build_jobs(spec: Spec) -> list[Job]:
         ), {"golden": "golden.npz", "report": "report.json"}))
     jobs.append(Job("eval", "eval", (student, "dataset", "tokenizer"), EvalParams(
         architecture=arch, role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,
-        judge=judge_params(spec), **_eval_memory(spec),
+        judge=judge_params(spec), halt_threshold=spec.halt.threshold if spec.halt else None, **_eval_memory(spec),
     ), {"report": "report.json", "samples": "samples.jsonl"}, _one_device(spec)))
     if spec.speculative is not None:  # a drafter against its worker (compiler/reading/pairing.py checks the pair)
         sp = spec.speculative
         jobs.append(Job("speculate", "speculate", (student, "teacher", "dataset"), SpeculateParams(
             architecture=arch, k=sp.k, max_new_tokens=sp.max_new_tokens, prompts=sp.prompts,
             max_total_tokens=spec.architecture.max_context, special_tokens=special,
+            halt_threshold=spec.halt.threshold if spec.halt else None,
         ), {"report": "report.json"}))
         generated = (*generated, "speculate")
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
@@ -354,5 +357,6 @@ def build_jobs(spec: Spec) -> list[Job]:
     jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids, "tokenizer", student), PublishParams(
         name=spec.name, version=spec.version, role=spec.role, special_tokens=special,
         vocab_size=spec.architecture.vocab_size if cm.packaging == "enumerated" else None, judge=judge_params(spec),
+        halt_threshold=spec.halt.threshold if spec.halt else None,
     ), {"manifest": "manifest.json", "app": "app", "hf": "hf"}))
     return jobs

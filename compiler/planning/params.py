@@ -107,8 +107,10 @@ class ArchitectureP(Params):
     # role judge: the verdict head `judge_head` = Linear(d_model, judge_outputs) on the final normed hidden
     # states: output 0 the verdict score (log-odds that response A beats B), then one logit per clause
     judge_outputs: int = 0
+    # the halt head `halt_head` = Linear(d_model, 1): the logit that the next token ends the turn
+    halt_head: bool = False
 
-    OMIT_WHEN_DEFAULT = frozenset({"attention_bias", "qk_norm", "rope_scaling", "judge_outputs"})
+    OMIT_WHEN_DEFAULT = frozenset({"attention_bias", "qk_norm", "rope_scaling", "judge_outputs", "halt_head"})
 
 
 class TeacherParams(Params):
@@ -302,8 +304,9 @@ class EvalParams(Params):
     memory_budget_mb: int | None = None
     dtype: Literal["fp32", "bf16"] = "fp32"  # the student's weights and caches during eval (bf16 on cuda)
     judge: JudgeP | None = None  # role judge: verdict metrics instead of generation
+    halt_threshold: float | None = None  # the halt head's stop probability: its metrics (halt_auroc, early_halt_rate)
 
-    OMIT_WHEN_DEFAULT = frozenset({"memory_budget_mb", "dtype", "judge"})
+    OMIT_WHEN_DEFAULT = frozenset({"memory_budget_mb", "dtype", "judge", "halt_threshold"})
 
 
 class SpeculateParams(Params):
@@ -315,6 +318,9 @@ class SpeculateParams(Params):
     prompts: int  # the first eval prompts measured
     max_total_tokens: int  # prompt + generated, at most (the drafter's max_context)
     special_tokens: dict[str, SpecialTokenP]
+    halt_threshold: float | None = None  # a drafter with a halt head stops drafting once it reaches this
+
+    OMIT_WHEN_DEFAULT = frozenset({"halt_threshold"})
 
 
 class GateP(Params):
@@ -352,8 +358,9 @@ class PublishParams(Params):
     special_tokens: dict[str, SpecialTokenP]  # ids and texts for the runtime config (bos rule, stop ids)
     vocab_size: int | None = None  # enumerated packaging: the package's outputs have flexible shapes that do not say it
     judge: JudgeP | None = None  # role judge: the runtime config says how to render the input and read the verdict
+    halt_threshold: float | None = None  # the halt head: the runtime config says which output and when to stop
 
-    OMIT_WHEN_DEFAULT = frozenset({"vocab_size", "judge"})
+    OMIT_WHEN_DEFAULT = frozenset({"vocab_size", "judge", "halt_threshold"})
 
 
 # job kind -> its params class: what a worker validates a job's JSON params with (runtime/worker.py)

@@ -24,7 +24,7 @@ from compiler.schema.architecture import Heads
 from compiler.schema.quantization import Quantized
 from compiler.schema.spec import Spec
 from compiler.schema.teacher import HfLocalTeacher, OpenAICompatibleTeacher, TrainTeacher
-from compiler.reading import rules_judge, rules_speed, rules_teacher
+from compiler.reading import rules_halt, rules_judge, rules_speed, rules_teacher
 from compiler.reading.rules_teacher import is_local_relative
 from compiler.schema.tokenizer import BpeSource
 from compiler.schema.training import Ramp, StepChange
@@ -365,5 +365,5 @@ def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
             yield (path, f"'{value}' is {'a file' if folder else 'a folder'}; expected {'a folder' if folder else 'a file'}", None)
 
 
-RULES = [rules_judge.judge, _architecture, _tokens, _shapes, _training, _quantization, _precision, _gates, _deployment, _training_memory, rules_teacher.prompts,
+RULES = [rules_judge.judge, rules_halt.halt, _architecture, _tokens, _shapes, _training, _quantization, _precision, _gates, _deployment, _training_memory, rules_teacher.prompts,
          rules_teacher.teacher, _paths, rules_teacher.shared_vocabulary]

@@ -18,7 +18,8 @@ from compiler.schema.training import loss_used
 
 Finding = tuple[Path, str, str | None]
 JUDGE_TERMS = ("pairwise", "clauses", "verdict_kd")
-TOKEN_TERMS = ("kl", "ce_teacher", "ce_ground_truth", "tool_name", "json_args", "integration", "length_kd", "early_tool")
+TOKEN_TERMS = ("kl", "ce_teacher", "ce_ground_truth", "tool_name", "json_args", "integration", "length_kd", "early_tool",
+               "halt")
 
 
 def judge(spec: Spec) -> Iterator[Finding]:

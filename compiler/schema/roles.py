@@ -1,5 +1,5 @@
-"""Sections only some roles have: `speculative` (a drafter and the worker it drafts for) and `judge`
-(the clauses a judge labels and its pairwise objective)."""
+"""Sections only some roles have: `speculative` (a drafter and the worker it drafts for), `judge` (the
+clauses a judge labels and its pairwise objective) and `halt` (a decoder's stop head)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,10 @@ class Judge(SpecModel):
         "-log sigmoid(s) for the preferred order; margin, max(0, margin - s).", default="bradley_terry")
     margin: Annotated[float, Field(gt=0, allow_inf_nan=False)] = F(
         "The hinge of the margin objective (unused by bradley_terry).", default=1.0)
+
+
+class Halt(SpecModel):
+    threshold: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = F(
+        "The halt probability at which a decoder stops (a drafter stops drafting): the early-halt metric counts "
+        "eval samples where it is reached before a stop token, and the release's runtime config tells apps.",
+        unit="probability", default=0.5)

@@ -12,7 +12,7 @@ from .data import Data
 from .deploy import Deployment, Export, Precision, Shapes
 from .gates import Gate
 from .quantization import Quantization
-from .roles import Judge, Speculative
+from .roles import Halt, Judge, Speculative
 from .teacher import Teacher
 from .tokenizer import Tokenizer
 from .training import Training
@@ -39,6 +39,10 @@ class Spec(SpecModel):
     judge: Optional[Judge] = F(
         "role judge: the clauses it labels and its pairwise objective; the model gains a verdict head (the score and "
         "one logit per clause) exported as the prefill's `judge` output (docs/roles.md#judge).", default=None)
+    halt: Optional[Halt] = F(
+        "A halt head: one logit per position predicting that the next token ends the turn (eos or the tool-call end), "
+        "trained by training.losses.halt on the data's turn ends and exported as each function's `halt` output "
+        "(docs/roles.md#the-halt-head). Worker or drafter, with decode_cache: state.", default=None)
     architecture: Architecture = F("Student architecture.")
     tokenizer: Tokenizer = F("Tokenizer.")
     teacher: Optional[Teacher] = F(

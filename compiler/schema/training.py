@@ -81,6 +81,9 @@ class Losses(SpecModel):
     integration: Loss | None = F("Cross-entropy restricted to tool-result integration spans.", default=None)
     length_kd: LengthKdLoss | None = F("Length-aware KD: hinge penalty on generating longer than the teacher.", default=None)
     early_tool: EarlyToolLoss | None = F("Rewards starting a needed tool call within within_tokens.", default=None)
+    halt: Loss | None = F("The halt head (the spec's halt section): binary cross-entropy of its logit at each target "
+                          "position against whether the next token ends the turn (eos or the tool-call end).",
+                          default=None)
     pairwise: Loss | None = F("role judge: the pairwise objective (judge.objective) on the verdict score, over both "
                               "orders of every preference pair.", default=None)
     clauses: Loss | None = F("role judge: binary cross-entropy of each clause logit against the data's clause labels.",

@@ -54,6 +54,16 @@ class _Function(nn.Module):
         super().__init__()
         self.model = model
         self.logits_dtype = torch_dtype(tensor(fn.outputs, "logits").dtype)
+        # the halt head's output (docs/roles.md#the-halt-head): returned after the logits
+        self.halt = any(o.name == "halt" for o in fn.outputs)
+        self.halt_dtype = torch_dtype(tensor(fn.outputs, "halt").dtype) if self.halt else None
+
+    def _out(self, result) -> Tensor | tuple[Tensor, Tensor]:
+        """`run_layers`'s result cast to the contract: the logits, or (logits, halt)."""
+        if self.halt:
+            logits, halt = result
+            return logits.to(self.logits_dtype), halt.to(self.halt_dtype)
+        return result.to(self.logits_dtype)
 
 
 def _positions(input_ids: Tensor) -> Tensor:
@@ -66,7 +76,10 @@ def _positions(input_ids: Tensor) -> Tensor:
 class PlainPrefill(_Function):
     """Prefill without a cache (the package has no decode function)."""
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        if self.halt:
+            pos = _positions(input_ids)
+            return self._out(self.model.run_layers(input_ids, pos, allowed_mask(pos, pos), None, halt=True))
         return self.model(input_ids, position_ids=_positions(input_ids)).to(self.logits_dtype)
 
 
@@ -123,8 +136,8 @@ class StatePrefill(StateCache):
                 return k, v
             return write
 
-        logits = self.model.run_layers(input_ids, pos, allowed_mask(pos, pos), [writer(i) for i in range(len(self.model.layers))])
-        return logits.to(self.logits_dtype)
+        return self._out(self.model.run_layers(input_ids, pos, allowed_mask(pos, pos),
+                                               [writer(i) for i in range(len(self.model.layers))], halt=self.halt))
 
 
 class StateDecode(StateCache):
@@ -144,9 +157,8 @@ class StateDecode(StateCache):
                 return self.key_cache[i], self.value_cache[i]
             return write
 
-        logits = self.model.run_layers(input_ids, q_pos, allowed_mask(q_pos, k_pos[None]),
-                                 [writer(i) for i in range(len(self.model.layers))])
-        return logits.to(self.logits_dtype)
+        return self._out(self.model.run_layers(input_ids, q_pos, allowed_mask(q_pos, k_pos[None]),
+                                               [writer(i) for i in range(len(self.model.layers))], halt=self.halt))
 
 
 class StateVerify(StateCache):
@@ -169,9 +181,8 @@ class StateVerify(StateCache):
                 return self.key_cache[i], self.value_cache[i]
             return write
 
-        logits = self.model.run_layers(input_ids, q_pos, allowed_mask(q_pos, k_pos[None]),
-                                       [writer(i) for i in range(len(self.model.layers))])
-        return logits.to(self.logits_dtype)
+        return self._out(self.model.run_layers(input_ids, q_pos, allowed_mask(q_pos, k_pos[None]),
+                                               [writer(i) for i in range(len(self.model.layers))], halt=self.halt))
 
 
 class ExplicitVerify(_Function):
@@ -216,6 +227,8 @@ class ExplicitDecode(_Function):
 
 def wrap(model: Student, fn: FunctionP, decode_cache: str | None) -> nn.Module:
     """The module whose export is `fn`: chosen by role and by how the contract carries the cache."""
+    if any(o.name == "halt" for o in fn.outputs) and any(o.name == "present_keys" for o in fn.outputs):
+        raise ValueError(f"function {fn.name!r}: the halt output is exported with the cache in states only")
     if fn.role == "prefill":
         if any(o.name == "judge" for o in fn.outputs):
             if fn.states or len(fn.outputs) != 2:

@@ -33,6 +33,7 @@ class Speculation:
     drafted: int = 0  # tokens the drafter proposed
     accepted: int = 0  # of those, the ones the worker agreed with
     per_step: list[int] = field(default_factory=list)  # tokens emitted by each step
+    halted: int = 0  # steps whose draft the drafter's halt head cut short of k
 
     @property
     def acceptance_rate(self) -> float:
@@ -58,17 +59,30 @@ def greedy(worker: Model, prompt: list[int], max_new: int, eos: int, device: tor
 
 
 def speculate(drafter: Model, worker: Model, prompt: list[int], k: int, max_new: int, eos: int,
-              device: torch.device | str = "cpu") -> Speculation:
+              device: torch.device | str = "cpu", halt: Any = None, threshold: float = 0.5) -> Speculation:
+    """`halt`: the drafter with its halt head (ids -> (logits, halt logits)), used instead of `drafter`: a draft
+    stops after the token whose halt probability (the head at the position before it) reaches `threshold`, the
+    token that ends the worker's turn, instead of drafting past it."""
     device = torch.device(device)
     ids = list(prompt)
     result = Speculation(tokens=[])
     while len(result.tokens) < max_new and (not result.tokens or result.tokens[-1] != eos):
         room = max_new - len(result.tokens)
         draft: list[int] = []
-        for _ in range(min(k, room)):  # the drafter, greedy, one token per call
-            token = int(_next(drafter, ids + draft, device)[-1].argmax())
+        for i in range(min(k, room)):  # the drafter, greedy, one token per call
+            if halt is None:
+                token = int(_next(drafter, ids + draft, device)[-1].argmax())
+                stop = False
+            else:  # the head at the last position says whether the token drafted now ends the turn
+                with torch.no_grad():
+                    logits, h = halt(torch.tensor([ids + draft], dtype=torch.long, device=device))
+                token = int(logits[0, -1].argmax())
+                stop = float(torch.sigmoid(h[0, -1, 0])) >= threshold
             draft.append(token)
             if token == eos:
+                break
+            if stop:
+                result.halted += i + 1 < min(k, room)
                 break
         # the worker once over sequence + draft: its choice after each prefix of the draft
         choices = _next(worker, ids + draft, device)[len(ids) - 1:].argmax(-1).tolist()

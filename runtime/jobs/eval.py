@@ -21,7 +21,8 @@ the spec trains there, in bf16 when it trains in bf16). Every row's tokens depen
 alone, so the batching does not change what is generated. Before anything is scored, the cached path is checked against
 full ``forward`` recomputation (see `check_against_forward`).
 
-A judge (the spec has a ``judge`` section) is evaluated by runtime/jobs/eval_judge.py instead.
+A judge (the spec has a ``judge`` section) is evaluated by runtime/jobs/eval_judge.py instead. A model with
+a halt head also gets its metrics, teacher-forced over the same rows (runtime/jobs/eval_halt.py).
 
 Outputs: ``out/report.json`` (metrics as ``{"value", "n"}``, per-kind breakdowns, stop
 reasons, provenance; everything but ``seconds`` is deterministic) and ``out/samples.jsonl``.
@@ -382,6 +383,12 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         n_tokens.append(len(gen.generated))
 
     metrics = _metric_report(outcomes, n_tokens)
+    if params.halt_threshold is not None:  # the halt head, teacher-forced over the same rows (runtime/jobs/eval_halt.py)
+        from .eval_halt import measure as measure_halt
+
+        with one_thread():
+            metrics.update(measure_halt(model, Path(inputs["dataset"]["data"]), {k: v.id for k, v in special.items()},
+                                        params.halt_threshold, device))
     by_kind = {}
     for kind in sorted({m["kind"] for m in meta}):
         idx = [i for i, m in enumerate(meta) if m["kind"] == kind]

@@ -165,6 +165,10 @@ def runtime_config(params: PublishParams, convert: dict[str, Any], tokenizer: Pa
         "stop_tokens": stops,
         "steps": _steps(prefills, decode, cache, bos_rule),
         **({"judge": _judge(params)} if params.judge is not None else {}),
+        **({"halt": {"output": "halt", "threshold": params.halt_threshold,
+                     "meaning": "the logit that the next token ends the turn (eos or the tool-call end)",
+                     "use": f"stop drafting (or decoding) once sigmoid(halt) at the newest position is >= "
+                            f"{params.halt_threshold}"}} if params.halt_threshold is not None else {}),
     }
 
 

@@ -58,13 +58,17 @@ def run(params: SpeculateParams, inputs: dict[str, dict[str, Path]], out: Path, 
         return worker_model(input_ids=ids).logits
 
     step = ctx.progress("speculative decoding", len(prompts))
-    drafted = accepted = steps = emitted = 0
+    drafted = accepted = steps = emitted = halted = 0
+    # a drafter with a halt head stops drafting at the token that ends the worker's turn (docs/roles.md)
+    halt = drafter.halt_outputs if params.halt_threshold is not None else None
     mismatches: list[dict[str, Any]] = []
     start = time.perf_counter()
     with one_thread():
         for sid, prompt in prompts:
             room = min(params.max_new_tokens, params.max_total_tokens - len(prompt))
-            s = speculate(drafter, worker, prompt, params.k, room, eos)
+            s = speculate(drafter, worker, prompt, params.k, room, eos, halt=halt,
+                          threshold=params.halt_threshold or 0.5)
+            halted += s.halted
             ref = greedy(worker, prompt, room, eos)
             drafted, accepted, steps, emitted = drafted + s.drafted, accepted + s.accepted, steps + s.steps, emitted + len(s.tokens)
             if s.tokens != ref:
@@ -77,6 +81,7 @@ def run(params: SpeculateParams, inputs: dict[str, dict[str, Path]], out: Path, 
         "worker_mismatches": {"value": len(mismatches), "n": len(prompts)},
     }
     report = {"metrics": metrics, "k": params.k, "prompts": len(prompts), "drafter": student_job,
+              "halt": {"threshold": params.halt_threshold, "drafts_cut": halted} if halt is not None else None,
               "seconds": time.perf_counter() - start, "mismatches": mismatches[:10], "provenance": ctx.provenance}
     write_report(out, report)
     ctx.log(f"acceptance {metrics['acceptance_rate']['value']:.3f} over {drafted} drafted tokens, "

@@ -251,6 +251,8 @@ class Student(nn.Module):
         self.lm_head: nn.Linear | None = None if arch.tie_embeddings else nn.Linear(arch.d_model, arch.vocab_size, bias=False)
         # a judge's verdict head on the final normed hidden states: the score, then one logit per clause
         self.judge_head: nn.Linear | None = nn.Linear(arch.d_model, arch.judge_outputs) if arch.judge_outputs else None
+        # the halt head: one logit per position, that the next token ends the turn (docs/roles.md#the-halt-head)
+        self.halt_head: nn.Linear | None = nn.Linear(arch.d_model, 1) if arch.halt_head else None
         self.to(device=device)
         self.init_weights(seed)
         self.to(dtype=dtype)
@@ -287,11 +289,15 @@ class Student(nn.Module):
         """The output projection's weight `[V, d_model]` (the embedding when tied; fake-quantized under QAT)."""
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def _logits(self, h: Tensor) -> Tensor:
+    def _logits(self, h: Tensor, halt: bool = False) -> Any:
+        """Logits of the final hidden states; with `halt`, (logits, the halt head's logits `[B, T, 1]`)."""
         h = self.norm(h)
-        if self.lm_head is None:
-            return F.linear(h, self.embed_tokens.weight)
-        return self.lm_head(h)
+        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+        if halt:
+            if self.halt_head is None:
+                raise ValueError("this model has no halt head (architecture halt_head is false)")
+            return logits, self.halt_head(h)
+        return logits
 
     def _layers(self, input_ids: Tensor, positions: Tensor, allowed: Tensor | None, kv_fns: list[KVFn] | None,
                 sdpa: bool = False, recompute: bool = False) -> Tensor:
@@ -306,11 +312,11 @@ class Student(nn.Module):
         return h
 
     def run_layers(self, input_ids: Tensor, positions: Tensor, allowed: Tensor,
-                   kv_fns: list[KVFn] | None = None) -> Tensor:
+                   kv_fns: list[KVFn] | None = None, halt: bool = False) -> Any:
         """Logits for `input_ids` at `positions` under the `allowed` attention mask; `kv_fns[i]`
         maps layer i's new (k, v) to the (k, v) it attends to (a cache write and read). The eager
-        forward of KV-cache decode and the export wrappers."""
-        return self._logits(self._layers(input_ids, positions, allowed, kv_fns))
+        forward of KV-cache decode and the export wrappers. `halt`: (logits, halt logits)."""
+        return self._logits(self._layers(input_ids, positions, allowed, kv_fns), halt)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None, head: Callable[[Tensor, Tensor], Any] | None = None) -> Any:
@@ -329,9 +335,13 @@ class Student(nn.Module):
         h = self._layers(input_ids, pos, allowed, None, sdpa, recompute)
         if head is None:
             return self._logits(h)
-        if self.judge_head is not None:
-            return head(self.norm(h), self.output_weight(), self.judge_head)
-        return head(self.norm(h), self.output_weight())
+        extra = {name: m for name, m in (("judge_head", self.judge_head), ("halt_head", self.halt_head)) if m is not None}
+        return head(self.norm(h), self.output_weight(), **extra)
+
+    def halt_outputs(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits `[B, T, V]` and halt logits `[B, T, 1]` at every position (eager; parity's and the eval's reference)."""
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        return self.run_layers(input_ids, pos, allowed_mask(pos, pos), None, halt=True)
 
     def judge_outputs(self, input_ids: Tensor, position_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """A judge's logits `[B, T, V]` and verdict head outputs `[B, T, judge_outputs]` at every position (eager;

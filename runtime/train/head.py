@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from . import judge_losses, losses
+from . import halt_loss, judge_losses, losses
 
 
 class LossHead:
@@ -39,7 +39,8 @@ class LossHead:
         `judge`: a judge's settings (JudgeP): its terms read the verdict head (runtime/train/judge_losses.py)."""
         self.judge = judge
         self.judge_cfg = {k: v for k, v in losses_cfg.items() if k in judge_losses.TERMS}
-        losses_cfg = {k: v for k, v in losses_cfg.items() if k not in judge_losses.TERMS}
+        self.halt = "halt" in losses_cfg  # the halt head's term (runtime/train/halt_loss.py)
+        losses_cfg = {k: v for k, v in losses_cfg.items() if k not in judge_losses.TERMS and k != "halt"}
         self.tokens = bool(losses_cfg) or (accuracy and not self.judge_cfg)  # token-level terms read the logits
         self.batch, self.cfg, self.special, self.chunk = batch, losses_cfg, special, chunk
         self.need = losses.needed(losses_cfg, batch, accuracy)
@@ -55,10 +56,19 @@ class LossHead:
         stats = losses.position_stats(F.linear(h, weight), at, self.need, self.cfg, self.special)
         return tuple(stats[k] for k in sorted(stats))
 
-    def __call__(self, h: Tensor, weight: Tensor, judge_head: Any = None) -> dict[str, Any]:
+    def __call__(self, h: Tensor, weight: Tensor, judge_head: Any = None, halt_head: Any = None) -> dict[str, Any]:
         out: dict[str, Any] = {"terms": {}}
         if self.tokens:
             out = self._tokens(h, weight)
+        if self.halt:
+            if halt_head is None:
+                raise ValueError("the halt term needs the model's halt head (architecture halt_head)")
+            logits = halt_head(h[:, :-1]).squeeze(-1)  # position t: does token t + 1 end the turn
+            labels, mask = halt_loss.targets(self.batch, self.special)
+            out["terms"]["halt"] = halt_loss.term(logits, labels, mask)
+            if self.probe is not None:
+                out.setdefault("grad_norm_by_loss", {})["halt"] = halt_loss.grad_norm(logits, labels, mask,
+                                                                                       self.probe["halt"])
         if self.judge_cfg:
             if judge_head is None:
                 raise ValueError("the judge's loss terms need the model's verdict head (architecture judge_outputs > 0)")

@@ -53,10 +53,14 @@ def _student(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]]
     model = Student(tp.architecture, seed=tp.seed, device=device)
     if params.init_checkpoint is None:
         return model, 0, None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # the judge's verdict head and the halt head are new: a pretrained LM has neither, so they keep their seeded init
+    heads = ("judge_head.", "halt_head.")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(heads)}
     state, facts = load_pretrained(ctx.resolve(params.init_checkpoint), tp.architecture, expected)
     with torch.no_grad():
-        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+        missing, unexpected = model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
+    if unexpected or any(not k.startswith(heads) for k in missing):
+        raise RuntimeError(f"the pretrained state does not fit the student (missing {missing}, unexpected {unexpected})")
     ctx.log(f"student initialised from {facts['checkpoint']} ({facts['model_type']}, weights sha256 {facts['weights_sha256'][:16]})")
     return model, 0, facts
 

@@ -120,10 +120,10 @@ class Parity:
         self.nonfinite: list[str] = []
         self.interp: Interpreter | None = None
         self.has_decode = False  # the package has a decode function (read by `unsupported`, which runs first)
-        # a judge's prefill also returns its verdict head's outputs: compared like the logits, per figure
-        self.judge = any(o.name == "judge" for o in fn.outputs)
-        self.judge_figs: dict[str, list[np.ndarray]] = {"ckpt": [], "ref": [], "interp": [], "fp16": []}
-        self._last_judge: np.ndarray | None = None
+        # a head's output beside the logits (a judge's verdict head, the halt head): compared like them, per figure
+        self.extra = next((o.name for o in fn.outputs if o.name in ("judge", "halt")), None)
+        self.extra_figs: dict[str, list[np.ndarray]] = {"ckpt": [], "ref": [], "interp": [], "fp16": []}
+        self._last_extra: np.ndarray | None = None
 
     # --- torch --------------------------------------------------------------------------------
 
@@ -143,13 +143,14 @@ class Parity:
         for shape in shapes:
             for s in shape.samples:
                 ids = self._decode_tokens(s)
-                if not self.judge:
+                if self.extra is None:
                     getattr(shape.fig, attr).append(self._torch(model, ids)[s.positions])
                     continue
                 with torch.no_grad():
-                    logits, judge = model.judge_outputs(torch.from_numpy(ids.astype(np.int64)))
+                    x = torch.from_numpy(ids.astype(np.int64))
+                    logits, extra = model.judge_outputs(x) if self.extra == "judge" else model.halt_outputs(x)
                 getattr(shape.fig, attr).append(logits.float().numpy()[0][s.positions])
-                self.judge_figs[attr].append(judge.float().numpy()[0][s.positions])
+                self.extra_figs[attr].append(extra.float().numpy()[0][s.positions])
 
     def torch_continuations(self, model: Any, shapes: list[Shape]) -> None:
         """prefill_then_decode's reference when prefill + decode outgrow the function's length."""
@@ -187,27 +188,33 @@ class Parity:
 
     def _prefill(self, ids: np.ndarray) -> tuple[np.ndarray, dict]:
         r = self._call(self.fn.name, {"input_ids": ids}, None)
-        if self.judge:
-            self._last_judge = np.asarray(r.outputs["judge"], dtype=np.float32)[0]
+        if self.extra is not None:
+            self._last_extra = np.asarray(r.outputs[self.extra], dtype=np.float32)[0]
         return np.asarray(r.outputs["logits"], dtype=np.float32)[0], r.states
 
     def _decode(self, tokens: list[int], start: int, states: dict | None) -> np.ndarray:
-        out = []
+        out, extra = [], []
         for i, tok in enumerate(tokens):
             r = self._call("decode", {"input_ids": np.array([[tok]], np.int32),
                                       "position": np.array([start + i], np.int32)}, states)
             states = r.states
             out.append(np.asarray(r.outputs["logits"], dtype=np.float32)[0, 0])
+            if "halt" in r.outputs:
+                extra.append(np.asarray(r.outputs["halt"], dtype=np.float32)[0, 0])
+        self._last_extra = np.stack(extra) if extra else None
         return np.stack(out)
 
     def _verify(self, ids: np.ndarray) -> np.ndarray:
         """`verify` over the tokens in chunks of its length from position 0 (an empty cache), each chunk
         a call at the position after the previous one: the logits of every position."""
-        t, states, out = self.fn.seq_lens[0], None, []
+        t, states, out, extra = self.fn.seq_lens[0], None, [], []
         for start in range(0, ids.shape[1], t):
             r = self._call("verify", {"input_ids": ids[:, start: start + t], "position": np.array([start], np.int32)}, states)
             states = r.states
             out.append(np.asarray(r.outputs["logits"], dtype=np.float32)[0])
+            if "halt" in r.outputs:
+                extra.append(np.asarray(r.outputs["halt"], dtype=np.float32)[0])
+        self._last_extra = np.concatenate(extra) if extra else None
         return np.concatenate(out)
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
@@ -223,8 +230,8 @@ class Parity:
             for s in shape.samples:
                 ids = self._decode_tokens(s) if self.fn.role != "prefill" else s.ids
                 getattr(shape.fig, attr).append(self._run(ids)[s.positions])
-                if self.judge and self._last_judge is not None:
-                    self.judge_figs[attr].append(self._last_judge[s.positions])
+                if self.extra is not None and self._last_extra is not None:
+                    self.extra_figs[attr].append(self._last_extra[s.positions])
 
     def causality(self, shape: Shape) -> Check:
         """Changing tokens from position p on leaves the logits before p unchanged (at the compared
@@ -374,14 +381,15 @@ def measure(package: Path, fn: FunctionP, checkpoint: Path, *, samples: int, dec
     return _report(package, fn, parity, shapes, report, checks)
 
 
-def _judge_metrics(figs: dict[str, list[np.ndarray]]) -> dict[str, Any]:
-    """A judge's verdict head, package against torch: SNR (the package's weights; the fp16 emulation) and the
-    share of outputs whose sign (the verdict and each clause flag) the fp16 package keeps from the checkpoint."""
+def _extra_metrics(name: str, figs: dict[str, list[np.ndarray]]) -> dict[str, Any]:
+    """A head's output (`judge` or `halt`), package against torch: SNR (the package's weights; the fp16 emulation)
+    and the share of outputs whose sign (a verdict, a clause flag, a stop at probability 0.5) the fp16 package keeps
+    from the checkpoint."""
     whole = {k: np.concatenate([x.reshape(-1) for x in v]) for k, v in figs.items() if v}
     n = int(whole["ref"].size)
-    return {"judge_snr_db": {"value": snr_db(whole["ref"], whole["interp"]), "n": n},
-            "judge_fp16_snr_db": {"value": snr_db(whole["ref"], whole["fp16"]), "n": n},
-            "judge_sign_agreement": {"value": float(np.mean((whole["ckpt"] > 0) == (whole["fp16"] > 0))), "n": n}}
+    return {f"{name}_snr_db": {"value": snr_db(whole["ref"], whole["interp"]), "n": n},
+            f"{name}_fp16_snr_db": {"value": snr_db(whole["ref"], whole["fp16"]), "n": n},
+            f"{name}_sign_agreement": {"value": float(np.mean((whole["ckpt"] > 0) == (whole["fp16"] > 0))), "n": n}}
 
 
 def _report(package: Path, fn: FunctionP, parity: Parity, shapes: list[Shape], report: dict[str, Any],
@@ -421,10 +429,10 @@ def _report(package: Path, fn: FunctionP, parity: Parity, shapes: list[Shape], r
         values = [c.value for c in checks if c.name.startswith(name) and c.value is not None]
         if values:
             metrics[name] = {"value": max(values) if name == "causality" else min(values), "n": len(values)}
-    if parity.judge and parity.judge_figs["interp"]:
-        metrics.update(_judge_metrics(parity.judge_figs))
-        for i, (ref, interp) in enumerate(zip(parity.judge_figs["ref"], parity.judge_figs["interp"])):
-            golden[f"sample{i}_torch_judge"], golden[f"sample{i}_interpreter_judge"] = ref, interp
+    if parity.extra is not None and parity.extra_figs["interp"]:
+        metrics.update(_extra_metrics(parity.extra, parity.extra_figs))
+        for i, (ref, interp) in enumerate(zip(parity.extra_figs["ref"], parity.extra_figs["interp"])):
+            golden[f"sample{i}_torch_{parity.extra}"], golden[f"sample{i}_interpreter_{parity.extra}"] = ref, interp
     skipped = [int(n) for n in fn.seq_lens if str(int(n)) not in by_shape] if fn.role == "prefill" else []
     return {**report, "checks": [c.as_json() for c in checks], "passed": all(c.passed for c in checks),
             "metrics": metrics, "by_shape": by_shape, "lengths_not_run": skipped,

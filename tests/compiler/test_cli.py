@@ -173,7 +173,7 @@ def test_explain_json(run):
     assert code == 0
     result = json.loads(out)
     assert result["id"] == "train" and result["kind"] == "train"
-    assert result["reads"] == ["architecture", "training", "tokenizer.special_tokens", "judge"]
+    assert result["reads"] == ["architecture", "training", "tokenizer.special_tokens", "judge", "halt"]
     assert result["upstream"] == ["dataset", "generate", "teacher", "tokenizer"]
     assert "qat" in result["downstream"] and "publish" in result["downstream"]
     assert result["fingerprint"] == next(j["fingerprint"] for j in TOY_PLAN["jobs"] if j["id"] == "train")
