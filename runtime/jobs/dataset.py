@@ -59,7 +59,7 @@ from runtime.data.rows import TENSORS, write_rows  # noqa: F401  (TENSORS: this 
 from runtime.hashing import tree_sha256
 
 from .dataset_checks import (  # noqa: F401  (SPAN_MASKS and the error are this job's public names too)
-    DEFAULT_MARKERS, SPAN_MASKS, VAL_FRACTION, DatasetJobError, check_sample, load_registry, split_of,
+    DEFAULT_MARKERS, SPAN_MASKS, VAL_FRACTION, DatasetJobError, Drops, check_sample, load_registry, split_of,
 )
 from .tokenizer import TokenizerJobError, load_tokenizer, resolve_path, special_token_mismatch, write_report
 
@@ -156,9 +156,8 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
     seen: set[str] = set()
     kept: dict[str, list[tuple[dict, dict]]] = {s: [] for s in SPLITS}
     read = Counter()
-    dropped: dict[str, Counter] = {s: Counter() for s in SPLITS}
-    file_dropped: dict[str, Counter] = {f: Counter() for f in files}
-    examples: dict[str, list[str]] = {}
+    drops = Drops(SPLITS, list(files))
+    dropped, file_dropped, examples = drops.by_split, drops.by_file, drops.examples
     for fname, rows in files.items():
         for raw, sample in rows:
             sid = sample.get("id") if isinstance(sample, dict) else None
@@ -174,11 +173,7 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
             else:
                 reason, spans = check_sample(sample, registry, markers, seen)
             if reason:
-                dropped[split][reason] += 1
-                file_dropped[fname][reason] += 1
-                bucket = examples.setdefault(reason, [])
-                if len(bucket) < 10:
-                    bucket.append(sid if isinstance(sid, str) else raw[:80])
+                drops.add(split, fname, reason, sid, raw)
             else:
                 kept[split].append((sample, spans))
             step(1)

@@ -32,6 +32,24 @@ DEFAULT_MARKERS = {
 _WS = re.compile(r"[ \t\n\r]*")
 
 
+class Drops:
+    """Dropped samples counted per output split and per input file, with up to 10 example ids per reason."""
+
+    def __init__(self, splits: tuple[str, ...], files: list[str]) -> None:
+        from collections import Counter
+
+        self.by_split: dict[str, Counter] = {s: Counter() for s in splits}
+        self.by_file: dict[str, Counter] = {f: Counter() for f in files}
+        self.examples: dict[str, list[str]] = {}
+
+    def add(self, split: str, fname: str, reason: str, sid: Any = None, raw: str = "") -> None:
+        self.by_split[split][reason] += 1
+        self.by_file[fname][reason] += 1
+        bucket = self.examples.setdefault(reason, [])
+        if len(bucket) < 10 and (isinstance(sid, str) or raw):
+            bucket.append(sid if isinstance(sid, str) else raw[:80])
+
+
 class DatasetJobError(RuntimeError):
     """Inputs the job cannot work with at all (missing files, a malformed registry, a wrong tokenizer)."""
 

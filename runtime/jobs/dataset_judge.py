@@ -27,7 +27,7 @@ from runtime.data.chat import MASKS
 from runtime.data.rows import write_rows
 from runtime.hashing import tree_sha256
 
-from .dataset_checks import VAL_FRACTION, DatasetJobError, split_of
+from .dataset_checks import VAL_FRACTION, DatasetJobError, Drops, split_of
 from .tokenizer import write_report
 
 SPLITS = ("train", "val", "eval")
@@ -42,9 +42,8 @@ def run(params, tok, files: dict[str, list[tuple[str, Any]]], resolved: dict[str
     seen: set[str] = set()
     kept: dict[str, list[dict]] = {s: [] for s in SPLITS}
     read, too_long = Counter(), Counter()
-    dropped: dict[str, Counter] = {s: Counter() for s in SPLITS}
-    file_dropped: dict[str, Counter] = {f: Counter() for f in files}
-    examples: dict[str, list[str]] = {}
+    drops = Drops(SPLITS, list(files))
+    dropped, file_dropped, examples = drops.by_split, drops.by_file, drops.examples
     for fname, rows in files.items():
         for raw, sample in rows:
             sid = sample.get("id") if isinstance(sample, dict) else None
@@ -52,11 +51,7 @@ def run(params, tok, files: dict[str, list[tuple[str, Any]]], resolved: dict[str
             read[split] += 1
             reason = J.check_row(sample, clauses, seen)
             if reason:
-                dropped[split][reason] += 1
-                file_dropped[fname][reason] += 1
-                bucket = examples.setdefault(reason, [])
-                if len(bucket) < 10:
-                    bucket.append(sid if isinstance(sid, str) else raw[:80])
+                drops.add(split, fname, reason, sid, raw)
             else:
                 kept[split].append(sample)
             step(1)

@@ -418,3 +418,37 @@ def test_a_chat_sample_in_data_eval_is_refused(tok_dir, tmp_path):
     evalf.write_text((TOY / "eval.jsonl").read_text(encoding="utf-8") + json.dumps(CHAT_OK[2]) + "\n", encoding="utf-8")
     with pytest.raises(dsjob.DatasetJobError, match="is a chat sample; the eval job replays tool results in the toy format"):
         run_ds(tok_dir, tmp_path / "out", ds_params(eval=str(evalf)))
+
+
+def test_judge_rows_are_checked_laid_out_and_written_with_their_vectors(tok_dir, tmp_path):
+    from compiler.planning.params import JudgeP
+    from runtime.data import judge as J
+    from runtime.data.shards import read_split
+
+    rows = [{"id": f"p{i}", "kind": "pairwise", "prompt": f"What is {i}+1?", "chosen": f"{i + 1}.", "rejected": f"{i + 2}.",
+             **({"teacher": {"preference": 0.75}} if i % 2 else {})} for i in range(40)]
+    rows += [{"id": f"c{i}", "kind": "clauses", "prompt": "Hi?", "response": f"Mail {i}@x.y", "labels": ["privacy"]}
+             for i in range(10)]
+    bad = [{"id": "b1", "kind": "clauses", "prompt": "Hi?", "response": "x", "labels": ["tone"]},
+           {"id": "b2", "kind": "pairwise", "prompt": "Hi?", "chosen": "a", "rejected": "a"},
+           {"id": "p0", "kind": "pairwise", "prompt": "Hi?", "chosen": "a", "rejected": "b"}]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows + bad) + "not json\n", encoding="utf-8")
+    ev = tmp_path / "eval.jsonl"
+    ev.write_text("".join(json.dumps({**r, "id": "e" + r["id"]}) + "\n" for r in rows[:6]), encoding="utf-8")
+    params = ds_params(train=str(train), eval=str(ev), role="judge",
+                       judge=JudgeP(clauses=["privacy", "format"], objective="bradley_terry", margin=1.0))
+    report = run_ds(tok_dir, tmp_path / "out", params)
+    assert report["dropped_by_reason"] == {"bad_line": 1, "duplicate_id": 1, "identical_responses": 1, "unknown_clause": 1}
+    assert report["counts"]["eval"] == 12 and report["counts"]["train"] + report["counts"]["val"] == 40 * 2 + 10
+    data = tmp_path / "out" / "data"
+    split = read_split(data, "eval", numpy=True)
+    meta = load_jsonl(data / "eval.jsonl")
+    assert split["judge"].shape == (12, J.width(2)) and not split["loss_mask"].any()
+    lengths = split["attention_mask"].sum(axis=1)
+    assert (split["judge"][:, 0] == lengths - 1).all()  # the verdict position is the last token (eos)
+    assert (split["input_ids"][np.arange(12), lengths - 1] == params.special_tokens["eos"].id).all()
+    assert [(m["pair"], m["order"]) for m in meta[:2]] == [("ep0", 0), ("ep0", 1)]
+    for s in ("train", "val"):  # a pair lands in one split whole
+        pairs = [m["pair"] for m in load_jsonl(data / f"{s}.jsonl") if m["kind"] == "pairwise"]
+        assert all(pairs.count(p) == 2 for p in pairs)
