@@ -6,10 +6,10 @@ no data-dependent Python control flow and no `.item()`; masks and RoPE angles ar
 in-graph from position tensors, and angles depend only on absolute positions (static RoPE
 scalings, `linear` and `llama3`, are one constant factor per frequency).
 
-Three entry points share one decoder stack:
+Entry points sharing one decoder stack:
   - `forward(input_ids, attention_mask)`: training/eval logits, causal + key padding mask.
-  - `prefill(input_ids, key_cache, value_cache)`: writes cache positions 0..T-1, returns logits.
-  - `decode(input_ids, position, key_cache, value_cache)`: writes one position, attends to <= it.
+  - `prefill`, `decode`, `extend` (runtime/model/cache.py): the KV-cache paths.
+  - `halt_outputs`, `judge_outputs`: the logits with the halt head's or the judge's verdict head's outputs.
 Caches are `[n_layers, B, n_kv_heads, cache_len, d_head]` and are updated functionally.
 """
 
@@ -28,12 +28,13 @@ from compiler.analysis.modules import Module, canonical_modules
 from compiler.planning.params import ArchitectureP, RopeScalingP
 from compiler.schema.architecture import Architecture, LinearScaling, Llama3Scaling, Mlp, Norm, Rope
 
+from .cache import KVCache, KVFn, allowed_mask, right_padded, span  # noqa: F401  (allowed_mask, span: public here too)
+
 # Masked scores are replaced (not offset) by this: finite in fp16, and exp() of it underflows to 0.
 MASK_VALUE = -1.0e4
 INIT_STD = 0.02
 
 # (k, v) of the current tokens -> the (k, v) to attend over (identity, or a cache write).
-KVFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def schema_architecture(arch: ArchitectureP) -> Architecture:
@@ -137,23 +138,6 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + _rotate_half(x) * sin
 
 
-def right_padded(attention_mask: Tensor | None) -> bool:
-    """No mask, or every row's real tokens come first (1..1 0..0): causal attention alone then masks
-    exactly what causal + key padding does at every real position."""
-    if attention_mask is None:
-        return True
-    m = attention_mask != 0
-    return bool((m[:, 1:] <= m[:, :-1]).all())
-
-
-def allowed_mask(q_pos: Tensor, k_pos: Tensor, key_mask: Tensor | None = None) -> Tensor:
-    """Boolean `[B|1, 1, Tq, Tk]`: key position <= query position (and the key is real)."""
-    allowed = k_pos[:, None, None, :] <= q_pos[:, None, :, None]
-    if key_mask is not None:
-        allowed = allowed & (key_mask[:, None, None, :] != 0)
-    return allowed
-
-
 class Attention(nn.Module):
     def __init__(self, arch: ArchitectureP) -> None:
         super().__init__()
@@ -227,15 +211,7 @@ def _identity_kv(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     return k, v
 
 
-def span(k_pos: Tensor, start: Tensor, t: int) -> tuple[Tensor, Tensor]:
-    """Which cache positions `[1, 1, S, 1]` a write of t tokens at `start` covers, and for each
-    position the index of its token among the t (0 where none: discarded by the mask)."""
-    rel = k_pos - start
-    written = torch.logical_and(rel >= 0, rel < t)  # coremltools converts logical_and, not &
-    return written.view(1, 1, -1, 1), torch.where(written, rel, torch.zeros_like(rel))
-
-
-class Student(nn.Module):
+class Student(KVCache, nn.Module):
     """The student LM; `Student(arch, seed)` is deterministic for a given seed and device."""
 
     def __init__(self, arch: ArchitectureP, seed: int = 0, device: torch.device | str | None = None,
@@ -289,10 +265,14 @@ class Student(nn.Module):
         """The output projection's weight `[V, d_model]` (the embedding when tied; fake-quantized under QAT)."""
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
+    def _vocab(self, h: Tensor) -> Tensor:
+        """The vocabulary logits of final normed hidden states."""
+        return F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+
     def _logits(self, h: Tensor, halt: bool = False) -> Any:
         """Logits of the final hidden states; with `halt`, (logits, the halt head's logits `[B, T, 1]`)."""
         h = self.norm(h)
-        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
+        logits = self._vocab(h)
         if halt:
             if self.halt_head is None:
                 raise ValueError("this model has no halt head (architecture halt_head is false)")
@@ -351,87 +331,7 @@ class Student(nn.Module):
         t = input_ids.shape[1]
         pos = position_ids if position_ids is not None else torch.arange(t, device=input_ids.device)[None]
         h = self.norm(self._layers(input_ids, pos, allowed_mask(pos, pos), None))
-        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
-        return logits, self.judge_head(h)
-
-    def prefill(self, input_ids: Tensor, key_cache: Tensor, value_cache: Tensor,
-                last_only: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Run T tokens at positions 0..T-1, writing them to cache positions 0..T-1. `last_only`: logits of
-        the last position only (`[B, 1, V]`; what generation reads), not a `[B, T, V]` tensor."""
-        t = input_ids.shape[1]
-        if t > key_cache.shape[3]:
-            raise ValueError(f"prefill length {t} exceeds the cache length {key_cache.shape[3]}")
-        pos = torch.arange(t, device=input_ids.device)[None]
-        new_k: list[Tensor] = []
-        new_v: list[Tensor] = []
-
-        def writer(i: int) -> KVFn:
-            def write(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-                new_k.append(torch.cat([k.to(key_cache.dtype), key_cache[i, :, :, t:]], dim=2))
-                new_v.append(torch.cat([v.to(value_cache.dtype), value_cache[i, :, :, t:]], dim=2))
-                return k, v
-            return write
-
-        h = self._layers(input_ids, pos, allowed_mask(pos, pos), [writer(i) for i in range(len(self.layers))])
-        logits = self._logits(h[:, -1:] if last_only else h)
-        return logits, torch.stack(new_k), torch.stack(new_v)
-
-    def decode(self, input_ids: Tensor, position: Tensor, key_cache: Tensor,
-               value_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One token `[B, 1]` at `position` (`[1]` int tensor): write it, attend to cache <= position."""
-        cache_len = key_cache.shape[3]
-        k_pos = torch.arange(cache_len, device=input_ids.device)
-        q_pos = position.reshape(1, 1).to(k_pos.dtype)
-        hit = (k_pos == q_pos.reshape(1)).view(1, 1, cache_len, 1)
-        new_k: list[Tensor] = []
-        new_v: list[Tensor] = []
-
-        def writer(i: int) -> KVFn:
-            def write(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-                k_all = torch.where(hit, k.to(key_cache.dtype), key_cache[i])
-                v_all = torch.where(hit, v.to(value_cache.dtype), value_cache[i])
-                new_k.append(k_all)
-                new_v.append(v_all)
-                return k_all, v_all
-            return write
-
-        allowed = allowed_mask(q_pos, k_pos[None])
-        logits = self.run_layers(input_ids, q_pos, allowed, [writer(i) for i in range(len(self.layers))])
-        return logits, torch.stack(new_k), torch.stack(new_v)
-
-    def extend(self, input_ids: Tensor, position: Tensor, key_cache: Tensor,
-               value_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """T tokens `[B, T]` at positions `position` .. `position` + T - 1 (`position` a `[1]` int tensor):
-        written to the cache, each attending to the cache at positions <= its own (speculative decoding's
-        verify). Cache entries past the last written position (a rejected draft's) are neither read nor
-        changed: the next call at the first rejected position overwrites them. T = 1 is `decode`."""
-        t = input_ids.shape[1]
-        cache_len = key_cache.shape[3]
-        k_pos = torch.arange(cache_len, device=input_ids.device)
-        start = position.reshape(1).to(k_pos.dtype)
-        q_pos = (start + torch.arange(t, device=input_ids.device))[None]
-        written, index = span(k_pos, start, t)
-        new_k: list[Tensor] = []
-        new_v: list[Tensor] = []
-
-        def writer(i: int) -> KVFn:
-            def write(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-                k_all = torch.where(written, k.to(key_cache.dtype).index_select(2, index), key_cache[i])
-                v_all = torch.where(written, v.to(value_cache.dtype).index_select(2, index), value_cache[i])
-                new_k.append(k_all)
-                new_v.append(v_all)
-                return k_all, v_all
-            return write
-
-        logits = self.run_layers(input_ids, q_pos, allowed_mask(q_pos, k_pos[None]), [writer(i) for i in range(len(self.layers))])
-        return logits, torch.stack(new_k), torch.stack(new_v)
-
-    def empty_cache(self, batch: int, cache_len: int | None = None) -> tuple[Tensor, Tensor]:
-        """Zero key and value caches `[n_layers, B, n_kv_heads, cache_len, d_head]` (default max_context)."""
-        a = self.arch
-        w = self.embed_tokens.weight
-        shape = (a.n_layers, batch, a.n_kv_heads, cache_len or a.max_context, a.d_head)
-        return torch.zeros(shape, dtype=w.dtype, device=w.device), torch.zeros(shape, dtype=w.dtype, device=w.device)
+        return self._vocab(h), self.judge_head(h)
 
 
 def to_hf_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
