@@ -269,7 +269,7 @@ def scaffold_data(role: str, sized: Sized, name: str, memory_gb: dict[str, int] 
         **({"judge": {"clauses": ["privacy", "accuracy", "safety"], "objective": "bradley_terry"}} if role == "judge" else
            {"teacher": {"kind": "hf_local", "path": f"/mnt/models/teachers/{name}-teacher", "top_k": 32}}),
         "data": {"train": f"s3://distill-data/{name}/train.jsonl", "eval": f"s3://distill-data/{name}/eval.jsonl",
-                 "tool_registry": f"s3://distill-data/{name}/tools.json"},
+                 **({} if role == "judge" else {"tool_registry": f"s3://distill-data/{name}/tools.json"})},
         "training": {
             "seed": 20241219, "steps": p["steps"], "micro_batch": p["micro_batch"], "grad_accum": p["grad_accum"],
             "optimizer": {"name": "adamw", "lr": Raw("2.0e-4"), "betas": [Raw("0.9"), Raw("0.95")], "weight_decay": Raw("0.1"),

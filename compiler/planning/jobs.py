@@ -131,6 +131,11 @@ def judge_params(spec: Spec) -> JudgeP | None:
     return JudgeP(clauses=list(j.clauses), objective=j.objective, margin=j.margin) if j is not None else None
 
 
+def judge_clauses(spec: Spec) -> list[str] | None:
+    """What the dataset, eval and publish jobs read of a judge (the objective is the training jobs')."""
+    return list(spec.judge.clauses) if spec.judge is not None else None
+
+
 def student_architecture(spec: Spec) -> ArchitectureP:
     """The student's architecture parameters: the spec's, plus a judge's verdict head (1 score + one logit per clause)."""
     arch = architecture_params(spec.architecture)
@@ -274,7 +279,7 @@ def build_jobs(spec: Spec) -> list[Job]:
         ), {"tokenizer": "tokenizer", "report": "report.json"}),
         Job("dataset", "dataset", ("tokenizer",), DatasetParams(
             train=spec.data.train, eval=spec.data.eval, tool_registry=spec.data.tool_registry, role=spec.role,
-            max_seq_len=max(spec.shapes.prefill), special_tokens=special, judge=judge_params(spec),
+            max_seq_len=max(spec.shapes.prefill), special_tokens=special, judge_clauses=judge_clauses(spec),
         ), {"data": "data", "report": "report.json"}),
     ]
     # the teacher: a local model (its job trains or loads it and writes top-k targets), and the generate job
@@ -333,7 +338,7 @@ def build_jobs(spec: Spec) -> list[Job]:
         ), {"golden": "golden.npz", "report": "report.json"}))
     jobs.append(Job("eval", "eval", (student, "dataset", "tokenizer"), EvalParams(
         architecture=arch, role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,
-        judge=judge_params(spec), halt_threshold=spec.halt.threshold if spec.halt else None, **_eval_memory(spec),
+        judge_clauses=judge_clauses(spec), halt_threshold=spec.halt.threshold if spec.halt else None, **_eval_memory(spec),
     ), {"report": "report.json", "samples": "samples.jsonl"}, _one_device(spec)))
     if spec.speculative is not None:  # a drafter against its worker (compiler/reading/pairing.py checks the pair)
         sp = spec.speculative
@@ -356,7 +361,7 @@ def build_jobs(spec: Spec) -> list[Job]:
     # checkpoint for the release's hf/ folder (a released worker is a valid teacher for its drafter)
     jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids, "tokenizer", student), PublishParams(
         name=spec.name, version=spec.version, role=spec.role, special_tokens=special,
-        vocab_size=spec.architecture.vocab_size if cm.packaging == "enumerated" else None, judge=judge_params(spec),
+        vocab_size=spec.architecture.vocab_size if cm.packaging == "enumerated" else None, judge_clauses=judge_clauses(spec),
         halt_threshold=spec.halt.threshold if spec.halt else None,
     ), {"manifest": "manifest.json", "app": "app", "hf": "hf"}))
     return jobs

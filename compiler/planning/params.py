@@ -70,13 +70,14 @@ class JudgeP(Params):
 class DatasetParams(Params):
     train: str
     eval: str
-    tool_registry: str
+    tool_registry: str | None  # None: a judge's (no tools)
     role: str
     max_seq_len: int
     special_tokens: dict[str, SpecialTokenP]
-    judge: JudgeP | None = None  # role judge: rows are preference pairs and clause labels (runtime/data/judge.py)
+    # role judge: rows are preference pairs and clause labels over these clauses (runtime/data/judge.py)
+    judge_clauses: list[str] | None = None
 
-    OMIT_WHEN_DEFAULT = frozenset({"judge"})
+    OMIT_WHEN_DEFAULT = frozenset({"judge_clauses"})
 
 
 class RopeScalingP(Params):
@@ -303,10 +304,10 @@ class EvalParams(Params):
     # the batches' KV caches and prefill activations fit this (MiB); None: EVAL_CPU_BUDGET_MB on cpu
     memory_budget_mb: int | None = None
     dtype: Literal["fp32", "bf16"] = "fp32"  # the student's weights and caches during eval (bf16 on cuda)
-    judge: JudgeP | None = None  # role judge: verdict metrics instead of generation
+    judge_clauses: list[str] | None = None  # role judge: verdict metrics over these clauses instead of generation
     halt_threshold: float | None = None  # the halt head's stop probability: its metrics (halt_auroc, early_halt_rate)
 
-    OMIT_WHEN_DEFAULT = frozenset({"memory_budget_mb", "dtype", "judge", "halt_threshold"})
+    OMIT_WHEN_DEFAULT = frozenset({"memory_budget_mb", "dtype", "judge_clauses", "halt_threshold"})
 
 
 class SpeculateParams(Params):
@@ -357,10 +358,10 @@ class PublishParams(Params):
     role: str  # the runtime config tells the app what the model is for
     special_tokens: dict[str, SpecialTokenP]  # ids and texts for the runtime config (bos rule, stop ids)
     vocab_size: int | None = None  # enumerated packaging: the package's outputs have flexible shapes that do not say it
-    judge: JudgeP | None = None  # role judge: the runtime config says how to render the input and read the verdict
+    judge_clauses: list[str] | None = None  # role judge: the runtime config says how to render and read a verdict
     halt_threshold: float | None = None  # the halt head: the runtime config says which output and when to stop
 
-    OMIT_WHEN_DEFAULT = frozenset({"vocab_size", "judge", "halt_threshold"})
+    OMIT_WHEN_DEFAULT = frozenset({"vocab_size", "judge_clauses", "halt_threshold"})
 
 
 # job kind -> its params class: what a worker validates a job's JSON params with (runtime/worker.py)

@@ -53,7 +53,7 @@ def pairing(spec: Spec, spec_dir: str, load: Callable[[str], Spec]) -> Iterator[
         if spec.role != "drafter" or spec.drafts_for is None:
             yield (("speculative",), "speculative decoding is measured for a drafter against the worker it drafts for",
                    "set role: drafter and drafts_for: <the worker's spec>, or remove speculative")
-        elif spec.teacher.kind != "hf_local":
+        elif spec.teacher is not None and spec.teacher.kind != "hf_local":
             yield (("teacher", "kind"), f"the speculate job runs the worker as the drafter's teacher, and teacher.kind is "
                    f"{spec.teacher.kind}", "distil from the worker: teacher: {kind: hf_local, path: <the worker release's hf/ "
                    "folder (modelspec publish) or its export-hf folder>}")

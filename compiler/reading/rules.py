@@ -329,7 +329,6 @@ def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
     candidates: list[tuple[Path, str, bool]] = [  # (key path, value, is a folder)
         (("data", "train"), spec.data.train, False),
         (("data", "eval"), spec.data.eval, False),
-        (("data", "tool_registry"), spec.data.tool_registry, False),
         (("tokenizer", "source", "corpus"), src.corpus, False) if isinstance(src, BpeSource) else (("tokenizer", "source", "path"), src.path, True),
     ]
     if isinstance(spec.teacher, HfLocalTeacher) and spec.drafts_for is None:
@@ -338,6 +337,8 @@ def _paths(spec: Spec, spec_dir: str) -> Iterator[Finding]:
         candidates.append((("teacher", "path"), spec.teacher.path, True))
     if spec.data.prompts is not None:
         candidates.append((("data", "prompts"), spec.data.prompts, False))
+    if spec.data.tool_registry is not None:
+        candidates.append((("data", "tool_registry"), spec.data.tool_registry, False))
     if spec.tokenizer.chat_template is not None:
         candidates.append((("tokenizer", "chat_template"), spec.tokenizer.chat_template, False))
     if spec.training.init is not None:

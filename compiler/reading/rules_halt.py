@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from compiler.analysis.catalogue import CATALOGUE
 from compiler.core.errors import Path
 from compiler.schema.spec import Spec
 from compiler.schema.training import loss_used
 
 Finding = tuple[Path, str, str | None]
-HALT_METRICS = ("eval.halt_auroc", "eval.early_halt_rate", "parity.halt_snr_db", "parity.halt_sign_agreement")
+HALT_METRICS = tuple(sorted(m for m in CATALOGUE if m.startswith(("eval.halt_", "eval.early_halt", "parity.halt_"))))
 
 
 def halt(spec: Spec) -> Iterator[Finding]:

@@ -38,6 +38,9 @@ def judge(spec: Spec) -> Iterator[Finding]:
             if getattr(losses, name) is not None:
                 yield (("training", "losses", name), f"'{name}' trains a judge's verdict head; this spec's role is {spec.role}",
                        f"remove training.losses.{name}, or set role: judge with a judge section")
+        if spec.data.tool_registry is None:
+            yield (("data",), f"a {spec.role}'s samples are checked against the tool registry, and data has none",
+                   "add data.tool_registry: <tools.json> (specs/data/toy/README.md)")
         if spec.teacher is None:
             yield (("teacher",), f"a {spec.role} distils from a teacher, and this spec has none",
                    "add teacher: {kind: hf_local, path: ...}, {kind: train, ...} or {kind: openai_compatible, ...} "
@@ -46,6 +49,19 @@ def judge(spec: Spec) -> Iterator[Finding]:
     if spec.judge is None:
         yield (("role",), "a judge needs a judge section: the clauses it labels and its pairwise objective",
                "add judge: {clauses: [privacy, accuracy], objective: bradley_terry} (docs/roles.md#judge)")
+    else:
+        seen: set[str] = set()
+        for i, name in enumerate(spec.judge.clauses):
+            if name in seen:
+                yield (("judge", "clauses", i), f"clause '{name}' is listed twice: each clause is one output of the "
+                       "verdict head", "list each clause once")
+            seen.add(name)
+    last = spec.training.curriculum[-1].seq_len
+    if last < max(spec.shapes.prefill):
+        yield (("training", "curriculum", len(spec.training.curriculum) - 1, "seq_len"),
+               f"a judge reads its verdict at a row's last token, so rows longer than the last stage's seq_len {last} "
+               f"would never be trained (the dataset keeps rows up to {max(spec.shapes.prefill)} tokens)",
+               f"end the curriculum at seq_len {max(spec.shapes.prefill)}")
     if spec.teacher is not None:
         yield (("teacher",), "a judge distils from the teacher verdicts written in its data rows, not from a teacher job",
                "remove teacher, and give rows a teacher field: {preference: p} or {clauses: {name: p}} "
@@ -62,3 +78,6 @@ def judge(spec: Spec) -> Iterator[Finding]:
                "set shapes.decode.enabled: false")
     if spec.data.prompts is not None:
         yield (("data", "prompts"), "a judge has no teacher to answer prompts", "remove data.prompts")
+    if spec.data.tool_registry is not None:
+        yield (("data", "tool_registry"), "a judge's rows call no tools: its dataset job would not read the registry",
+               "remove data.tool_registry")

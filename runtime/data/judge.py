@@ -48,33 +48,52 @@ def _prob(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and 0.0 <= x <= 1.0
 
 
+def _text(x: Any) -> bool:
+    """A non-empty string that encodes as UTF-8 (JSON can spell a lone surrogate, which no tokenizer takes)."""
+    if not isinstance(x, str) or not x:
+        return False
+    try:
+        x.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_row(sample: Any, clauses: list[str], seen: set[str]) -> str | None:
-    """The first reason (REASONS) to drop a row, or None."""
+    """The first reason (REASONS) to drop a row, or None; a kept row's id joins `seen`."""
     if not isinstance(sample, dict):
         return "bad_line"
     sid, kind = sample.get("id"), sample.get("kind")
     texts = ("prompt", "chosen", "rejected") if kind == "pairwise" else ("prompt", "response")
     allowed = {"id", "kind", "teacher", "meta"} | set(texts) | ({"labels"} if kind == "clauses" else set())
-    if not isinstance(sid, str) or not sid or kind not in KINDS or set(sample) - allowed:
+    if not _text(sid) or kind not in KINDS or set(sample) - allowed:
         return "bad_schema"
-    if any(not isinstance(sample.get(k), str) or not sample[k] for k in texts):
+    if any(not _text(sample.get(k)) for k in texts):
         return "bad_schema"
     teacher = sample.get("teacher")
     if teacher is not None and not isinstance(teacher, dict):
         return "bad_schema"
     if kind == "clauses":
         labels = sample.get("labels")
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        if not isinstance(labels, list) or not all(_text(x) for x in labels):
             return "bad_schema"
     if sid in seen:
         return "duplicate_id"
-    seen.add(sid)
-    if kind == "pairwise":
-        if sample["chosen"] == sample["rejected"]:
-            return "identical_responses"
-        if teacher is not None and (set(teacher) - {"preference"} or not _prob(teacher.get("preference"))):
-            return "bad_probability"
-        return None
+    reason = _pairwise(sample, teacher) if kind == "pairwise" else _clauses(sample, teacher, clauses)
+    if reason is None:
+        seen.add(sid)
+    return reason
+
+
+def _pairwise(sample: dict, teacher: Any) -> str | None:
+    if sample["chosen"] == sample["rejected"]:
+        return "identical_responses"
+    if teacher is not None and (set(teacher) - {"preference"} or not _prob(teacher.get("preference"))):
+        return "bad_probability"
+    return None
+
+
+def _clauses(sample: dict, teacher: Any, clauses: list[str]) -> str | None:
     if set(sample["labels"]) - set(clauses):
         return "unknown_clause"
     if teacher is not None:

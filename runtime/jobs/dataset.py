@@ -135,7 +135,11 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         raise DatasetJobError(str(exc)) from exc
     _check_tokenizer_matches(tok, special)
 
-    paths = {"train": params.train, "eval": params.eval, "tool_registry": params.tool_registry}
+    paths = {"train": params.train, "eval": params.eval}
+    if params.judge_clauses is None:
+        if params.tool_registry is None:
+            raise DatasetJobError("the dataset job needs data.tool_registry to check the samples' tool calls")
+        paths["tool_registry"] = params.tool_registry
     resolved = {}
     for key, value in paths.items():
         try:
@@ -145,7 +149,7 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         if not resolved[key].is_file():
             raise DatasetJobError(f"data.{key} {value!r} not found (looked at {resolved[key]})")
     files = {"train": _read_jsonl(resolved["train"]), "eval": _read_jsonl(resolved["eval"])}
-    if params.judge is not None:  # preference pairs and clause rows (docs/roles.md#judge-data)
+    if params.judge_clauses is not None:  # preference pairs and clause rows (docs/roles.md#judge-data)
         from .dataset_judge import run as run_judge
 
         return run_judge(params, tok, files, resolved, out, ctx)

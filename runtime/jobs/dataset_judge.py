@@ -5,7 +5,7 @@ Called by `runtime/jobs/dataset.py` when the spec has a `judge` section. The row
 (`judge.REASONS`, counted per split and per input file); a pair goes to `val` or `train` as a whole
 (sha256 of its id, like every train-file sample), so both orders of a pair are always in the same
 split. A rendered row longer than `max_seq_len` is rejected (`too_long`), never truncated: the
-verdict is read at the last token. `data.tool_registry` is not read.
+verdict is read at the last token. A judge has no `data.tool_registry` (its rows call no tools).
 
 Outputs in `out/data`: the token rows (runtime/data/rows.py; every loss mask is 0: a judge trains
 only its verdict head) plus `judge` `[rows, 3 + 2C]`, and `{split}.jsonl` row metadata (id, kind,
@@ -34,7 +34,7 @@ SPLITS = ("train", "val", "eval")
 
 
 def run(params, tok, files: dict[str, list[tuple[str, Any]]], resolved: dict[str, Path], out: Path, ctx) -> dict:
-    clauses = list(params.judge.clauses)
+    clauses = list(params.judge_clauses)
     special = params.special_tokens
     bos, eos, pad = special["bos"].id, special["eos"].id, special["pad"].id
     L = params.max_seq_len

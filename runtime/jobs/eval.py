@@ -349,10 +349,11 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
         if name not in inputs.get(key, {}):
             raise EvalJobError(f"the eval job needs inputs['{key}']['{name}']")
     student_job, ckpt = _checkpoint_folder(inputs)
-    if params.judge is not None:  # verdicts from one prefill, not generation (docs/roles.md#judge)
+    if params.judge_clauses is not None:  # verdicts from one prefill, not generation (docs/roles.md#judge)
         from .eval_judge import run as run_judge
 
-        return run_judge(params, inputs, out, ctx, student_job, ckpt)
+        return run_judge(params, inputs, out, ctx, student_job, ckpt,
+                         params.memory_budget_mb if params.memory_budget_mb is not None else EVAL_CPU_BUDGET_MB)
     tok = load_tokenizer(inputs["tokenizer"]["tokenizer"])
     _check_tokenizer(tok, special)
     meta, input_ids = _load_eval_split(Path(inputs["dataset"]["data"]), special)
@@ -388,7 +389,7 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx) -> dict:
 
         with one_thread():
             metrics.update(measure_halt(model, Path(inputs["dataset"]["data"]), {k: v.id for k, v in special.items()},
-                                        params.halt_threshold, device))
+                                        params.halt_threshold, device, budget_mb))
     by_kind = {}
     for kind in sorted({m["kind"] for m in meta}):
         idx = [i for i, m in enumerate(meta) if m["kind"] == kind]

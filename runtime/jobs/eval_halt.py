@@ -37,17 +37,26 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def score(probs: list[np.ndarray], labels: list[np.ndarray], threshold: float) -> dict[str, dict[str, Any]]:
-    """The metrics from each row's probabilities and labels at its target positions."""
-    p = np.concatenate(probs) if probs else np.zeros(0)
+def score(logits: list[np.ndarray], labels: list[np.ndarray], threshold: float) -> dict[str, dict[str, Any]]:
+    """The metrics from each row's halt logits and labels at its target positions. AUROC ranks the logits (a
+    probability saturates at 1.0 in float32 and would turn a confident head's ranking into ties)."""
+    p = np.concatenate(logits) if logits else np.zeros(0)
     y = np.concatenate(labels) if labels else np.zeros(0)
-    early = sum(1 for pr, lab in zip(probs, labels) if bool(((pr >= threshold) & (lab == 0)).any()))
+    cut = float(np.log(threshold / (1.0 - threshold)))  # sigmoid(logit) >= threshold
+    early = sum(1 for lo, lab in zip(logits, labels) if bool(((lo >= cut) & (lab == 0)).any()))
     return {"halt_auroc": {"value": auroc(p, y), "n": int(p.size)},
-            "early_halt_rate": {"value": early / len(probs) if probs else None, "n": len(probs)}}
+            "early_halt_rate": {"value": early / len(logits) if logits else None, "n": len(logits)}}
+
+
+def rows_per_batch(arch: Any, length: int, budget_mb: int) -> int:
+    """Rows of `length` tokens whose forward (no gradient, one layer's activations at a time, sdpa) fits the
+    budget: per row about 4 bytes x length x (6 d_model + 3 mlp_hidden)."""
+    per_row = 4 * length * (6 * arch.d_model + 3 * arch.mlp_hidden)
+    return max(1, min(64, (budget_mb << 20) // per_row))
 
 
 def measure(model, data_dir: Path, special: dict[str, int], threshold: float, device: torch.device,
-            batch_rows: int = 32) -> dict[str, dict[str, Any]]:
+            budget_mb: int) -> dict[str, dict[str, Any]]:
     source = RowSource(Path(data_dir), "eval", rebuild="the dataset job")
     lengths = source.lengths()
     by_length: dict[int, list[int]] = defaultdict(list)
@@ -58,12 +67,13 @@ def measure(model, data_dir: Path, special: dict[str, int], threshold: float, de
     labels: list[np.ndarray] = [np.zeros(0)] * source.rows
     with torch.no_grad():
         for n, rows in sorted(by_length.items()):
-            for a in range(0, len(rows), batch_rows):
-                part = rows[a:a + batch_rows]
+            size = rows_per_batch(model.arch, n, budget_mb)
+            for a in range(0, len(rows), size):
+                part = rows[a:a + size]
                 ids = source.take("input_ids", part, n).long()
                 mask = source.take("loss_mask", part, n).numpy()[:, 1:] > 0
-                _, halt = model.halt_outputs(ids.to(device))
-                p = torch.sigmoid(halt[:, :-1, 0].float()).cpu().numpy()
+                halt = model.halt_head(model.final_states(ids.to(device)))
+                p = halt[:, :-1, 0].double().cpu().numpy()
                 nxt = ids[:, 1:].numpy()
                 for j, r in enumerate(part):
                     probs[r] = p[j][mask[j]]

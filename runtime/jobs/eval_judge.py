@@ -64,8 +64,10 @@ def _f1(tp: int, fp: int, fn: int) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
 
 
-def _outputs(model, source: RowSource, device: torch.device, batch_rows: int = 32) -> list[list[float]]:
-    """The verdict head's outputs at each row's verdict position, rows batched by equal length."""
+def _outputs(model, source: RowSource, device: torch.device, budget_mb: int) -> list[list[float]]:
+    """The verdict head's outputs at each row's verdict position, rows batched by equal length within the budget."""
+    from .eval_halt import rows_per_batch
+
     lengths = source.lengths()
     vectors = source.read_all("judge")
     by_length: dict[int, list[int]] = defaultdict(list)
@@ -74,12 +76,13 @@ def _outputs(model, source: RowSource, device: torch.device, batch_rows: int = 3
     out: list[list[float]] = [[] for _ in range(source.rows)]
     with torch.no_grad():
         for n, rows in sorted(by_length.items()):
-            for a in range(0, len(rows), batch_rows):
-                part = rows[a:a + batch_rows]
+            size = rows_per_batch(model.arch, n, budget_mb)
+            for a in range(0, len(rows), size):
+                part = rows[a:a + size]
                 ids = source.take("input_ids", part, n).long().to(device)
-                _, heads = model.judge_outputs(ids)
+                h = model.final_states(ids)
                 pos = vectors[part, 0].long().to(device)
-                picked = heads[torch.arange(len(part), device=device), pos].float().cpu()
+                picked = model.judge_head(h[torch.arange(len(part), device=device), pos]).float().cpu()
                 for r, values in zip(part, picked.tolist()):
                     out[r] = values
     return out
@@ -135,19 +138,22 @@ def score(meta: list[dict], vectors: list[list[float]], outputs: list[list[float
     return metrics, per_clause, counts, samples
 
 
-def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, student_job: str, ckpt: Path) -> dict:
+def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, student_job: str, ckpt: Path, budget_mb: int) -> dict:
     start = time.perf_counter()
-    clauses = list(params.judge.clauses)
+    clauses = list(params.judge_clauses)
     data = Path(inputs["dataset"]["data"])
     source = RowSource(data, "eval", rebuild="the dataset job")
     if "judge" not in source.names:
         raise RuntimeError(f"{data}: the eval rows have no verdict vectors; rebuild the dataset job for this judge")
     meta = [json.loads(line) for line in (data / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    if len(meta) != source.rows:
+        raise RuntimeError(f"{data}: eval.jsonl has {len(meta)} rows and the eval tensors {source.rows}; rebuild the "
+                           "dataset job")
     device = torch.device("cuda") if ctx.resources.get("device") == "cuda" and torch.cuda.is_available() else torch.device("cpu")
     model = load_student(ckpt, arch=params.architecture).to(device=device, dtype=torch.float32).eval()
     record = read_record(ckpt)
     ctx.detail(f"eval: {source.rows} judge rows")
-    outputs = _outputs(model, source, device)
+    outputs = _outputs(model, source, device, budget_mb)
     vectors = source.read_all("judge").tolist()
 
     metrics, per_clause, counts, samples = score(meta, vectors, outputs, clauses)
@@ -156,7 +162,7 @@ def run(params, inputs: dict[str, dict[str, Path]], out: Path, ctx, student_job:
         "metrics": metrics, "clauses": per_clause, "counts": counts,
         "protocol": {"read_at": "the last token", "layout": J.layout(clauses), "verdict_schema": VERDICT_SCHEMA,
                      "flag": "logit > 0"},
-        "placement": {"device": device.type, "dtype": "float32"},
+        "placement": {"device": device.type, "dtype": "float32", "memory_budget_mb": budget_mb},
         "checkpoint": {"job": student_job, "step": record["step"], "quantized": record["quantized"]},
         "role": params.role, "provenance": ctx.provenance, "seconds": seconds,
     }

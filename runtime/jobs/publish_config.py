@@ -164,7 +164,7 @@ def runtime_config(params: PublishParams, convert: dict[str, Any], tokenizer: Pa
         "stop_token_ids": [s["id"] for s in stops],
         "stop_tokens": stops,
         "steps": _steps(prefills, decode, cache, bos_rule),
-        **({"judge": _judge(params)} if params.judge is not None else {}),
+        **({"judge": _judge(params)} if params.judge_clauses is not None else {}),
         **({"halt": {"output": "halt", "threshold": params.halt_threshold,
                      "meaning": "the logit that the next token ends the turn (eos or the tool-call end)",
                      "use": f"stop drafting (or decoding) once sigmoid(halt) at the newest position is >= "
@@ -174,12 +174,12 @@ def runtime_config(params: PublishParams, convert: dict[str, Any], tokenizer: Pa
 
 def _judge(params: PublishParams) -> dict[str, Any] | None:
     """How an app asks the judge for a verdict: the input's layout, the output it reads and the verdict's schema."""
-    if params.judge is None:
+    if params.judge_clauses is None:
         return None
     from runtime.data.judge import layout
     from runtime.jobs.eval_judge import VERDICT_SCHEMA
 
-    clauses = list(params.judge.clauses)
+    clauses = list(params.judge_clauses)
     return {"clauses": clauses, "layout": layout(clauses), "output": "judge", "verdict_schema": VERDICT_SCHEMA,
             "steps": ["Render the pair with layout.pair (or one response with layout.single), encode it without special "
                       "tokens, put bos first and eos last, and right-pad it to a prefill length.",

@@ -183,11 +183,14 @@ def to_student_names(tensors: Mapping[str, Any], arch: ArchitectureP, where: str
 
 
 def load_pretrained(folder: Path, arch: ArchitectureP, expected: Mapping[str, tuple[int, ...]],
-                    what: str = "training.init.checkpoint") -> tuple[dict[str, Any], dict[str, Any]]:
+                    what: str = "training.init.checkpoint",
+                    optional: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
     """(canonical state dict of torch tensors, facts for the report and provenance).
 
     `expected`: the student's parameter names and shapes; every one must be present with its shape,
-    and nothing else may be (vocabulary rows included: padded rows are kept, never truncated)."""
+    and nothing else may be (vocabulary rows included: padded rows are kept, never truncated).
+    `optional`: name prefixes (the judge's and halt heads) that may be absent, or present in another shape:
+    the state then leaves them out, and the student keeps its seeded init for them."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -206,7 +209,10 @@ def load_pretrained(folder: Path, arch: ArchitectureP, expected: Mapping[str, tu
         except Exception as exc:  # noqa: BLE001 - a damaged file is one user error whatever safetensors raises
             raise PretrainedError(f"{what}: {path} is not a readable safetensors file ({exc})") from exc
     state = to_student_names(tensors, arch, f"{what}: {folder}")
-    missing = sorted(set(expected) - set(state))
+    for k in [k for k in state if k.startswith(optional) if optional]:
+        if k not in expected or tuple(state[k].shape) != tuple(expected[k]):
+            del state[k]
+    missing = sorted(k for k in set(expected) - set(state) if not (optional and k.startswith(optional)))
     extra = sorted(set(state) - set(expected))
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k])}" for k in sorted(set(state) & set(expected))
              if tuple(state[k].shape) != tuple(expected[k])]

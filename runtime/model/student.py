@@ -229,6 +229,10 @@ class Student(KVCache, nn.Module):
         self.judge_head: nn.Linear | None = nn.Linear(arch.d_model, arch.judge_outputs) if arch.judge_outputs else None
         # the halt head: one logit per position, that the next token ends the turn (docs/roles.md#the-halt-head)
         self.halt_head: nn.Linear | None = nn.Linear(arch.d_model, 1) if arch.halt_head else None
+        if self.judge_head is not None and self.lm_head is not None:
+            # a judge trains through its verdict head only: an untied vocabulary head would get no gradient, which
+            # DDP refuses at the next step, so it is frozen (kept as initialised or loaded; AdamW skips it)
+            self.lm_head.weight.requires_grad_(False)
         self.to(device=device)
         self.init_weights(seed)
         self.to(dtype=dtype)
@@ -317,6 +321,12 @@ class Student(KVCache, nn.Module):
             return self._logits(h)
         extra = {name: m for name, m in (("judge_head", self.judge_head), ("halt_head", self.halt_head)) if m is not None}
         return head(self.norm(h), self.output_weight(), **extra)
+
+    def final_states(self, input_ids: Tensor) -> Tensor:
+        """The final normed hidden states `[B, T, d_model]` of unpadded rows, with sdpa's causal attention (no
+        `[T, T]` scores kept) and no vocabulary logits: what the eval reads the heads from."""
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        return self.norm(self._layers(input_ids, pos, None, None, sdpa=True))
 
     def halt_outputs(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Logits `[B, T, V]` and halt logits `[B, T, 1]` at every position (eager; parity's and the eval's reference)."""

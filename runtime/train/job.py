@@ -53,10 +53,11 @@ def _student(params: TrainParams | QatParams, inputs: dict[str, dict[str, Path]]
     model = Student(tp.architecture, seed=tp.seed, device=device)
     if params.init_checkpoint is None:
         return model, 0, None
-    # the judge's verdict head and the halt head are new: a pretrained LM has neither, so they keep their seeded init
+    # the judge's verdict head and the halt head: a pretrained LM has neither (they keep their seeded init); a
+    # release that has them (this model's earlier version) gives them when their shapes match
     heads = ("judge_head.", "halt_head.")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(heads)}
-    state, facts = load_pretrained(ctx.resolve(params.init_checkpoint), tp.architecture, expected)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state, facts = load_pretrained(ctx.resolve(params.init_checkpoint), tp.architecture, expected, optional=heads)
     with torch.no_grad():
         missing, unexpected = model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
     if unexpected or any(not k.startswith(heads) for k in missing):

@@ -189,6 +189,8 @@ class Parity:
     def _prefill(self, ids: np.ndarray) -> tuple[np.ndarray, dict]:
         r = self._call(self.fn.name, {"input_ids": ids}, None)
         if self.extra is not None:
+            if self.extra not in r.outputs:
+                raise ValueError(f"the package's {self.fn.name!r} has no {self.extra!r} output, which the contract lists")
             self._last_extra = np.asarray(r.outputs[self.extra], dtype=np.float32)[0]
         return np.asarray(r.outputs["logits"], dtype=np.float32)[0], r.states
 

@@ -42,6 +42,17 @@ CASES = [
      "pairwise: {weight: 1.0}", "trains a judge's verdict head"),
     ("judge-metric-on-a-worker", WORKER, "gates:\n", 'gates:\n  - {metric: eval.pairwise_accuracy, op: ">=", value: 0.8}\n',
      "gates[0].metric", "eval.pairwise_accuracy", "measured for role judge"),
+    ("drafter-metric-on-a-judge", JUDGE, "gates:\n", 'gates:\n  - {metric: speculate.acceptance_rate, op: ">=", value: 0.5}\n',
+     "gates[0].metric", "speculate.acceptance_rate", "measured for role drafter"),
+    ("clause-twice", JUDGE, "  clauses: [privacy, format]", "  clauses: [privacy, format, privacy]", "judge.clauses[2]",
+     "clauses: [privacy, format, privacy]", "listed twice"),
+    ("short-last-stage", JUDGE, "    - {until_step: 150, seq_len: 256}", "    - {until_step: 150, seq_len: 128}",
+     "training.curriculum[0].seq_len", "seq_len: 128}", "would never be trained"),
+    ("registry-on-a-judge", JUDGE, "  eval: data/toy-judge/eval.jsonl\n",
+     "  eval: data/toy-judge/eval.jsonl\n  tool_registry: data/toy/tools.json\n", "data.tool_registry",
+     "tool_registry: data/toy/tools.json", "call no tools"),
+    ("halt-metric-without-halt", WORKER, "gates:\n", 'gates:\n  - {metric: parity.halt_fp16_snr_db, op: ">=", value: 30}\n',
+     "gates[0].metric", "parity.halt_fp16_snr_db", "measures the halt head"),
 ]
 
 
@@ -70,3 +81,18 @@ def test_the_judge_compiles_to_a_plan_without_teacher_jobs_and_with_a_verdict_ou
     assert [o.name for o in export.function.outputs] == ["logits", "judge"]
     assert export.function.outputs[1].shape == [1, "T", 3] and export.architecture.judge_outputs == 3
     assert c.job("train").job.params.training.judge.clauses == ["privacy", "format"]
+
+
+def test_a_worker_without_a_tool_registry_is_refused(tmp_path):
+    text = WORKER.replace("  tool_registry: data/toy/tools.json\n", "")
+    problems = problems_of(_spec(tmp_path, text))
+    assert any(p.path == "data" and "tool registry" in p.message for p in problems), [p.format() for p in problems]
+
+
+def test_a_drafter_without_a_teacher_gets_findings_not_a_traceback(tmp_path):
+    drafter = (ROOT / "specs" / "toy-drafter.yaml").read_text(encoding="utf-8")
+    start = drafter.index("teacher:\n")
+    text = drafter[:start] + drafter[drafter.index("\n\n", start) + 2:]
+    (tmp_path / "toy.yaml").symlink_to(ROOT / "specs" / "toy.yaml")
+    problems = problems_of(_spec(tmp_path, text))
+    assert any(p.path == "teacher" and "distils from a teacher" in p.message for p in problems)

@@ -421,7 +421,6 @@ def test_a_chat_sample_in_data_eval_is_refused(tok_dir, tmp_path):
 
 
 def test_judge_rows_are_checked_laid_out_and_written_with_their_vectors(tok_dir, tmp_path):
-    from compiler.planning.params import JudgeP
     from runtime.data import judge as J
     from runtime.data.shards import read_split
 
@@ -437,7 +436,7 @@ def test_judge_rows_are_checked_laid_out_and_written_with_their_vectors(tok_dir,
     ev = tmp_path / "eval.jsonl"
     ev.write_text("".join(json.dumps({**r, "id": "e" + r["id"]}) + "\n" for r in rows[:6]), encoding="utf-8")
     params = ds_params(train=str(train), eval=str(ev), role="judge",
-                       judge=JudgeP(clauses=["privacy", "format"], objective="bradley_terry", margin=1.0))
+                       judge_clauses=["privacy", "format"])
     report = run_ds(tok_dir, tmp_path / "out", params)
     assert report["dropped_by_reason"] == {"bad_line": 1, "duplicate_id": 1, "identical_responses": 1, "unknown_clause": 1}
     assert report["counts"]["eval"] == 12 and report["counts"]["train"] + report["counts"]["val"] == 40 * 2 + 10

@@ -80,9 +80,39 @@ def test_auroc_is_the_share_of_positive_negative_pairs_ranked_right():
 
 def test_an_early_halt_is_a_confident_stop_before_the_turn_ends():
     probs = [np.array([0.1, 0.2, 0.9]), np.array([0.7, 0.1, 0.95]), np.array([0.2, 0.3])]
+    logits = [np.log(p / (1 - p)) for p in probs]
     labels = [np.array([0, 0, 1.0]), np.array([0, 0, 1.0]), np.array([0, 1.0])]
-    m = score(probs, labels, 0.5)
+    m = score(logits, labels, 0.5)
     assert m["early_halt_rate"] == {"value": 1 / 3, "n": 3} and m["halt_auroc"]["n"] == 8
+    assert score(logits, labels, 0.75)["early_halt_rate"]["value"] == 0.0
+
+
+def test_auroc_ranks_logits_a_saturated_probability_would_tie():
+    logits = [np.array([18.0, 25.0, 30.0])]
+    labels = [np.array([0, 0, 1.0])]
+    assert score(logits, labels, 0.5)["halt_auroc"]["value"] == 1.0  # sigmoid rounds all three to 1.0 in float32
+
+
+def test_a_release_with_a_halt_head_initialises_the_next_version(tmp_path):
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    from runtime.model.hf_export import hf_config
+    from runtime.model.pretrained import load_pretrained
+
+    model = Student(ARCH, seed=0)
+    (tmp_path / "config.json").write_text(_json.dumps(hf_config(ARCH, {"bos": 1, "eos": 2, "pad": 0})))
+    save_file({("lm_head.weight" if k == "lm_head.weight" else f"model.{k}"): v.contiguous()
+               for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    expected = {k: tuple(v.shape) for k, v in Student(ARCH, seed=1).state_dict().items()}
+    state, _ = load_pretrained(tmp_path, ARCH, expected, optional=("judge_head.", "halt_head."))
+    assert torch.equal(state["halt_head.weight"], model.halt_head.weight)
+    # a student without the head (or with another shape) takes the rest and keeps its seeded head
+    plain = ARCH.model_copy(update={"halt_head": False})
+    expected = {k: tuple(v.shape) for k, v in Student(plain, seed=1).state_dict().items()}
+    state, _ = load_pretrained(tmp_path, plain, expected, optional=("judge_head.", "halt_head."))
+    assert "halt_head.weight" not in state and "embed_tokens.weight" in state
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -129,6 +129,30 @@ def test_the_loss_head_trains_the_verdict_head_without_the_vocabulary_head():
     assert torch.allclose(out["judge"], heads[:, 9], atol=1e-5)
 
 
+def test_an_untied_judge_trains_every_parameter_it_updates():
+    """DDP needs a gradient for every trainable parameter at every step: the judge's unused vocabulary head is
+    frozen (a 2-rank DDP run failed at its second step before)."""
+    model = Student(ARCH.model_copy(update={"tie_embeddings": False}), seed=0)
+    ids = torch.randint(9, 64, (2, 10))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": torch.zeros_like(ids),
+             "judge": _vectors([[9, 1, 0.7, -1, -1, -1, -1], [9, -1, -1, 1, 0, -1, -1]])}
+    out = model(ids, batch["attention_mask"], head=LossHead(batch, LOSSES, {"eos": 2}, 4, judge=JUDGE))
+    sum(out["terms"].values()).backward()
+    assert not model.lm_head.weight.requires_grad
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_malformed_strings_are_dropped_and_a_dropped_row_does_not_reserve_its_id():
+    seen: set[str] = set()
+    assert J.check_row({**PAIR, "id": "s\ud800"}, CLAUSES, seen) == "bad_schema"
+    assert J.check_row({**PAIR, "prompt": "hi \ud800"}, CLAUSES, seen) == "bad_schema"
+    assert J.check_row({**CLAUSE, "labels": ["tone"]}, CLAUSES, seen) == "unknown_clause"
+    assert J.check_row(CLAUSE, CLAUSES, seen) is None and seen == {"c1"}
+    from runtime.jobs.dataset_checks import split_of
+
+    assert split_of("s\ud800") in ("train", "val")
+
+
 def test_the_metrics_follow_their_definitions():
     meta = [{"id": "p", "kind": "pairwise", "pair": "p", "order": 0}, {"id": "p", "kind": "pairwise", "pair": "p", "order": 1},
             {"id": "q", "kind": "pairwise", "pair": "q", "order": 0}, {"id": "q", "kind": "pairwise", "pair": "q", "order": 1},
