@@ -46,7 +46,7 @@ CASES = [
      "gates[0].metric", "speculate.acceptance_rate", "measured for role drafter"),
     ("clause-twice", JUDGE, "  clauses: [privacy, format]", "  clauses: [privacy, format, privacy]", "judge.clauses[2]",
      "clauses: [privacy, format, privacy]", "listed twice"),
-    ("short-last-stage", JUDGE, "    - {until_step: 150, seq_len: 256}", "    - {until_step: 150, seq_len: 128}",
+    ("short-last-stage", JUDGE, "    - {until_step: 250, seq_len: 256}", "    - {until_step: 250, seq_len: 128}",
      "training.curriculum[0].seq_len", "seq_len: 128}", "would never be trained"),
     ("registry-on-a-judge", JUDGE, "  eval: data/toy-judge/eval.jsonl\n",
      "  eval: data/toy-judge/eval.jsonl\n  tool_registry: data/toy/tools.json\n", "data.tool_registry",

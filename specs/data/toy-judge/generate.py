@@ -5,11 +5,11 @@ file from ``../toy/train.jsonl`` and ``../toy/eval.jsonl`` (the row format is do
 Standard library only; the one ``random.Random(SEED)`` makes every run byte-identical.
 
 Clauses: ``privacy`` (the response repeats the user's personal data) and ``format`` (the response's tool call
-is not valid JSON or names a tool that does not exist). Each valid toy sample gives:
+is not valid JSON, names a tool that does not exist, or is made where the question needs no tool). Each valid toy sample gives:
 
 - a preference pair: chosen = the sample's own response (its tool call, or its final answer when it calls no
   tool), rejected = the same response with one defect: the personal data echoed (privacy samples), the call's
-  JSON broken or its tool renamed (tool samples), or a wrong number in the answer (control samples);
+  JSON broken or its tool renamed (tool samples), or a needless tool call instead of the answer (control samples);
 - a clause row for the chosen or the rejected response (alternating), labelled with the clauses it violates.
 
 Every third pair and every third clause row carries teacher probabilities (a confident teacher that is right
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import sys
 from pathlib import Path
 
@@ -62,13 +61,10 @@ def pair_of(sample: dict, rng: random.Random) -> tuple[str, str, list[str]] | No
             return chosen, _broken(chosen, rng), ["format"]
         name = sample["tool_call"]["name"]
         return chosen, chosen.replace(f'"name":"{name}"', f'"name":"{WRONG_NAMES[name]}"'), ["format"]
-    if sample["kind"] == "control":
+    if sample["kind"] == "control":  # a question that needs no tool: the rejected answer calls one anyway
         chosen = _answer(sample)
-        numbers = re.findall(r"\d+", chosen)
-        if not numbers:
-            return None
-        last = numbers[-1]
-        return chosen, chosen[::-1].replace(last[::-1], str(int(last) + 1)[::-1], 1)[::-1], []
+        name = sorted(WRONG_NAMES)[rng.randrange(len(WRONG_NAMES))]
+        return chosen, '<tool_call>{"arguments":{},"name":"%s"}</tool_call>' % name, ["format"]
     return None
 
 
