@@ -105,7 +105,8 @@ def speculate(drafter: Model, worker: Model, prompt: list[int], k: int, max_new:
 
 
 def speculate_packages(drafter: Any, worker: Any, prompt: list[int], prefill: str, length: int, pad: int, k: int,
-                       max_new: int, eos: int, cache_len: int) -> tuple[Speculation, list[int]]:
+                       max_new: int, eos: int, cache_len: int,
+                       halt_threshold: float | None = None) -> tuple[Speculation, list[int]]:
     """Greedy speculative decoding with two packages (runtime/speed/backends.py: CoreML, or the reference
     interpreter), each with its KV cache: the drafter decodes, the worker checks the last accepted token
     plus k drafts with its `verify` function in one call. Returns the speculation and the worker's own
@@ -113,7 +114,11 @@ def speculate_packages(drafter: Any, worker: Any, prompt: list[int], prefill: st
 
     Cache semantics: a verify call at position p writes p .. p + k; when only a of the k drafts are
     accepted, the next call starts at p + a + 1 and overwrites the rejected entries, which no call reads
-    (each query attends to positions <= its own). The drafter's cache is handled the same way."""
+    (each query attends to positions <= its own). The drafter's cache is handled the same way.
+
+    `halt_threshold`: a drafter package with a `halt` output stops drafting after the token whose halt
+    probability reaches it (the token that ends the worker's turn); the verify call still takes k + 1 tokens
+    (its shape is fixed), the rest padded with `pad` and never accepted."""
     ids = np.full((1, length), pad, np.int32)
     ids[0, :len(prompt)] = prompt
     n = len(prompt)
@@ -136,18 +141,23 @@ def speculate_packages(drafter: Any, worker: Any, prompt: list[int], prefill: st
         for i in range(k):  # the drafter: `last` at pos, then its own tokens
             token = int(np.argmax(drafter.decode(token, pos + i, ds)))
             draft.append(token)
-        choices = [int(t) for t in np.argmax(worker.verify([last, *draft], pos, ws), axis=-1)]
+            halt = getattr(drafter, "last_halt", None)
+            if halt_threshold is not None and halt is not None and 1.0 / (1.0 + np.exp(-halt)) >= halt_threshold:
+                break  # this token ends the turn: no draft past it
+        drafted = len(draft)
+        result.halted += drafted < k
+        choices = [int(t) for t in np.argmax(worker.verify([last, *draft, *[pad] * (k - drafted)], pos, ws), axis=-1)]
         accepted = 0
-        while accepted < k and draft[accepted] == choices[accepted]:
+        while accepted < drafted and draft[accepted] == choices[accepted]:
             accepted += 1
-        if accepted == k:  # the drafter never consumed its last draft: put it in its cache
-            drafter.decode(draft[-1], pos + k, ds)
+        if accepted == drafted:  # the drafter never consumed its last draft: put it in its cache
+            drafter.decode(draft[-1], pos + drafted, ds)
         emitted = [*draft[:accepted], choices[accepted]]
         emitted = emitted[: max_new - len(result.tokens)]
         if eos in emitted:
             emitted = emitted[: emitted.index(eos) + 1]
         result.steps += 1
-        result.drafted += k
+        result.drafted += drafted
         result.accepted += accepted
         result.per_step.append(len(emitted))
         result.tokens += emitted

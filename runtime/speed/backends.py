@@ -46,6 +46,7 @@ class _Runner:
 
     def __init__(self, cache: str | None, cache_len: int):
         self.cache, self.cache_len = cache, cache_len
+        self.last_halt: float | None = None  # the halt output of the last decode, where the package has one
 
     def _make_state(self) -> Any:
         return None
@@ -67,6 +68,7 @@ class _Runner:
         if self.cache == "explicit":
             inputs["key_cache"], inputs["value_cache"] = state["caches"]
         out = self._predict("decode", inputs, state)
+        self.last_halt = float(np.asarray(out["halt"]).reshape(-1)[0]) if "halt" in out else None
         if self.cache == "explicit":
             state["caches"] = (np.asarray(out["present_keys"]), np.asarray(out["present_values"]))
         return np.asarray(out["logits"], dtype=np.float32)[0, 0]

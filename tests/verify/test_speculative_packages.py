@@ -47,3 +47,33 @@ def test_speculative_decoding_through_the_interpreter_is_the_workers_greedy_outp
     assert 0 <= result.accepted <= result.drafted == 4 * result.steps
     if drafter_is == "the worker":
         assert result.acceptance_rate == 1.0 and set(result.per_step[:-1]) == {5}
+
+
+class _HaltEvery(InterpreterBackend):
+    """The drafter package, with its halt logit set high on every `every`-th decode: the drafts are cut short as a
+    halt head would cut them (the toy drafter package here has no halt head; the cut is what is tested)."""
+
+    def __init__(self, *args, every: int, **kw):
+        super().__init__(*args, **kw)
+        self.every, self.calls = every, 0
+
+    def decode(self, token, position, state):
+        out = super().decode(token, position, state)
+        self.calls += 1
+        self.last_halt = 10.0 if self.calls % self.every == 0 else -10.0
+        return out
+
+
+def test_drafts_cut_by_a_halt_still_give_the_workers_greedy_output(toy_package: SimpleNamespace,
+                                                                   base: SimpleNamespace) -> None:  # noqa: F811
+    worker = _backend(toy_package.package, ["prefill_64", "decode", "verify"])
+    drafter = _HaltEvery(base.good, ["prefill_64", "decode"], "all", "state", 256, every=2)
+    try:
+        result, reference = speculate_packages(drafter, worker, PROMPT, "prefill_64", 64, 0, k=4, max_new=24, eos=2,
+                                               cache_len=256, halt_threshold=0.5)
+    finally:
+        worker.close()
+        drafter.close()
+    assert result.tokens == reference and len(result.tokens) >= 2
+    assert result.halted > 0 and result.drafted < 4 * result.steps
+    assert 0 <= result.accepted <= result.drafted
