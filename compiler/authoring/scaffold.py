@@ -341,7 +341,8 @@ def scaffold(role: str, size: str, name: str | None = None, out_path: str | None
         f"# {_human_bytes(derived.weight_bytes)} of weights under the quantization recipe "
         f"({_human_bytes(derived.dense_fp16_bytes)} dense fp16), KV cache {_human_bytes(derived.kv_bytes_per_token)} per token,",
         f"# training {_human_count(derived.training_tokens)} tokens, {derived.training_flops:.3g} FLOPs (6 x params x tokens).",
-        "# TODO: teacher.path, tokenizer.source.path and data.* are placeholders.",
+        "# TODO: " + ("" if role == "judge" else "teacher.path, ") + "tokenizer.source.path and data.* are placeholders"
+        + (" (a judge's rows: docs/roles.md#judge-data)." if role == "judge" else "."),
     ]
     comments: dict[tuple, tuple[list[str], str | None]] = {
         ("modelspec",): (header, None),
