@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from runtime.hashing import file_sha256, tree_sha256
+from tests.shared_run import shared_run
 
 # one worker runs the whole module: its module fixture (a full pipeline run) is built once
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("toy-e2e")]
@@ -38,21 +39,9 @@ def modelspec(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The one full run, shared by every xdist worker of the session under a lock: a module fixture was built
-    twice in one CI run (540 s each) when the module's tests did not stay together on one worker."""
-    import fcntl
-
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "toy-e2e"
-    root.mkdir(exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "done.json").exists():
-            proc = modelspec("run", SPEC, "--workdir", str(root / "store"), "--json", check=True)
-            (root / "done.json").write_text(json.dumps({"stdout": proc.stdout, "stderr": proc.stderr}))
-    done = json.loads((root / "done.json").read_text())
-    result = json.loads(done["stdout"])
-    return {"root": root, "store": root / "store", "jobs": {j["id"]: j for j in result["jobs"]}, "stderr": done["stderr"]}
+    """The one full run, shared by every xdist worker of the session (tests/shared_run.py)."""
+    return shared_run(tmp_path_factory, "toy-e2e",
+                      lambda store: modelspec("run", SPEC, "--workdir", str(store), "--json", check=True))
 
 
 def _report(store: dict, job: str) -> dict:

@@ -15,29 +15,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_run import shared_run
+
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("toy-judge-e2e")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The one run, shared by every xdist worker under a lock (as tests/test_toy_end_to_end.py's): the suite once
-    built this module's fixture on both workers although the module is one xdist group."""
-    import fcntl
-
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "toy-judge-e2e"
-    root.mkdir(exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "done.json").exists():
-            proc = subprocess.run([sys.executable, "-m", "runtime.cli", "run", "specs/toy-judge.yaml", "--workdir",
-                                   str(root / "store"), "--json"], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                  capture_output=True, text=True, timeout=900)
-            assert proc.returncode == 0, proc.stderr[-4000:]
-            (root / "done.json").write_text(json.dumps({"stdout": proc.stdout, "stderr": proc.stderr}))
-    done = json.loads((root / "done.json").read_text())
-    return {"jobs": {j["id"]: j for j in json.loads(done["stdout"])["jobs"]}, "stderr": done["stderr"]}
+    """The one run, shared by every xdist worker of the session (tests/shared_run.py)."""
+    return shared_run(tmp_path_factory, "toy-judge-e2e", lambda store: subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "run", "specs/toy-judge.yaml", "--workdir", str(store), "--json"],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=900))
 
 
 def _report(run: dict, job: str) -> dict:
