@@ -29,6 +29,20 @@ LAYOUT_VERSION = 1
 PAIR = "Prompt:\n{prompt}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\nVerdict:"
 SINGLE = "Prompt:\n{prompt}\n\nResponse:\n{response}\n\nClauses:"
 KINDS = ("pairwise", "clauses")
+# The verdict JSON an app builds from the head's outputs (runtime/jobs/eval_judge.verdict_json); the release's
+# runtime config publishes it and the eval validates every verdict against it.
+VERDICT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "preferred": {"enum": ["A", "B"]},
+        "p_a_better": {"type": "number", "minimum": 0, "maximum": 1},
+        "clauses": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
+        "violated": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["clauses", "violated"],
+    "additionalProperties": False,
+}
 REASONS = ("bad_line", "bad_schema", "duplicate_id", "unknown_clause", "bad_probability", "identical_responses")
 
 

@@ -12,7 +12,6 @@ compared with whether token t + 1 ends the turn (eos or the tool-call end, `runt
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import torch
 
 from runtime.data.shards import RowSource
 from runtime.train.halt_loss import stop_ids
+
+from .eval_batches import length_batches
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -48,34 +49,20 @@ def score(logits: list[np.ndarray], labels: list[np.ndarray], threshold: float) 
             "early_halt_rate": {"value": early / len(logits) if logits else None, "n": len(logits)}}
 
 
-def rows_per_batch(arch: Any, length: int, budget_mb: int) -> int:
-    """Rows of `length` tokens whose forward (no gradient, one layer's activations at a time, sdpa) fits the
-    budget: per row about 4 bytes x length x (6 d_model + 3 mlp_hidden)."""
-    per_row = 4 * length * (6 * arch.d_model + 3 * arch.mlp_hidden)
-    return max(1, min(64, (budget_mb << 20) // per_row))
-
-
 def measure(model, data_dir: Path, special: dict[str, int], threshold: float, device: torch.device,
             budget_mb: int) -> dict[str, dict[str, Any]]:
     source = RowSource(Path(data_dir), "eval", rebuild="the dataset job")
-    lengths = source.lengths()
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for r, n in enumerate(lengths.tolist()):
-        by_length[n].append(r)
     stops = np.array(stop_ids(special))
     probs: list[np.ndarray] = [np.zeros(0)] * source.rows
     labels: list[np.ndarray] = [np.zeros(0)] * source.rows
     with torch.no_grad():
-        for n, rows in sorted(by_length.items()):
-            size = rows_per_batch(model.arch, n, budget_mb)
-            for a in range(0, len(rows), size):
-                part = rows[a:a + size]
-                ids = source.take("input_ids", part, n).long()
-                mask = source.take("loss_mask", part, n).numpy()[:, 1:] > 0
-                halt = model.halt_head(model.final_states(ids.to(device)))
-                p = halt[:, :-1, 0].double().cpu().numpy()
-                nxt = ids[:, 1:].numpy()
-                for j, r in enumerate(part):
-                    probs[r] = p[j][mask[j]]
-                    labels[r] = np.isin(nxt[j], stops)[mask[j]].astype(np.float64)
+        for n, part in length_batches(source, model.arch, budget_mb):
+            ids = source.take("input_ids", part, n).long()
+            mask = source.take("loss_mask", part, n).numpy()[:, 1:] > 0
+            halt = model.halt_head(model.final_states(ids.to(device)))
+            p = halt[:, :-1, 0].double().cpu().numpy()
+            nxt = ids[:, 1:].numpy()
+            for j, r in enumerate(part):
+                probs[r] = p[j][mask[j]]
+                labels[r] = np.isin(nxt[j], stops)[mask[j]].astype(np.float64)
     return score(probs, labels, threshold)

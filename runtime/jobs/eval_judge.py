@@ -27,24 +27,12 @@ from typing import Any
 import torch
 
 from runtime.data import judge as J
+from runtime.data.judge import VERDICT_SCHEMA
 from runtime.data.shards import RowSource
 from runtime.model.checkpoint import load_student, read_record
 
+from .eval_batches import length_batches
 from .tokenizer import write_report
-
-VERDICT_SCHEMA = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "properties": {
-        "preferred": {"enum": ["A", "B"]},
-        "p_a_better": {"type": "number", "minimum": 0, "maximum": 1},
-        "clauses": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
-        "violated": {"type": "array", "items": {"type": "string"}},
-    },
-    "required": ["clauses", "violated"],
-    "additionalProperties": False,
-}
-
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
@@ -66,25 +54,15 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 def _outputs(model, source: RowSource, device: torch.device, budget_mb: int) -> list[list[float]]:
     """The verdict head's outputs at each row's verdict position, rows batched by equal length within the budget."""
-    from .eval_halt import rows_per_batch
-
-    lengths = source.lengths()
     vectors = source.read_all("judge")
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for r, n in enumerate(lengths.tolist()):
-        by_length[n].append(r)
     out: list[list[float]] = [[] for _ in range(source.rows)]
     with torch.no_grad():
-        for n, rows in sorted(by_length.items()):
-            size = rows_per_batch(model.arch, n, budget_mb)
-            for a in range(0, len(rows), size):
-                part = rows[a:a + size]
-                ids = source.take("input_ids", part, n).long().to(device)
-                h = model.final_states(ids)
-                pos = vectors[part, 0].long().to(device)
-                picked = model.judge_head(h[torch.arange(len(part), device=device), pos]).float().cpu()
-                for r, values in zip(part, picked.tolist()):
-                    out[r] = values
+        for n, part in length_batches(source, model.arch, budget_mb):
+            h = model.final_states(source.take("input_ids", part, n).long().to(device))
+            pos = vectors[part, 0].long().to(device)
+            picked = model.judge_head(h[torch.arange(len(part), device=device), pos]).float().cpu()
+            for r, values in zip(part, picked.tolist()):
+                out[r] = values
     return out
 
 

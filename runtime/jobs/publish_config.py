@@ -176,8 +176,7 @@ def _judge(params: PublishParams) -> dict[str, Any] | None:
     """How an app asks the judge for a verdict: the input's layout, the output it reads and the verdict's schema."""
     if params.judge_clauses is None:
         return None
-    from runtime.data.judge import layout
-    from runtime.jobs.eval_judge import VERDICT_SCHEMA
+    from runtime.data.judge import VERDICT_SCHEMA, layout
 
     clauses = list(params.judge_clauses)
     return {"clauses": clauses, "layout": layout(clauses), "output": "judge", "verdict_schema": VERDICT_SCHEMA,

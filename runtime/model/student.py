@@ -328,20 +328,25 @@ class Student(KVCache, nn.Module):
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         return self.norm(self._layers(input_ids, pos, None, None, sdpa=True))
 
-    def halt_outputs(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits `[B, T, V]` and halt logits `[B, T, 1]` at every position (eager; parity's and the eval's reference)."""
-        pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
-        return self.run_layers(input_ids, pos, allowed_mask(pos, pos), None, halt=True)
-
-    def judge_outputs(self, input_ids: Tensor, position_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """A judge's logits `[B, T, V]` and verdict head outputs `[B, T, judge_outputs]` at every position (eager;
-        the export wrapper and the eval job)."""
-        if self.judge_head is None:
-            raise ValueError("this model has no verdict head (architecture judge_outputs is 0)")
+    def _with_head(self, head: nn.Linear | None, what: str, input_ids: Tensor,
+                   position_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The logits `[B, T, V]` and `head`'s outputs at every position (eager, causal)."""
+        if head is None:
+            raise ValueError(f"this model has no {what}")
         t = input_ids.shape[1]
         pos = position_ids if position_ids is not None else torch.arange(t, device=input_ids.device)[None]
         h = self.norm(self._layers(input_ids, pos, allowed_mask(pos, pos), None))
-        return self._vocab(h), self.judge_head(h)
+        return self._vocab(h), head(h)
+
+    def halt_outputs(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and halt logits `[B, T, 1]` at every position (parity's reference, speculative drafting)."""
+        return self._with_head(self.halt_head, "halt head (architecture halt_head is false)", input_ids)
+
+    def judge_outputs(self, input_ids: Tensor, position_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """A judge's logits and verdict head outputs `[B, T, judge_outputs]` at every position (the export wrapper,
+        parity's reference)."""
+        return self._with_head(self.judge_head, "verdict head (architecture judge_outputs is 0)", input_ids,
+                               position_ids)
 
 
 def to_hf_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

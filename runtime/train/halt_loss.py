@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .losses import grad_norms_at, masked_mean
+
 
 def stop_ids(special: dict[str, int]) -> list[int]:
     return [special["eos"]] + ([special["tool_call_end"]] if "tool_call_end" in special else [])
@@ -28,16 +30,8 @@ def targets(batch: dict[str, Tensor], special: dict[str, int]) -> tuple[Tensor, 
 
 
 def term(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-    values = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum().clamp_min(1.0)
+    return masked_mean(F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none"), mask)
 
 
 def grad_norm(logits: Tensor, labels: Tensor, mask: Tensor, weight: float) -> float:
-    with torch.enable_grad():
-        leaf = logits.detach().float().requires_grad_()
-        value = weight * term(leaf, labels, mask)
-        if not value.requires_grad:
-            return 0.0
-        (g,) = torch.autograd.grad(value, leaf)
-    return float(g.norm())
+    return grad_norms_at(logits, lambda x: {"halt": term(x, labels, mask)}, {"halt": weight})["halt"]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .losses import grad_norms_at, masked_mean
+
 TERMS = ("pairwise", "clauses", "verdict_kd")
 
 
@@ -32,11 +34,6 @@ def read_positions(h: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
     pos = vectors[:, 0].long()
     valid = (pos >= 0) & (pos < h.shape[1])
     return h[torch.arange(h.shape[0], device=h.device), pos.clamp(0, h.shape[1] - 1)], valid
-
-
-def _mean(values: Tensor, mask: Tensor) -> Tensor:
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum().clamp_min(1.0)
 
 
 def terms(out: Tensor, vectors: Tensor, valid: Tensor, losses: dict[str, Any], judge: Any) -> dict[str, Tensor]:
@@ -53,29 +50,19 @@ def terms(out: Tensor, vectors: Tensor, valid: Tensor, losses: dict[str, Any], j
             values = torch.relu(judge.margin - (2 * yc - 1) * score)
         else:
             values = F.binary_cross_entropy_with_logits(score, yc, reduction="none")
-        result["pairwise"] = _mean(values, mask)
+        result["pairwise"] = masked_mean(values, mask)
     if "clauses" in losses:
         labels = vectors[:, 3:3 + c]
         mask = valid[:, None] & (labels >= 0)
-        result["clauses"] = _mean(F.binary_cross_entropy_with_logits(clause_logits, labels.clamp(0, 1), reduction="none"), mask)
+        result["clauses"] = masked_mean(F.binary_cross_entropy_with_logits(clause_logits, labels.clamp(0, 1), reduction="none"), mask)
     if "verdict_kd" in losses:
         targets = torch.cat([vectors[:, 2:3], vectors[:, 3 + c:3 + 2 * c]], dim=1)
         mask = valid[:, None] & (targets >= 0)
-        result["verdict_kd"] = _mean(F.binary_cross_entropy_with_logits(out, targets.clamp(0, 1), reduction="none"), mask)
+        result["verdict_kd"] = masked_mean(F.binary_cross_entropy_with_logits(out, targets.clamp(0, 1), reduction="none"), mask)
     return result
 
 
 def grad_norms(out: Tensor, vectors: Tensor, valid: Tensor, losses: dict[str, Any], judge: Any,
                weights: dict[str, float]) -> dict[str, float]:
     """Norm of each weighted term's gradient with respect to the head's outputs (the balance alert's probe)."""
-    with torch.enable_grad():
-        leaf = out.detach().float().requires_grad_()
-        norms = {}
-        for name, value in terms(leaf, vectors, valid, losses, judge).items():
-            weighted = weights[name] * value
-            if not weighted.requires_grad:
-                norms[name] = 0.0
-                continue
-            (g,) = torch.autograd.grad(weighted, leaf, allow_unused=True)
-            norms[name] = float(g.norm()) if g is not None else 0.0
-    return norms
+    return grad_norms_at(out, lambda x: terms(x, vectors, valid, losses, judge), weights)

@@ -41,9 +41,22 @@ ORDER = ("kl", "ce_teacher", "ce_ground_truth", "tool_name", "json_args", "integ
 CE_TERMS = frozenset({"ce_ground_truth", "early_tool", *SPAN_TERMS})
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     m = mask.to(values.dtype)
     return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
+def grad_norms_at(outputs: Tensor, terms_of: Any, weights: dict[str, float]) -> dict[str, float]:
+    """Norm of each weighted term's gradient with respect to `outputs` (a head's, detached here): the balance
+    alert's probe for terms that read a head rather than the vocabulary logits. `terms_of(x)` -> {name: value}."""
+    with torch.enable_grad():
+        leaf = outputs.detach().float().requires_grad_()
+        norms = {}
+        for name, value in terms_of(leaf).items():
+            weighted = weights[name] * value
+            grad = torch.autograd.grad(weighted, leaf, allow_unused=True)[0] if weighted.requires_grad else None
+            norms[name] = float(grad.norm()) if grad is not None else 0.0
+    return norms
 
 
 def sparse_kl(losses: dict[str, Any], batch: dict[str, Tensor]) -> bool:
@@ -116,7 +129,7 @@ def _kl_dense(stats: dict[str, Tensor], topk_logits: Tensor, mask: Tensor, tempe
     log_p_teacher = F.log_softmax(topk_logits / temperature, dim=-1)
     log_q = stats["z_topk"] / temperature - stats["lse_tau"].unsqueeze(-1)
     kl = (p_teacher * (log_p_teacher - log_q)).sum(-1)
-    return _masked_mean(kl, mask) * temperature ** 2
+    return masked_mean(kl, mask) * temperature ** 2
 
 
 def length_kd(stats: dict[str, Tensor], batch: dict[str, Tensor], mask: Tensor, eos_id: int, hinge: float,
@@ -134,7 +147,7 @@ def length_kd(stats: dict[str, Tensor], batch: dict[str, Tensor], mask: Tensor, 
         wrong = (stats["argmax"] != batch["input_ids"][:, 1:]) & required
         incomplete = wrong.any(dim=1)
         has_target = mask.any(dim=1)
-    return _masked_mean(penalty, incomplete & has_target)
+    return masked_mean(penalty, incomplete & has_target)
 
 
 def early_tool(ce: Tensor, batch: dict[str, Tensor], mask: Tensor, start_id: int, end_id: int, within: int) -> Tensor:
@@ -146,7 +159,7 @@ def early_tool(ce: Tensor, batch: dict[str, Tensor], mask: Tensor, start_id: int
     in_call = (opened > closed) & (opened > 0)
     needs_tool = ((ids == start_id) & mask).any(dim=1, keepdim=True)
     sel = in_call & mask & (target_index < within) & needs_tool
-    return _masked_mean(ce, sel)
+    return masked_mean(ce, sel)
 
 
 def terms(stats: dict[str, Tensor], batch: dict[str, Tensor], losses: dict[str, Any],
@@ -164,11 +177,11 @@ def terms(stats: dict[str, Tensor], batch: dict[str, Tensor], losses: dict[str, 
         elif name == "kl":
             out[name] = _kl_dense(stats, batch["topk_logits"][:, :-1], mask, cfg["temperature"])
         elif name == "ce_teacher":
-            out[name] = _masked_mean(stats["lse"] - stats["z_teacher"], mask)
+            out[name] = masked_mean(stats["lse"] - stats["z_teacher"], mask)
         elif name == "ce_ground_truth":
-            out[name] = _masked_mean(ce, mask)
+            out[name] = masked_mean(ce, mask)
         elif name in SPAN_TERMS:
-            out[name] = _masked_mean(ce, (batch[SPAN_TERMS[name]][:, 1:] > 0) & mask)
+            out[name] = masked_mean(ce, (batch[SPAN_TERMS[name]][:, 1:] > 0) & mask)
         elif name == "length_kd":
             out[name] = length_kd(stats, batch, mask, special["eos"], cfg["hinge"], cfg["slope"])
         elif name == "early_tool":
