@@ -34,6 +34,7 @@ from .checks import Check
 from .interp import CONST_CACHE_MB, Interpreter, UnsupportedOp
 from .program import ProgramError
 from .observe import weight_root
+from .parity_metrics import SNR_CAP_DB, head_metrics, snr_db, summarize, top1  # noqa: F401  (top1, SNR_CAP_DB: public here too)
 from .weights import package_state_dict, package_weights, weights_check
 
 CAUSAL_TOL = 1e-4  # max |Δlogit| / max |logit| at positions before the change (fp32 reference mode)
@@ -41,23 +42,6 @@ CAUSAL_TOL = 1e-4  # max |Δlogit| / max |logit| at positions before the change 
 # round-off (>100 dB on the toy); a decode that ignores its cache lands below 10 dB
 DECODE_SNR_DB = 40.0
 PAD_ID = 0
-SNR_CAP_DB = 200.0  # identical outputs (keeps reports valid JSON)
-
-
-def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
-    """SNR of x against ref; a non-finite value anywhere in either is no signal at all (-200 dB)."""
-    if not (np.isfinite(ref).all() and np.isfinite(x).all()):
-        return -SNR_CAP_DB
-    ref = ref.astype(np.float64)
-    noise = float(((ref - x.astype(np.float64)) ** 2).sum())
-    signal = float((ref ** 2).sum())
-    if noise == 0.0:
-        return SNR_CAP_DB
-    return min(SNR_CAP_DB, 10.0 * np.log10(signal / noise)) if signal > 0 else -SNR_CAP_DB
-
-
-def top1(ref: np.ndarray, x: np.ndarray) -> float:
-    return float((ref.argmax(-1) == x.argmax(-1)).mean())
 
 
 @dataclass
@@ -274,16 +258,6 @@ class Parity:
                      "(does the decode function read its cache?)", db)
 
 
-def summarize(fig: Figures) -> dict[str, float]:
-    cat = {k: np.concatenate(getattr(fig, k)) for k in ("ref", "ckpt", "interp", "fp16")}
-    return {k: float(v) for k, v in {
-        "snr_db": snr_db(cat["ref"], cat["interp"]), "top1_agreement": top1(cat["ref"], cat["interp"]),
-        "quant_snr_db": snr_db(cat["ckpt"], cat["interp"]), "quant_top1_agreement": top1(cat["ckpt"], cat["interp"]),
-        "fp16_snr_db": snr_db(cat["ref"], cat["fp16"]), "fp16_top1_agreement": top1(cat["ref"], cat["fp16"]),
-        "positions": int(cat["ref"].shape[0]),
-    }.items()}
-
-
 def coreml_not_run() -> dict[str, str] | None:
     if platform.system() != "Darwin":
         return {"not_run": "needs macOS: CoreML cannot run predictions on this machine"}
@@ -383,17 +357,6 @@ def measure(package: Path, fn: FunctionP, checkpoint: Path, *, samples: int, dec
     return _report(package, fn, parity, shapes, report, checks)
 
 
-def _extra_metrics(name: str, figs: dict[str, list[np.ndarray]]) -> dict[str, Any]:
-    """A head's output (`judge` or `halt`), package against torch: SNR (the package's weights; the fp16 emulation)
-    and the share of outputs whose sign (a verdict, a clause flag, a stop at probability 0.5) the fp16 package keeps
-    from the checkpoint."""
-    whole = {k: np.concatenate([x.reshape(-1) for x in v]) for k, v in figs.items() if v}
-    n = int(whole["ref"].size)
-    return {f"{name}_snr_db": {"value": snr_db(whole["ref"], whole["interp"]), "n": n},
-            f"{name}_fp16_snr_db": {"value": snr_db(whole["ref"], whole["fp16"]), "n": n},
-            f"{name}_sign_agreement": {"value": float(np.mean((whole["ckpt"] > 0) == (whole["fp16"] > 0))), "n": n}}
-
-
 def _report(package: Path, fn: FunctionP, parity: Parity, shapes: list[Shape], report: dict[str, Any],
             checks: list[Check]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     golden: dict[str, np.ndarray] = {}
@@ -432,7 +395,7 @@ def _report(package: Path, fn: FunctionP, parity: Parity, shapes: list[Shape], r
         if values:
             metrics[name] = {"value": max(values) if name == "causality" else min(values), "n": len(values)}
     if parity.extra is not None and parity.extra_figs["interp"]:
-        metrics.update(_extra_metrics(parity.extra, parity.extra_figs))
+        metrics.update(head_metrics(parity.extra, parity.extra_figs))
         for i, (ref, interp) in enumerate(zip(parity.extra_figs["ref"], parity.extra_figs["interp"])):
             golden[f"sample{i}_torch_{parity.extra}"], golden[f"sample{i}_interpreter_{parity.extra}"] = ref, interp
     skipped = [int(n) for n in fn.seq_lens if str(int(n)) not in by_shape] if fn.role == "prefill" else []
