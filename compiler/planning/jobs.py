@@ -131,6 +131,11 @@ def judge_params(spec: Spec) -> JudgeP | None:
     return JudgeP(clauses=list(j.clauses), objective=j.objective, margin=j.margin) if j is not None else None
 
 
+def halt_threshold(spec: Spec) -> float | None:
+    """The halt head's stop probability, for the jobs that read the head (eval, speculate, publish)."""
+    return spec.halt.threshold if spec.halt is not None else None
+
+
 def judge_clauses(spec: Spec) -> list[str] | None:
     """What the dataset, eval and publish jobs read of a judge (the objective is the training jobs')."""
     return list(spec.judge.clauses) if spec.judge is not None else None
@@ -338,14 +343,14 @@ def build_jobs(spec: Spec) -> list[Job]:
         ), {"golden": "golden.npz", "report": "report.json"}))
     jobs.append(Job("eval", "eval", (student, "dataset", "tokenizer"), EvalParams(
         architecture=arch, role=spec.role, max_total_tokens=spec.architecture.max_context, special_tokens=special,
-        judge_clauses=judge_clauses(spec), halt_threshold=spec.halt.threshold if spec.halt else None, **_eval_memory(spec),
+        judge_clauses=judge_clauses(spec), halt_threshold=halt_threshold(spec), **_eval_memory(spec),
     ), {"report": "report.json", "samples": "samples.jsonl"}, _one_device(spec)))
     if spec.speculative is not None:  # a drafter against its worker (compiler/reading/pairing.py checks the pair)
         sp = spec.speculative
         jobs.append(Job("speculate", "speculate", (student, "teacher", "dataset"), SpeculateParams(
             architecture=arch, k=sp.k, max_new_tokens=sp.max_new_tokens, prompts=sp.prompts,
             max_total_tokens=spec.architecture.max_context, special_tokens=special,
-            halt_threshold=spec.halt.threshold if spec.halt else None,
+            halt_threshold=halt_threshold(spec),
         ), {"report": "report.json"}))
         generated = (*generated, "speculate")
     gates = [GateP(metric=g.metric, op=g.op, value=g.value, policy=g.policy, min_n=g.min_n,
@@ -362,6 +367,6 @@ def build_jobs(spec: Spec) -> list[Job]:
     jobs.append(Job("publish", "publish", ("gates", "convert", "verify", *parity_ids, "tokenizer", student), PublishParams(
         name=spec.name, version=spec.version, role=spec.role, special_tokens=special,
         vocab_size=spec.architecture.vocab_size if cm.packaging == "enumerated" else None, judge_clauses=judge_clauses(spec),
-        halt_threshold=spec.halt.threshold if spec.halt else None,
+        halt_threshold=halt_threshold(spec),
     ), {"manifest": "manifest.json", "app": "app", "hf": "hf"}))
     return jobs
